@@ -1,0 +1,17 @@
+from pyramid.config import Configurator
+
+from locations.services.factories import image_data_service_factory, image_service_factory
+from locations.services.images import ImageService
+from locations.services.upload import ImageDataService
+from locations.stores.base import StoreRegistry, load_stores
+
+
+def includeme(config: Configurator) -> None:
+    """Glance image routes, the image and store services, and their views."""
+    settings = config.registry["locquota.settings"]
+    stores = StoreRegistry(load_stores(settings.enabled_stores, settings.store_options), settings.default_store)
+    config.include(".routes")
+    config.register_service(stores, iface=StoreRegistry)
+    config.register_service_factory(image_service_factory, iface=ImageService)
+    config.register_service_factory(image_data_service_factory, iface=ImageDataService)
+    config.scan(".views")

@@ -1,0 +1,152 @@
+"""Images and their locations. Location status is internal: the API never shows it and never accepts it."""
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from locquota.db import Base
+
+
+class ImageStatus(StrEnum):
+    """Glance's image statuses; they describe the image record."""
+
+    QUEUED = "queued"
+    SAVING = "saving"
+    ACTIVE = "active"
+    KILLED = "killed"
+    PENDING_DELETE = "pending_delete"
+    DELETED = "deleted"
+
+
+class LocationStatus(StrEnum):
+    """Where one copy of the data stands; it decides what the tenant is charged for."""
+
+    ACTIVE = "active"
+    PENDING_DELETE = "pending_delete"
+    DELETED = "deleted"
+
+
+class Visibility(StrEnum):
+    """Who may see an image, as Glance names it (locquota shows tenants only their own images)."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+    SHARED = "shared"
+    COMMUNITY = "community"
+
+
+HIDDEN_IMAGE_STATUSES = (ImageStatus.PENDING_DELETE, ImageStatus.DELETED)
+
+
+def _enum(enum: type[StrEnum], length: int) -> Enum:
+    # Stored by value as plain strings: readable in psql, and no native enum type to migrate.
+    return Enum(enum, native_enum=False, length=length, values_callable=lambda members: [m.value for m in members])
+
+
+class Image(Base):
+    """A Glance image record. Rows are never removed by the API: `deleted` is a status."""
+
+    __tablename__ = "images"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[ImageStatus] = mapped_column(_enum(ImageStatus, 32))
+    visibility: Mapped[Visibility] = mapped_column(_enum(Visibility, 16))
+    owner: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    virtual_size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(32))
+    os_hash_algo: Mapped[str | None] = mapped_column(String(64))
+    os_hash_value: Mapped[str | None] = mapped_column(String(128))
+    disk_format: Mapped[str | None] = mapped_column(String(32))
+    container_format: Mapped[str | None] = mapped_column(String(32))
+    min_disk: Mapped[int] = mapped_column(Integer, default=0)
+    min_ram: Mapped[int] = mapped_column(Integer, default=0)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    os_hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    properties: Mapped[list["ImageProperty"]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", lazy="selectin", order_by="ImageProperty.name"
+    )
+    tags: Mapped[list["ImageTag"]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", lazy="selectin", order_by="ImageTag.value"
+    )
+    locations: Mapped[list["Location"]] = relationship(back_populates="image", lazy="selectin", order_by="Location.id")
+
+    __table_args__ = (
+        # The tenant's image list, newest first, paged by (created_at, id): GET /v2/images.
+        Index("ix_images_owner_created_at_id", "owner", "created_at", "id"),
+        # The admin's list of every tenant's images, same order.
+        Index("ix_images_created_at_id", "created_at", "id"),
+    )
+
+    @property
+    def active_locations(self) -> list["Location"]:
+        """The locations whose data is there to serve; the only ones the API ever lists."""
+        return [location for location in self.locations if location.status is LocationStatus.ACTIVE]
+
+
+class ImageProperty(Base):
+    """A free-form image property (Glance keeps them as strings)."""
+
+    __tablename__ = "image_properties"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    image: Mapped[Image] = relationship(back_populates="properties")
+
+    __table_args__ = (
+        UniqueConstraint("image_id", "name", name="uq_image_properties_image_id_name"),
+        # The property=value list filter.
+        Index("ix_image_properties_name_value", "name", "value"),
+    )
+
+
+class ImageTag(Base):
+    """A tag on an image."""
+
+    __tablename__ = "image_tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"))
+    value: Mapped[str] = mapped_column(String(255))
+    image: Mapped[Image] = relationship(back_populates="tags")
+
+    __table_args__ = (
+        UniqueConstraint("image_id", "value", name="uq_image_tags_image_id_value"),
+        # The tag= list filter.
+        Index("ix_image_tags_value", "value"),
+    )
+
+
+class Location(Base):
+    """One copy of an image's data in one store. The API never deletes the row (soft delete)."""
+
+    __tablename__ = "locations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    store: Mapped[str] = mapped_column(String(64))
+    location_metadata: Mapped[dict[str, object]] = mapped_column("metadata", JSON, default=dict)
+    status: Mapped[LocationStatus] = mapped_column(_enum(LocationStatus, 32))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+    image: Mapped[Image] = relationship(back_populates="locations")
+
+    __table_args__ = (
+        # The scrubber's backlog and its metrics read only pending_delete rows: a partial index keeps
+        # their cost independent of the number of active locations.
+        Index(
+            "ix_locations_pending_delete",
+            "store",
+            "updated_at",
+            postgresql_where=text("status = 'pending_delete'"),
+            sqlite_where=text("status = 'pending_delete'"),
+        ),
+    )

@@ -1,0 +1,14 @@
+"""Every URL of the Glance Images v2 API that locquota serves."""
+
+from pyramid.config import Configurator
+
+
+def includeme(config: Configurator) -> None:
+    """Version discovery, schemas, images and image data."""
+    config.add_route("versions.root", "/")
+    config.add_route("versions.list", "/versions")
+    config.add_route("schemas.image", "/v2/schemas/image")
+    config.add_route("schemas.images", "/v2/schemas/images")
+    config.add_route("images.collection", "/v2/images")
+    config.add_route("images.item", "/v2/images/{image_id}")
+    config.add_route("images.file", "/v2/images/{image_id}/file")

@@ -1,0 +1,387 @@
+"""Glance's image schema (served at /v2/schemas/image and used to validate), and request parsing.
+
+Everything a client sends is checked here, before any service runs: a bad request is a LocquotaError
+that changes nothing.
+"""
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from pyramid.request import Request
+
+from locquota.errors import (
+    Forbidden,
+    ImageNotFound,
+    InvalidBody,
+    InvalidMarker,
+    InvalidPatch,
+    InvalidPatchPath,
+    InvalidQueryParameter,
+    MalformedJSON,
+    ReadOnlyAttribute,
+    RequestTooLarge,
+    ReservedAttribute,
+    UnsupportedMediaType,
+)
+from locquota.settings import Settings
+
+DISK_FORMATS = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"]
+CONTAINER_FORMATS = ["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]
+UUID_PATTERN = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
+PATCH_MEDIA_TYPES = {"application/openstack-images-v2.0-json-patch", PATCH_MEDIA_TYPE}
+MAX_PROPERTY_NAME_CHARS = 255
+
+# Attribute rules, as Glance's request deserializer has them.
+DISALLOWED = frozenset({"direct_url", "self", "file", "schema", "stores"})
+READ_ONLY = frozenset(
+    {"created_at", "updated_at", "status", "checksum", "size", "virtual_size", "direct_url", "self", "file", "schema",
+     "id", "os_hash_algo", "os_hash_value", "stores"}
+)  # fmt: skip
+RESERVED = frozenset({"location", "deleted", "deleted_at", "locations"})
+RESERVED_PREFIX = "os_glance"
+EDITABLE_BASE = ("name", "visibility", "protected", "os_hidden", "min_disk", "min_ram", "disk_format",
+                 "container_format", "owner", "tags")  # fmt: skip
+SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
+LIST_FILTERS_WITH_IN = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id")
+
+
+def _nullable(kind: str, **extra: object) -> dict[str, object]:
+    return {"type": ["null", kind], **extra}
+
+
+def image_schema() -> dict[str, Any]:
+    """The image schema glanceclient fetches before every create and update, and validates against."""
+    properties: dict[str, Any] = {
+        "id": {"type": "string", "description": "An identifier for the image", "pattern": UUID_PATTERN},
+        "name": _nullable("string", maxLength=255, description="Descriptive name for the image"),
+        "status": {
+            "type": "string",
+            "readOnly": True,
+            "description": "Status of the image",
+            "enum": [
+                "queued",
+                "saving",
+                "active",
+                "killed",
+                "deleted",
+                "uploading",
+                "importing",
+                "pending_delete",
+                "deactivated",
+            ],
+        },
+        "visibility": {
+            "type": "string",
+            "description": "Scope of image accessibility",
+            "enum": ["community", "public", "private", "shared"],
+        },
+        "protected": {"type": "boolean", "description": "If true, image will not be deletable."},
+        "os_hidden": {"type": "boolean", "description": "If true, image will not appear in default image list."},
+        "checksum": _nullable("string", readOnly=True, maxLength=32, description="md5 hash of image contents."),
+        "os_hash_algo": _nullable("string", readOnly=True, maxLength=64, description="Algorithm of os_hash_value"),
+        "os_hash_value": _nullable("string", readOnly=True, maxLength=128, description="Hexdigest of the data"),
+        "owner": _nullable("string", maxLength=255, description="Owner of the image"),
+        "size": _nullable("integer", readOnly=True, description="Size of image file in bytes"),
+        "virtual_size": _nullable("integer", readOnly=True, description="Virtual size of image in bytes"),
+        "container_format": _nullable("string", enum=[None, *CONTAINER_FORMATS], description="Container format"),
+        "disk_format": _nullable("string", enum=[None, *DISK_FORMATS], description="Format of the disk"),
+        "created_at": {"type": "string", "readOnly": True, "description": "Date and time of image registration"},
+        "updated_at": {"type": "string", "readOnly": True, "description": "Date and time of the last modification"},
+        "tags": {
+            "type": "array",
+            "description": "List of strings related to the image",
+            "items": {"type": "string", "maxLength": 255},
+        },
+        "direct_url": {"type": "string", "readOnly": True, "description": "URL of the image file in its store"},
+        "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image."},
+        "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
+        "self": {"type": "string", "readOnly": True, "description": "An image self url"},
+        "file": {"type": "string", "readOnly": True, "description": "An image file url"},
+        "stores": {"type": "string", "readOnly": True, "description": "Stores in which image data resides"},
+        "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
+        "locations": {
+            "type": "array",
+            "description": "A set of URLs to access the image file kept in external store",
+            "items": {
+                "type": "object",
+                "properties": {"url": {"type": "string", "maxLength": 255}, "metadata": {"type": "object"}},
+                "required": ["url", "metadata"],
+            },
+        },
+    }
+    return {
+        "name": "image",
+        "properties": properties,
+        "additionalProperties": {"type": "string"},
+        "links": [
+            {"rel": "self", "href": "{self}"},
+            {"rel": "enclosure", "href": "{file}"},
+            {"rel": "describedby", "href": "{schema}"},
+        ],
+    }
+
+
+def images_schema() -> dict[str, Any]:
+    """The collection schema at /v2/schemas/images."""
+    return {
+        "name": "images",
+        "properties": {
+            "images": {"type": "array", "items": image_schema()},
+            "first": {"type": "string"},
+            "next": {"type": "string"},
+            "schema": {"type": "string"},
+        },
+        "links": [
+            {"rel": "first", "href": "{first}"},
+            {"rel": "next", "href": "{next}"},
+            {"rel": "describedby", "href": "{schema}"},
+        ],
+    }
+
+
+_VALIDATOR = jsonschema.Draft4Validator(image_schema())
+
+
+def validate_image_document(document: dict[str, object]) -> None:
+    """Check a (partial) image against the schema; InvalidBody names the first problem."""
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(document))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "body"
+        raise InvalidBody(f"Invalid value for {where}: {error.message[:200]}", field=where[:255])
+
+
+def parse_image_id(raw: str) -> uuid.UUID:
+    """An image id from the URL; a malformed one names no image, so it is a 404 as in Glance."""
+    if not re.fullmatch(UUID_PATTERN, raw):
+        raise ImageNotFound("No image found with this id.")
+    return uuid.UUID(raw)
+
+
+def read_json_body(request: Request, max_bytes: int) -> object:
+    """Read and parse a JSON body of bounded size."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    raw = request.body_file.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedJSON("The request body is not valid JSON.") from exc
+
+
+def _check_attribute_name(name: str, *, for_create: bool) -> None:
+    if name in RESERVED or name.startswith(RESERVED_PREFIX):
+        raise ReservedAttribute(f"Attribute '{name[:255]}' is reserved.")
+    if name in DISALLOWED or (not for_create and name in READ_ONLY) or (for_create and name in READ_ONLY - {"id"}):
+        raise ReadOnlyAttribute(f"Attribute '{name}' is read-only.")
+    if len(name) > MAX_PROPERTY_NAME_CHARS:
+        raise InvalidBody("Custom property names must be at most 255 characters.")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCreate:
+    """A validated POST /v2/images body."""
+
+    image_id: uuid.UUID | None
+    attributes: dict[str, object]
+    tags: list[str]
+    properties: dict[str, str]
+
+
+def image_create(request: Request, settings: Settings) -> ImageCreate:
+    """Parse POST /v2/images: 403 for read-only or reserved attributes, 400 for anything off-schema."""
+    body = read_json_body(request, settings.max_request_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidBody("The request body must be a JSON object.")
+    for name in body:
+        _check_attribute_name(name, for_create=True)
+    validate_image_document(body)
+    raw_id = body.pop("id", None)
+    tags = body.pop("tags", [])
+    attributes = {name: body.pop(name) for name in EDITABLE_BASE if name in body}
+    return ImageCreate(uuid.UUID(raw_id) if raw_id else None, attributes, list(dict.fromkeys(tags)), body)
+
+
+@dataclass(frozen=True, slots=True)
+class PatchOperation:
+    """One Glance json-patch change: op, the attribute it names, and the value for add/replace."""
+
+    op: str
+    name: str
+    value: object = None
+
+
+def _pointer_name(pointer: object) -> str:
+    """The one attribute a Glance patch path names (depth 1; json-pointer escapes decoded)."""
+    if not isinstance(pointer, str) or not pointer.startswith("/"):
+        raise InvalidPatchPath("A patch path must be a string starting with '/'.")
+    parts = pointer[1:].split("/")
+    if len(parts) != 1 or not parts[0].strip():
+        raise InvalidPatchPath("Invalid JSON pointer for this resource.", path=pointer[:255])
+    if re.search("~[^01]", pointer) or pointer.endswith("~"):
+        raise InvalidPatchPath("The patch path has a '~' that is not an escape sequence.", path=pointer[:255])
+    return parts[0].replace("~1", "/").replace("~0", "~").strip()
+
+
+def _patch_operation(raw: object) -> PatchOperation:
+    if not isinstance(raw, dict):
+        raise InvalidPatch("Operations must be JSON objects.")
+    op = raw.get("op")
+    if op not in ("add", "remove", "replace"):
+        raise InvalidPatch("The operation must be one of add, remove, replace.")
+    pointer = raw.get("path")
+    if isinstance(pointer, str) and pointer.split("/")[1:2] == ["locations"]:
+        raise Forbidden("Locations cannot be changed while the deployment does not show them.")
+    name = _pointer_name(pointer)
+    _check_attribute_name(name, for_create=False)
+    if op == "remove":
+        return PatchOperation(op, name)
+    if "value" not in raw:
+        raise InvalidPatch(f'Operation "{op}" requires a member named "value".')
+    validate_image_document({name: raw["value"]})
+    return PatchOperation(op, name, raw["value"])
+
+
+def image_patch(request: Request, settings: Settings) -> list[PatchOperation]:
+    """Parse a PATCH body; 415 unless it is Glance's json-patch media type."""
+    if request.content_type not in PATCH_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"Image PATCH expects Content-Type {PATCH_MEDIA_TYPE}.", accepted=sorted(PATCH_MEDIA_TYPES)
+        )
+    body = read_json_body(request, settings.max_request_body_bytes)
+    if not isinstance(body, list):
+        raise InvalidPatch("Request body must be a JSON array of operation objects.")
+    return [_patch_operation(raw) for raw in body]
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """One sort key and its direction."""
+
+    name: str
+    descending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImageQuery:
+    """A validated GET /v2/images query."""
+
+    limit: int
+    marker: uuid.UUID | None = None
+    sort: tuple[SortKey, ...] = (SortKey("created_at", descending=True),)
+    equal_filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    properties: dict[str, str] = field(default_factory=dict)
+    size_min: int | None = None
+    size_max: int | None = None
+    protected: bool | None = None
+    os_hidden: bool = False
+
+
+def _sort_key(name: str) -> str:
+    name = name.strip()
+    if name not in SORT_KEYS:
+        raise InvalidQueryParameter(f"Invalid sort key. It must be one of: {', '.join(SORT_KEYS)}.")
+    return name
+
+
+def _sort_dir(direction: str) -> bool:
+    direction = direction.strip()
+    if direction not in ("asc", "desc"):
+        raise InvalidQueryParameter("Invalid sort direction: it must be asc or desc.")
+    return direction == "desc"
+
+
+def _sorting(params: dict[str, list[str]]) -> tuple[SortKey, ...]:
+    """Both of Glance's syntaxes: sort=name:asc,size:desc, or repeated sort_key/sort_dir."""
+    if "sort" in params:
+        if "sort_key" in params or "sort_dir" in params:
+            raise InvalidQueryParameter("Old and new sorting syntax cannot be combined.")
+        keys = []
+        for item in ",".join(params.pop("sort")).split(","):
+            name, _, direction = item.partition(":")
+            keys.append(SortKey(_sort_key(name), _sort_dir(direction or "desc")))
+        return tuple(keys)
+    names = [_sort_key(name) for name in params.pop("sort_key", [])] or ["created_at"]
+    directions = [_sort_dir(direction) for direction in params.pop("sort_dir", [])] or [True]
+    if len(directions) == 1:
+        directions *= len(names)
+    if len(directions) != len(names):
+        raise InvalidQueryParameter("Number of sort dirs does not match the number of sort keys.")
+    return tuple(SortKey(name, descending) for name, descending in zip(names, directions, strict=True))
+
+
+def _single(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.pop(name, [])
+    if len(values) > 1:
+        raise InvalidQueryParameter(f"The parameter {name} may be given only once.")
+    return values[0] if values else None
+
+
+def _integer(name: str, raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not re.fullmatch(r"\d{1,18}", raw.strip()):
+        raise InvalidQueryParameter(f"{name} must be a non-negative integer.")
+    return int(raw)
+
+
+def _flag(name: str, raw: str | None) -> bool | None:
+    if raw is None:
+        return None
+    if raw.lower() not in ("true", "false"):
+        raise InvalidQueryParameter(f"Invalid value for {name}: it must be true or false.")
+    return raw.lower() == "true"
+
+
+def image_list_query(request: Request, settings: Settings) -> ImageQuery:
+    """Parse GET /v2/images parameters as Glance does; unknown parameters filter on properties."""
+    params: dict[str, list[str]] = {}
+    for key, value in request.GET.items():
+        params.setdefault(key, []).append(value)
+    limit = _integer("limit", _single(params, "limit"))
+    raw_marker = _single(params, "marker")
+    if raw_marker is not None and not re.fullmatch(UUID_PATTERN, raw_marker):
+        raise InvalidMarker("The marker is not an image id.")
+    sort = _sorting(params)
+    tags = tuple(tag.strip() for tag in params.pop("tag", []))
+    if "changes-since" in params:
+        raise InvalidQueryParameter('The "changes-since" filter is no longer available on v2.')
+    params.pop("member_status", None)
+    size_min = _integer("size_min", _single(params, "size_min"))
+    size_max = _integer("size_max", _single(params, "size_max"))
+    protected = _flag("protected", _single(params, "protected"))
+    os_hidden = _flag("os_hidden", _single(params, "os_hidden")) or False
+    equal_filters: dict[str, tuple[str, ...]] = {}
+    for name in LIST_FILTERS_WITH_IN:
+        raw = _single(params, name)
+        if raw is not None:
+            equal_filters[name] = tuple(raw[3:].split(",")) if raw.startswith("in:") else (raw,)
+    visibility = equal_filters.get("visibility", ())
+    if any(value not in ("community", "public", "private", "shared", "all") for value in visibility):
+        raise InvalidQueryParameter("Invalid visibility value.")
+    if "all" in visibility:
+        equal_filters.pop("visibility")
+    properties = {}
+    for name, values in params.items():
+        if len(values) > 1:
+            raise InvalidQueryParameter(f"The filter {name[:255]} may be given only once.")
+        properties[name] = values[0]
+    return ImageQuery(
+        limit=min(settings.api_limit_max, settings.limit_param_default if limit is None else limit),
+        marker=uuid.UUID(raw_marker) if raw_marker else None,
+        sort=sort,
+        equal_filters=equal_filters,
+        tags=tags,
+        properties=properties,
+        size_min=size_min,
+        size_max=size_max,
+        protected=protected,
+        os_hidden=os_hidden,
+    )

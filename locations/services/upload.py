@@ -1,0 +1,149 @@
+"""Image data in and out: a streamed upload into the default store, and a streamed download.
+
+An upload spans three units of work: queued -> saving is committed before the bytes arrive (so other
+requests see the upload in progress), the bytes stream into the store outside any transaction, and
+the last unit records the location and activates the image. `checkpoint` commits one unit and starts
+the next; the view hands over the request's transaction manager for it.
+"""
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from locations.models import Image, ImageStatus, Location, LocationStatus
+from locations.services.images import ImageService
+from locations.stores.base import StoreError, StoreFullError, StoreRegistry
+from locquota.clock import Clock
+from locquota.errors import (
+    ImageTooLarge,
+    IncompleteUpload,
+    InvalidBody,
+    InvalidImageStatus,
+    LocquotaError,
+    StoreFull,
+    StoreUnavailable,
+)
+from locquota.identity import Identity
+
+HASH_ALGORITHM = "sha512"
+
+
+class HashingReader:
+    """Reads the body in fixed-size chunks, counting and hashing as it goes, and stops past the size cap."""
+
+    def __init__(self, body: BinaryIO, expected_bytes: int | None, cap_bytes: int, chunk_bytes: int) -> None:
+        self._body, self._expected, self._cap, self._chunk = body, expected_bytes, cap_bytes, chunk_bytes
+        self.size = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.digest = hashlib.new(HASH_ALGORITHM)
+
+    def chunks(self) -> Iterator[bytes]:
+        """Yield the body; raise before yielding any byte past the cap, or on a short body."""
+        while chunk := self._read():
+            self.size += len(chunk)
+            if self.size > self._cap:
+                raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
+            self.md5.update(chunk)
+            self.digest.update(chunk)
+            yield chunk
+        if self._expected is not None and self.size != self._expected:
+            raise IncompleteUpload("The body ended before Content-Length bytes arrived.")
+
+    def _read(self) -> bytes:
+        try:
+            return self._body.read(self._chunk)
+        except OSError as exc:  # WebOb's DisconnectionError and socket errors alike
+            raise IncompleteUpload("The client disconnected during the upload.") from exc
+
+
+class ImageDataService:
+    """Uploads and downloads of image data."""
+
+    def __init__(
+        self,
+        db: Session,
+        images: ImageService,
+        stores: StoreRegistry,
+        clock: Clock,
+        checkpoint: Callable[[], None],
+        *,
+        chunk_bytes: int,
+        size_cap_bytes: int,
+    ) -> None:
+        self._db, self._images, self._stores, self._clock = db, images, stores, clock
+        self._checkpoint, self._chunk_bytes, self._cap = checkpoint, chunk_bytes, size_cap_bytes
+
+    def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
+        """Stream body into the default store; the image ends active, or queued/killed with nothing stored."""
+        image = self._images.get(caller, image_id)
+        if image.status is not ImageStatus.QUEUED:
+            raise InvalidImageStatus(f"Image status transition from {image.status} to saving is not allowed.")
+        if not image.disk_format or not image.container_format:
+            raise InvalidBody("Properties disk_format and container_format must be set prior to saving data.")
+        if content_length is not None and content_length > self._cap:
+            raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
+        self._move(image_id, ImageStatus.QUEUED, ImageStatus.SAVING)
+        self._checkpoint()
+        reader = HashingReader(body, content_length, self._cap, self._chunk_bytes)
+        store = self._stores.default
+        try:
+            url = store.add(image_id, reader.chunks())
+        except BaseException as exc:
+            # Whatever happened, nothing is stored (the store cleans up); give the image back or kill it.
+            self._move(
+                image_id, ImageStatus.SAVING, ImageStatus.KILLED if isinstance(exc, StoreError) else ImageStatus.QUEUED
+            )
+            self._checkpoint()
+            if isinstance(exc, StoreFullError):
+                raise StoreFull("The store has no space left for this image.") from exc
+            if isinstance(exc, StoreError):
+                raise StoreUnavailable("The store failed while writing the image data.") from exc
+            raise
+        return self._activate(image_id, store.name, url, reader)
+
+    def _move(self, image_id: uuid.UUID, source: ImageStatus, target: ImageStatus) -> None:
+        """A conditional status change: two concurrent uploads cannot both start, on any database."""
+        moved = self._db.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == source)
+            .values(status=target, updated_at=self._clock.now())
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidImageStatus(f"Image status transition from {source} to {target} is not allowed.")
+
+    def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader) -> Image:
+        image = self._db.get_one(Image, image_id, populate_existing=True)
+        now = self._clock.now()
+        image.size, image.checksum = reader.size, reader.md5.hexdigest()
+        image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
+        image.status, image.updated_at = ImageStatus.ACTIVE, now
+        image.locations.append(
+            Location(
+                url=url,
+                store=store_name,
+                location_metadata={},
+                status=LocationStatus.ACTIVE,
+                size_bytes=reader.size,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self._db.flush()
+        return image
+
+    def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
+        """The image and a stream of its data from the first readable active location (None: no data)."""
+        image = self._images.get(caller, image_id)
+        locations = image.active_locations
+        for location in locations:
+            try:
+                return image, self._stores[location.store].get(location.url, self._chunk_bytes)
+            except (StoreError, LocquotaError, KeyError):
+                continue
+        if locations:
+            raise StoreUnavailable("No store could serve the image data.")
+        return image, None

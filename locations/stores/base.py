@@ -1,0 +1,83 @@
+"""What a store must do, and the registry that picks the store for a URL.
+
+Stores are plug-ins: the `locquota.stores` entry-point group maps a name to a class taking
+(name, options). Hashing and size counting happen above the store, so a store only moves bytes.
+"""
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from locquota.errors import LocationOutsideStore, UnsupportedScheme
+
+ENTRY_POINT_GROUP = "locquota.stores"
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the data is in an unknown state for that call."""
+
+
+class StoreFullError(StoreError):
+    """No space left for the data."""
+
+
+class Store(Protocol):
+    """One configured backend where image data lives."""
+
+    name: str
+    scheme: str
+
+    def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
+        """Write every chunk and return the new data's URL; on failure leave nothing behind."""
+
+    def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
+        """Stream the data at url."""
+
+    def delete(self, url: str) -> None:
+        """Remove the data at url; data already gone is not an error (deleting twice is harmless)."""
+
+    def validate_url(self, url: str) -> None:
+        """Raise LocationOutsideStore unless url names data inside this store."""
+
+
+class StoreRegistry:
+    """The enabled stores, by name, and the default one uploads go to."""
+
+    def __init__(self, stores: Mapping[str, Store], default: str) -> None:
+        self._stores = dict(stores)
+        self.default = self._stores[default]
+
+    def __getitem__(self, name: str) -> Store:
+        return self._stores[name]
+
+    def for_url(self, url: str) -> Store:
+        """The store that owns url; 400 if its scheme is not enabled or it lies outside every store."""
+        scheme = url.partition(":")[0].lower() if ":" in url else ""
+        candidates = [store for store in self._stores.values() if store.scheme == scheme]
+        if not candidates:
+            raise UnsupportedScheme("The location URL's scheme is not enabled.", scheme=scheme[:32])
+        refusal: LocationOutsideStore | None = None
+        for store in candidates:
+            try:
+                store.validate_url(url)
+            except LocationOutsideStore as exc:
+                refusal = exc
+            else:
+                return store
+        assert refusal is not None  # noqa: S101  (candidates is not empty)
+        raise refusal
+
+
+def load_stores(enabled: Iterable[str], options: Mapping[str, Mapping[str, str]]) -> dict[str, Store]:
+    """Instantiate each enabled store from its entry point with its locquota.store.<name>.* options."""
+    available = {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
+    stores: dict[str, Store] = {}
+    for name in enabled:
+        if name not in available:
+            raise ValueError(f"locquota.enabled_stores: no store plug-in named {name!r}")
+        stores[name] = available[name].load()(name, options.get(name, {}))
+    unknown = set(options) - set(enabled)
+    if unknown:
+        raise ValueError(f"locquota.store.{sorted(unknown)[0]}.*: that store is not enabled")
+    return stores

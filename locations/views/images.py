@@ -1,0 +1,94 @@
+"""The Glance Images v2 image and image-data views: parse, one service call, present."""
+
+from pyramid.request import Request
+from pyramid.response import Response
+from pyramid.view import view_config
+
+from locations import presenters, schemas
+from locations.services.images import ImageService
+from locations.services.upload import ImageDataService
+from locquota.errors import UnsupportedMediaType
+
+UPLOAD_MEDIA_TYPE = "application/octet-stream"
+
+
+def _present(request: Request, image: object) -> dict[str, object]:
+    settings = request.settings
+    return presenters.image(
+        image,  # type: ignore[arg-type]
+        show_locations=settings.show_multiple_locations,
+        show_direct_url=settings.show_image_direct_url,
+    )
+
+
+@view_config(route_name="images.collection", request_method="GET", renderer="json")
+def list_images(request: Request) -> dict[str, object]:
+    """A page of the caller's images, newest first unless sorted otherwise."""
+    query = schemas.image_list_query(request, request.settings)
+    images, next_marker = request.find_service(ImageService).list_page(request.identity, query)
+    settings = request.settings
+    return presenters.image_list(
+        list(images),
+        list(request.GET.items()),
+        next_marker,
+        show_locations=settings.show_multiple_locations,
+        show_direct_url=settings.show_image_direct_url,
+    )
+
+
+@view_config(route_name="images.collection", request_method="POST", renderer="json")
+def create_image(request: Request) -> dict[str, object]:
+    """A new queued image; 201 with its Location."""
+    body = schemas.image_create(request, request.settings)
+    image = request.find_service(ImageService).create(request.identity, body)
+    request.response.status_code = 201
+    request.response.location = request.route_url("images.item", image_id=str(image.id))
+    return _present(request, image)
+
+
+@view_config(route_name="images.item", request_method="GET", renderer="json")
+def show_image(request: Request) -> dict[str, object]:
+    """One image."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    return _present(request, request.find_service(ImageService).get(request.identity, image_id))
+
+
+@view_config(route_name="images.item", request_method="PATCH", renderer="json")
+def patch_image(request: Request) -> dict[str, object]:
+    """Glance json-patch on an image's attributes and properties."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    changes = schemas.image_patch(request, request.settings)
+    image = request.find_service(ImageService).apply_patch(request.identity, image_id, changes)
+    return _present(request, image)
+
+
+@view_config(route_name="images.item", request_method="DELETE")
+def delete_image(request: Request) -> Response:
+    """Delete an image; 204."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    request.find_service(ImageService).delete(request.identity, image_id)
+    return Response(status=204)
+
+
+@view_config(route_name="images.file", request_method="PUT")
+def upload_image_data(request: Request) -> Response:
+    """Stream the body into the default store (chunked or with Content-Length); 204."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    if request.content_type != UPLOAD_MEDIA_TYPE:
+        raise UnsupportedMediaType(f"Image data must be sent as {UPLOAD_MEDIA_TYPE}.")
+    data = request.find_service(ImageDataService)
+    data.upload(request.identity, image_id, request.body_file, request.content_length)
+    return Response(status=204)
+
+
+@view_config(route_name="images.file", request_method="GET")
+def download_image_data(request: Request) -> Response:
+    """Stream the data with Content-MD5; 204 with no body while the image has no data."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    image, chunks = request.find_service(ImageDataService).open(request.identity, image_id)
+    if chunks is None:
+        return Response(status=204)
+    response = Response(app_iter=chunks, content_type=UPLOAD_MEDIA_TYPE, content_length=image.size)
+    if image.checksum:
+        response.headers["Content-MD5"] = image.checksum
+    return response

@@ -1,0 +1,52 @@
+"""The Pyramid application factory: settings first, then one include per concern."""
+
+from collections.abc import Mapping
+
+from pyramid.config import Configurator
+from pyramid.request import Request
+from pyramid.router import Router
+
+
+def _retry_attempts(request: Request) -> int | None:
+    """Retry only requests whose body is small enough to replay; None means the default number of attempts.
+
+    pyramid_retry buffers the body to make it seekable: a streamed upload or an oversized body would be
+    read whole before any check could refuse it.
+    """
+    limit = request.registry["locquota.settings"].max_request_body_bytes
+    length = request.content_length
+    if request.method == "PUT" and request.path_info.endswith("/file"):
+        return 1
+    if (length is None and request.is_body_readable) or (length is not None and length > limit):
+        return 1
+    return None
+
+
+def configure(raw: Mapping[str, str]) -> Configurator:
+    """Build the Configurator; tests call this and register fakes (a frozen clock) before making the app."""
+    config = Configurator(
+        settings={**raw, "tm.manager_hook": "pyramid_tm.explicit_manager", "retry.activate_hook": _retry_attempts}
+    )
+    config.include("locquota.settings")
+    for name in (
+        "pyramid_services",
+        "pyramid_retry",
+        "pyramid_tm",
+        "locquota.clock",
+        "locquota.db",
+        "locquota.cache",
+        "locquota.identity",
+        "locquota.errors",
+        "locquota.health",
+        "quota",
+        "locations",
+        "metrics",
+    ):
+        config.include(name)
+    config.set_default_permission("authenticated")
+    return config
+
+
+def main(global_config: Mapping[str, str], **settings: str) -> Router:
+    """The paste app factory named in development.ini and production.ini."""
+    return configure(settings).make_wsgi_app()

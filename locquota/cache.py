@@ -1,0 +1,79 @@
+"""Redis as a cache that may vanish: every call degrades to a miss, never to an error.
+
+The database is the source of truth; callers fall back to it whenever this answers None.
+"""
+
+import json
+import logging
+
+import redis
+from pyramid.config import Configurator
+
+log = logging.getLogger(__name__)
+
+
+class Cache:
+    """A JSON cache in Redis; `None` client means caching is switched off."""
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self._client = client
+
+    @property
+    def is_enabled(self) -> bool:
+        """Whether a Redis URL is configured at all."""
+        return self._client is not None
+
+    def ping(self) -> bool:
+        """Whether Redis answers right now."""
+        if self._client is None:
+            return False
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError as exc:
+            log.warning("cache unreachable: %s", exc)
+            return False
+
+    def get_json(self, key: str) -> object | None:
+        """The cached value, or None on a miss or any Redis failure."""
+        if self._client is None:
+            return None
+        try:
+            raw = self._client.get(key)
+        except redis.RedisError as exc:
+            log.warning("cache read failed: %s", exc)
+            return None
+        return None if raw is None else json.loads(raw)
+
+    def set_json(self, key: str, value: object, ttl_seconds: int) -> None:
+        """Store a value; a failure only costs a later miss."""
+        if self._client is None:
+            return
+        try:
+            self._client.set(key, json.dumps(value), ex=ttl_seconds)
+        except redis.RedisError as exc:
+            log.warning("cache write failed: %s", exc)
+
+    def forget(self, key: str) -> None:
+        """Drop a key; a failure is logged (the entry then expires by its TTL)."""
+        if self._client is None:
+            return
+        try:
+            self._client.delete(key)
+        except redis.RedisError as exc:
+            log.warning("cache delete failed: %s", exc)
+
+
+def make_cache(redis_url: str, timeout_seconds: float) -> Cache:
+    """A Cache on this URL; short timeouts so a dead Redis costs milliseconds, not seconds."""
+    if not redis_url:
+        return Cache(None)
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds, retry=None
+    )
+    return Cache(client)
+
+
+def includeme(config: Configurator) -> None:
+    """The cache as a service."""
+    settings = config.registry["locquota.settings"]
+    config.register_service(make_cache(settings.redis_url, settings.redis_timeout_seconds), iface=Cache)

@@ -1,0 +1,101 @@
+"""The `locquota` command: one click group; each package adds its own commands.
+
+The app is bootstrapped lazily from the .ini on first use, so `--help` stays instant and a typo in
+a setting fails with the key's name before any command runs.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import click
+from pyramid.paster import bootstrap, setup_logging
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.scripting import prepare
+
+from locquota.clock import Clock
+from locquota.db import upgrade_to_head
+from locquota.settings import SettingsError
+from locquota.tokens import TokenService
+
+
+class LazyApp:
+    """The application built from --config when a command first needs it."""
+
+    def __init__(self, config_uri: str) -> None:
+        self.config_uri = config_uri
+        self._registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The app's registry, bootstrapping on first use."""
+        if self._registry is None:
+            setup_logging(self.config_uri)
+            try:
+                env = bootstrap(self.config_uri)
+            except (SettingsError, ValueError) as exc:
+                raise click.ClickException(f"{self.config_uri}: {exc}") from exc
+            env["closer"]()
+            self._registry = env["registry"]
+        return self._registry
+
+    @contextmanager
+    def request(self) -> Iterator[Request]:
+        """A request to run one command's work with; `with request.tm:` makes it one transaction."""
+        env = prepare(registry=self.registry)
+        try:
+            yield env["request"]
+        finally:
+            env["closer"]()
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_uri",
+    default="development.ini",
+    envvar="LOCQUOTA_CONFIG",
+    show_default=True,
+    help="The PasteDeploy .ini of the deployment.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_uri: str) -> None:
+    """Operate a locquota deployment."""
+    ctx.obj = LazyApp(config_uri)
+
+
+@cli.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(app: LazyApp) -> None:
+    """Apply every pending migration (PostgreSQL deployments run this on each release)."""
+    upgrade_to_head(app.registry["locquota.engine"])
+    click.echo("database is at the newest revision")
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens for the `tokens` identity strategy."""
+
+
+@tokens.command("create")
+@click.option("--project", required=True, help="The project (tenant) the token acts as.")
+@click.option("--roles", default="member", show_default=True, help="Comma-separated roles, e.g. admin,member.")
+@click.option("--description", default="", help="A note on who holds the token.")
+@click.option("--expires-in-days", type=click.IntRange(min=1), default=None, help="Expiry; none by default.")
+@click.pass_obj
+def tokens_create(app: LazyApp, project: str, roles: str, description: str, expires_in_days: int | None) -> None:
+    """Print a new token once; only its hash is stored, so it cannot be shown again."""
+    if not project.strip() or len(project) > 255:
+        raise click.BadParameter("must be 1 to 255 characters", param_hint="--project")
+    with app.request() as request, request.tm:
+        clock = request.find_service(Clock)
+        expires_at = clock.now() + timedelta(days=expires_in_days) if expires_in_days else None
+        role_list = [role.strip() for role in roles.split(",") if role.strip()]
+        token = TokenService(request.db, clock).issue(project.strip(), role_list, description, expires_at)
+    click.echo(token)

@@ -1,0 +1,186 @@
+"""The one error type clients see, its stable codes, and the views that render every error as JSON.
+
+Codes are API: they are listed in docs/errors.md and never renamed or reused.
+"""
+
+import logging
+from typing import ClassVar
+
+from pyramid.config import Configurator
+from pyramid.httpexceptions import HTTPException
+from pyramid.request import Request
+from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
+
+log = logging.getLogger(__name__)
+
+
+class LocquotaError(Exception):
+    """Every error a client may see. The exception view renders it; pyramid_tm aborts the transaction."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message, self.details = message, details
+
+
+class MalformedJSON(LocquotaError):
+    code = "malformed_json"
+
+
+class InvalidBody(LocquotaError):
+    code = "invalid_body"
+
+
+class InvalidQueryParameter(LocquotaError):
+    code = "invalid_query_parameter"
+
+
+class InvalidMarker(LocquotaError):
+    code = "invalid_marker"
+
+
+class InvalidPatch(LocquotaError):
+    code = "invalid_patch"
+
+
+class InvalidPatchPath(LocquotaError):
+    code = "invalid_patch_path"
+
+
+class LocationOutsideStore(LocquotaError):
+    code = "location_outside_store"
+
+
+class UnsupportedScheme(LocquotaError):
+    code = "unsupported_scheme"
+
+
+class Unauthorized(LocquotaError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(LocquotaError):
+    status, code = 403, "forbidden"
+
+
+class ReadOnlyAttribute(LocquotaError):
+    status, code = 403, "read_only_attribute"
+
+
+class ReservedAttribute(LocquotaError):
+    status, code = 403, "reserved_attribute"
+
+
+class ImageProtected(LocquotaError):
+    status, code = 403, "image_protected"
+
+
+class ImageNotFound(LocquotaError):
+    status, code = 404, "image_not_found"
+
+
+class NotFound(LocquotaError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(LocquotaError):
+    status, code = 405, "method_not_allowed"
+
+
+class ImageConflict(LocquotaError):
+    status, code = 409, "image_conflict"
+
+
+class InvalidImageStatus(LocquotaError):
+    status, code = 409, "invalid_image_status"
+
+
+class PropertyNotFound(LocquotaError):
+    status, code = 409, "property_not_found"
+
+
+class LengthRequired(LocquotaError):
+    status, code = 411, "length_required"
+
+
+class RequestTooLarge(LocquotaError):
+    status, code = 413, "request_too_large"
+
+
+class ImageTooLarge(LocquotaError):
+    status, code = 413, "image_too_large"
+
+
+class StoreFull(LocquotaError):
+    status, code = 413, "store_full"
+
+
+class UnsupportedMediaType(LocquotaError):
+    status, code = 415, "unsupported_media_type"
+
+
+class IncompleteUpload(LocquotaError):
+    code = "incomplete_upload"
+
+
+class ServiceUnavailable(LocquotaError):
+    status, code = 503, "service_unavailable"
+    headers = (("Retry-After", "5"),)
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"
+
+
+def _render(request: Request, status: int, code: str, message: str, details: dict[str, object]) -> dict[str, object]:
+    # One top-level key: glanceclient calls .get("message") on every top-level value of an error body.
+    request.response.status_code = status
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+@exception_view_config(LocquotaError, renderer="json")
+def render_locquota_error(exc: LocquotaError, request: Request) -> dict[str, object]:
+    """Render a raised LocquotaError; its headers (Retry-After) go along."""
+    request.response.headers.update(dict(exc.headers))
+    return _render(request, exc.status, exc.code, exc.message, exc.details)
+
+
+@forbidden_view_config(renderer="json")
+def render_forbidden(_exc: HTTPException, request: Request) -> dict[str, object]:
+    """Pyramid's permission failure: 401 without an identity, 403 with one."""
+    if request.identity is None:
+        request.response.headers["WWW-Authenticate"] = 'Keystone uri="", Token'
+        return _render(request, 401, Unauthorized.code, "Authentication required.", {})
+    return _render(request, 403, Forbidden.code, "You are not authorized to do this.", {})
+
+
+@notfound_view_config(renderer="json")
+def render_not_found(_exc: HTTPException, request: Request) -> dict[str, object]:
+    """An unknown URL, in the error shape; a known URL with the wrong method is a 405, as in Glance."""
+    if request.matched_route is not None:
+        return _render(request, 405, MethodNotAllowed.code, f"{request.method} is not allowed here.", {})
+    return _render(request, 404, NotFound.code, "No resource at this URL.", {})
+
+
+@exception_view_config(HTTPException, renderer="json")
+def render_http_exception(exc: HTTPException, request: Request) -> dict[str, object]:
+    """Pyramid's other HTTP exceptions (405 from predicate mismatch, 400 from WebOb) in the error shape."""
+    code = {405: MethodNotAllowed.code, 400: LocquotaError.code}.get(
+        exc.code or 500, exc.title.lower().replace(" ", "_")
+    )
+    return _render(request, exc.code or 500, code, exc.explanation or exc.title, {})
+
+
+@exception_view_config(Exception, renderer="json")
+def render_internal_error(exc: Exception, request: Request) -> dict[str, object]:
+    """A bug. Log it with its traceback; the client gets a stable code and no internals."""
+    log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+    return _render(request, 500, "internal_error", "The server failed to handle this request.", {})
+
+
+def includeme(config: Configurator) -> None:
+    """The exception views above."""
+    config.scan(__name__)

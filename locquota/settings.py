@@ -1,0 +1,135 @@
+"""Every locquota.* setting, parsed and checked once at start-up.
+
+Only this module reads raw settings; the rest of the code reads `request.settings` (a frozen Settings)
+or takes values as constructor arguments. A typo in the .ini fails the boot with the key's name.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Self
+
+from pyramid.config import Configurator
+from pyramid.request import Request
+from pyramid.settings import asbool, aslist
+
+PREFIX = "locquota."
+STORE_PREFIX = "locquota.store."
+
+
+class SettingsError(ValueError):
+    """A bad .ini value; the message names the key."""
+
+
+class AuthStrategy(StrEnum):
+    """How a request's identity is established (SPEC section 4)."""
+
+    KEYSTONE = "keystone"
+    TOKENS = "tokens"
+    NOAUTH = "noauth"
+
+
+def _boolean(value: str) -> bool:
+    if value.strip().lower() not in {"true", "false", "yes", "no", "on", "off", "1", "0"}:
+        raise ValueError("expected true or false")
+    return asbool(value)
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("expected a positive integer")
+    return number
+
+
+def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Group locquota.store.<name>.<option> keys by store name, for the store plug-ins to check."""
+    options: dict[str, dict[str, str]] = {}
+    for key, value in raw.items():
+        if key.startswith(STORE_PREFIX):
+            name, _, option = key.removeprefix(STORE_PREFIX).partition(".")
+            if not name or not option:
+                raise SettingsError(f"{key}: expected locquota.store.<store>.<option>")
+            options.setdefault(name, {})[option] = value
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Typed settings. Defaults are the embedded ones: SQLite file, Redis on localhost if it answers."""
+
+    database_url: str = "sqlite:///locquota.sqlite"
+    auto_migrate: bool = False
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_seconds: float = 0.25
+    auth_strategy: AuthStrategy = AuthStrategy.TOKENS
+    allow_insecure_noauth: bool = False
+    enabled_stores: tuple[str, ...] = ("file",)
+    default_store: str = "file"
+    store_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    show_multiple_locations: bool = False
+    show_image_direct_url: bool = False
+    max_request_body_bytes: int = 65536
+    image_size_cap_bytes: int = 1099511627776
+    upload_chunk_bytes: int = 65536
+    limit_param_default: int = 25
+    api_limit_max: int = 1000
+
+    @classmethod
+    def from_ini(cls, raw: Mapping[str, str]) -> Self:
+        """Parse every locquota.* key; raise SettingsError naming the key on any bad or unknown one."""
+        parsers: dict[str, Callable[[str], object]] = {
+            "database_url": str.strip,
+            "auto_migrate": _boolean,
+            "redis_url": str.strip,
+            "redis_timeout_seconds": float,
+            "auth_strategy": lambda v: AuthStrategy(v.strip()),
+            "allow_insecure_noauth": _boolean,
+            "enabled_stores": lambda v: tuple(aslist(v)),
+            "default_store": str.strip,
+            "show_multiple_locations": _boolean,
+            "show_image_direct_url": _boolean,
+            "max_request_body_bytes": _positive_int,
+            "image_size_cap_bytes": _positive_int,
+            "upload_chunk_bytes": _positive_int,
+            "limit_param_default": _positive_int,
+            "api_limit_max": _positive_int,
+        }
+        values: dict[str, object] = {}
+        for key, value in raw.items():
+            if not key.startswith(PREFIX) or key.startswith(STORE_PREFIX):
+                continue
+            name = key.removeprefix(PREFIX)
+            if name not in parsers:
+                raise SettingsError(f"{key}: unknown setting")
+            try:
+                values[name] = parsers[name](value)
+            except ValueError as exc:
+                raise SettingsError(f"{key} = {value!r}: {exc}") from exc
+        settings = cls(**values, store_options=_store_options(raw))  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules that no single parser sees."""
+        if self.default_store not in self.enabled_stores:
+            raise SettingsError(f"locquota.default_store = {self.default_store!r}: not in locquota.enabled_stores")
+        if self.auth_strategy is AuthStrategy.NOAUTH and not self.allow_insecure_noauth:
+            raise SettingsError(
+                "locquota.auth_strategy = noauth trusts any caller's headers; "
+                "set locquota.allow_insecure_noauth = true to run it (development only)"
+            )
+        if self.limit_param_default > self.api_limit_max:
+            raise SettingsError("locquota.limit_param_default: larger than locquota.api_limit_max")
+        if not self.database_url:
+            raise SettingsError("locquota.database_url: empty")
+
+
+def includeme(config: Configurator) -> None:
+    """Parse the settings into the registry and expose them as request.settings."""
+    config.registry["locquota.settings"] = Settings.from_ini(config.get_settings())
+    config.add_request_method(_request_settings, "settings", reify=True)
+
+
+def _request_settings(request: Request) -> Settings:
+    return request.registry["locquota.settings"]

@@ -1,0 +1,192 @@
+"""Servers, settings, the app, a database session and identity headers for every test.
+
+The suite starts its own PostgreSQL and Redis on free ports on 127.0.0.1. Database tests run on both
+PostgreSQL and SQLite (`database_url` is parametrized); `@pytest.mark.postgresql` keeps a test to
+PostgreSQL. Each test gets an empty, migrated database, and the app commits for real.
+"""
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from pytest_redis import factories as redis_factories
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+from webtest import TestApp
+
+from locquota.app import configure
+from locquota.clock import Clock, FrozenClock
+from locquota.db import make_engine, upgrade_to_head
+from tests.servers import postgresql_server
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+TABLES = ("locations", "image_properties", "image_tags", "images", "tokens")
+
+redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgresql: needs PostgreSQL (row locks, SKIP LOCKED, concurrency)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the SQLite variant of tests marked postgresql."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_sqlite = params is not None and params.params.get("database_url") == "sqlite"
+        (dropped if on_sqlite and item.get_closest_marker("postgresql") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def postgresql_admin_url() -> Iterator[str]:
+    with postgresql_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgresql_migrated_url(postgresql_admin_url: str) -> str:
+    with psycopg.connect(postgresql_admin_url + "/postgres", autocommit=True) as connection:
+        connection.execute("CREATE DATABASE locquota_test")
+    url = postgresql_admin_url + "/locquota_test"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "locquota.sqlite"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_to_head(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database of the parametrized kind."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgresql_migrated_url")
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        return url
+    path = tmp_path / "locquota.sqlite"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def redis_url(redis_proc: object) -> str:
+    client_url = f"redis://{redis_proc.host}:{redis_proc.port}/0"  # type: ignore[attr-defined]
+    redis.Redis.from_url(client_url).flushall()
+    return client_url
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> Path:
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, store_root: Path) -> dict[str, str]:
+    """The .ini settings of a test deployment: identity from keystonemiddleware's headers."""
+    return {
+        "locquota.database_url": database_url,
+        "locquota.redis_url": redis_url,
+        "locquota.auth_strategy": "keystone",
+        "locquota.enabled_stores": "file",
+        "locquota.default_store": "file",
+        "locquota.store.file.datadir": str(store_root),
+        "locquota.upload_chunk_bytes": "4096",
+    }
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def wsgi_app(settings: dict[str, str], clock: FrozenClock) -> Iterator[object]:
+    config = configure(settings)
+    config.register_service(clock, iface=Clock)
+    app = config.make_wsgi_app()
+    yield app
+    app.registry["locquota.engine"].dispose()
+
+
+@pytest.fixture
+def app(wsgi_app: object) -> TestApp:
+    return TestApp(wsgi_app)
+
+
+@pytest.fixture
+def engine(wsgi_app: object) -> Engine:
+    return wsgi_app.registry["locquota.engine"]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def db(engine: Engine) -> Iterator[Session]:
+    """A session on the test database, to arrange rows and to check what the app committed."""
+    with Session(engine) as session:
+        yield session
+
+
+def identity(tenant: str, *roles: str) -> dict[str, str]:
+    """The headers keystonemiddleware's auth_token filter sets for an authenticated caller."""
+    return {"X-Identity-Status": "Confirmed", "X-Project-Id": tenant, "X-Roles": ",".join(roles or ("member",))}
+
+
+@pytest.fixture
+def tenant() -> dict[str, str]:
+    return identity("tenant-a")
+
+
+@pytest.fixture
+def other_tenant() -> dict[str, str]:
+    return identity("tenant-b")
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    return identity("operators", "admin")
+
+
+@pytest.fixture
+def new_image(app: TestApp, tenant: dict[str, str]):
+    """Create an image through the API as `tenant` and return its JSON."""
+
+    def create(headers: dict[str, str] | None = None, **attributes: object) -> dict[str, object]:
+        body = {"name": "cirros", "disk_format": "qcow2", "container_format": "bare", **attributes}
+        return app.post_json("/v2/images", body, headers=headers or tenant, status=201).json
+
+    return create
+
+
+@pytest.fixture
+def upload(app: TestApp, tenant: dict[str, str]):
+    """Upload bytes to an image through the API."""
+
+    def put(image_id: str, data: bytes, headers: dict[str, str] | None = None, status: int | str = 204) -> object:
+        return app.put(
+            f"/v2/images/{image_id}/file",
+            data,
+            headers={**(headers or tenant), "Content-Type": "application/octet-stream"},
+            status=status,
+        )
+
+    return put
+
+
+def random_id() -> str:
+    return str(uuid.uuid4())

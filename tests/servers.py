@@ -1,0 +1,82 @@
+"""A real PostgreSQL server for the test suite, started on a free port in a temporary directory.
+
+pytest-postgresql cannot be used as is here: PostgreSQL refuses to run as root, and CI runs as root.
+So this starts `initdb`/`pg_ctl` from the PostgreSQL packages itself, as the `postgres` system user
+when the suite runs as root.
+"""
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import port_for
+
+
+def _pg_bindir() -> Path:
+    """The server binaries: pg_config's bindir, else the newest /usr/lib/postgresql/N/bin."""
+    if pg_config := shutil.which("pg_config"):
+        bindir = Path(subprocess.check_output([pg_config, "--bindir"], text=True).strip())
+        if (bindir / "pg_ctl").exists():
+            return bindir
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    if not candidates:
+        raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql (see .ci/run)")
+    return Path(candidates[-1]).parent
+
+
+def _as_server_user() -> tuple[list[str], str | None]:
+    """A command prefix that drops root, and the user it drops to (PostgreSQL will not run as root)."""
+    if os.geteuid() != 0:
+        return [], None
+    pwd.getpwnam("postgres")  # created by Debian's postgresql package
+    return ["runuser", "-u", "postgres", "--"], "postgres"
+
+
+@contextmanager
+def postgresql_server() -> Iterator[str]:
+    """Run a throwaway PostgreSQL on 127.0.0.1 and yield its admin URL; stop and remove it afterwards."""
+    bindir = _pg_bindir()
+    prefix, user = _as_server_user()
+    workdir = Path(tempfile.mkdtemp(prefix="locquota-pg-"))
+    datadir = workdir / "data"
+    if user:
+        shutil.chown(workdir, user)
+    port = port_for.select_random()
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(datadir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {workdir} -F -c max_connections=200 -c full_page_writes=off"
+    subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(workdir / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
