@@ -7,7 +7,7 @@ from pyramid.view import view_config
 from locations import presenters, schemas
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
-from locquota.errors import UnsupportedMediaType
+from locquota.errors import LengthRequired, UnsupportedMediaType
 
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
 
@@ -76,6 +76,9 @@ def upload_image_data(request: Request) -> Response:
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
     if request.content_type != UPLOAD_MEDIA_TYPE:
         raise UnsupportedMediaType(f"Image data must be sent as {UPLOAD_MEDIA_TYPE}.")
+    if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
+        # Without a length or a server that ends the chunked body for us, the end of the data is unknowable.
+        raise LengthRequired("Send Content-Length or Transfer-Encoding: chunked through a server that decodes it.")
     data = request.find_service(ImageDataService)
     data.upload(request.identity, image_id, request.body_file, request.content_length)
     return Response(status=204)
