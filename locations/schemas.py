@@ -35,6 +35,7 @@ UUID_PATTERN = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]
 PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
 PATCH_MEDIA_TYPES = {"application/openstack-images-v2.0-json-patch", PATCH_MEDIA_TYPE}
 MAX_PROPERTY_NAME_CHARS = 255
+MAX_INT32 = 2**31 - 1
 
 # Attribute rules, as Glance's request deserializer has them.
 DISALLOWED = frozenset({"direct_url", "self", "file", "schema", "stores"})
@@ -98,8 +99,18 @@ def image_schema() -> dict[str, Any]:
             "items": {"type": "string", "maxLength": 255},
         },
         "direct_url": {"type": "string", "readOnly": True, "description": "URL of the image file in its store"},
-        "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image."},
-        "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
+        "min_ram": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_INT32,
+            "description": "Amount of ram (in MB) required to boot image.",
+        },
+        "min_disk": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_INT32,
+            "description": "Amount of disk space (in GB) required to boot image.",
+        },
         "self": {"type": "string", "readOnly": True, "description": "An image self url"},
         "file": {"type": "string", "readOnly": True, "description": "An image file url"},
         "stores": {"type": "string", "readOnly": True, "description": "Stores in which image data resides"},
@@ -155,6 +166,30 @@ def validate_image_document(document: dict[str, object]) -> None:
         raise InvalidBody(f"Invalid value for {where}: {error.message[:200]}", field=where[:255])
 
 
+def is_storable_text(text: str) -> bool:
+    """Whether both databases can store the text: no NUL (PostgreSQL refuses it) and valid UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" from a JSON escape
+        return False
+    return True
+
+
+def _check_storable(document: object) -> None:
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and not is_storable_text(item):
+            raise InvalidBody("Text may not contain NUL characters or unpaired surrogates.")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def parse_image_id(raw: str) -> uuid.UUID:
     """An image id from the URL; a malformed one names no image, so it is a 404 as in Glance."""
     if not re.fullmatch(UUID_PATTERN, raw):
@@ -170,9 +205,11 @@ def read_json_body(request: Request, max_bytes: int) -> object:
     if len(raw) > max_bytes:
         raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
     try:
-        return json.loads(raw)
+        document = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise MalformedJSON("The request body is not valid JSON.") from exc
+    _check_storable(document)
+    return document
 
 
 def _check_attribute_name(name: str, *, for_create: bool) -> None:
@@ -344,6 +381,8 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
     """Parse GET /v2/images parameters as Glance does; unknown parameters filter on properties."""
     params: dict[str, list[str]] = {}
     for key, value in request.GET.items():
+        if not (is_storable_text(key) and is_storable_text(value)):
+            raise InvalidQueryParameter("Query parameters may not contain NUL characters.")
         params.setdefault(key, []).append(value)
     limit = _integer("limit", _single(params, "limit"))
     raw_marker = _single(params, "marker")

@@ -6,6 +6,8 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.router import Router
 
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
 
 def _retry_attempts(request: Request) -> int | None:
     """Retry only requests whose body is small enough to replay; None means the default number of attempts.
@@ -17,7 +19,7 @@ def _retry_attempts(request: Request) -> int | None:
     length = request.content_length
     if request.method == "PUT" and request.path_info.endswith("/file"):
         return 1
-    if (length is None and request.is_body_readable) or (length is not None and length > limit):
+    if request.method in BODY_METHODS and (length is None or length > limit):
         return 1
     return None
 

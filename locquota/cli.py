@@ -31,9 +31,11 @@ class LazyApp:
     def registry(self) -> Registry:
         """The app's registry, bootstrapping on first use."""
         if self._registry is None:
-            setup_logging(self.config_uri)
             try:
+                setup_logging(self.config_uri)
                 env = bootstrap(self.config_uri)
+            except FileNotFoundError as exc:
+                raise click.ClickException(f"{self.config_uri}: no such configuration file") from exc
             except (SettingsError, ValueError) as exc:
                 raise click.ClickException(f"{self.config_uri}: {exc}") from exc
             env["closer"]()

@@ -24,6 +24,7 @@ from locquota.errors import (
     ImageConflict,
     ImageNotFound,
     ImageProtected,
+    InvalidBody,
     InvalidMarker,
     InvalidQueryParameter,
     PropertyNotFound,
@@ -60,7 +61,9 @@ def check_visibility_change(caller: Identity, visibility: object) -> None:
 
 
 def check_owner_change(caller: Identity, owner: object) -> None:
-    """A tenant cannot hand an image to another project."""
+    """A tenant cannot hand an image to another project; every image has an owner to charge."""
+    if owner is not None and not str(owner).strip():
+        raise InvalidBody("owner may not be empty.")
     if owner is not None and owner != caller.tenant_id and not caller.is_admin:
         raise Forbidden("You are not permitted to create or move images owned by another project.")
 
@@ -186,6 +189,8 @@ class ImageService:
         except jsonpatch.JsonPatchConflict as exc:
             raise PropertyNotFound("The property to change does not exist.") from exc
         validate_image_document(patched)
+        if patched["owner"] is None:
+            raise InvalidBody("owner may not be removed or null: every image has an owner.")
         check_owner_change(caller, patched["owner"])
         if patched["visibility"] != document["visibility"]:
             check_visibility_change(caller, patched["visibility"])

@@ -92,7 +92,7 @@ class ImageDataService:
         store = self._stores.default
         try:
             url = store.add(image_id, reader.chunks())
-        except BaseException as exc:
+        except Exception as exc:
             # Whatever happened, nothing is stored (the store cleans up); give the image back or kill it.
             self._move(
                 image_id, ImageStatus.SAVING, ImageStatus.KILLED if isinstance(exc, StoreError) else ImageStatus.QUEUED
