@@ -4,6 +4,7 @@ Only this module reads raw settings; the rest of the code reads `request.setting
 or takes values as constructor arguments. A typo in the .ini fails the boot with the key's name.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,6 +41,18 @@ def _positive_int(value: str) -> int:
     if number <= 0:
         raise ValueError("expected a positive integer")
     return number
+
+
+def _positive_seconds(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return number
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """A list of names separated by commas and/or white space (Glance writes `file, http`)."""
+    return tuple(aslist(value.replace(",", " ")))
 
 
 def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -82,10 +95,10 @@ class Settings:
             "database_url": str.strip,
             "auto_migrate": _boolean,
             "redis_url": str.strip,
-            "redis_timeout_seconds": float,
+            "redis_timeout_seconds": _positive_seconds,
             "auth_strategy": lambda v: AuthStrategy(v.strip()),
             "allow_insecure_noauth": _boolean,
-            "enabled_stores": lambda v: tuple(aslist(v)),
+            "enabled_stores": _names,
             "default_store": str.strip,
             "show_multiple_locations": _boolean,
             "show_image_direct_url": _boolean,

@@ -1,0 +1,112 @@
+"""Liveness and readiness: a real closed port for a dead Redis or a dead database, never a mock."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import port_for
+import pytest
+from webtest import TestApp
+
+from locquota.app import configure
+from locquota.clock import Clock, FrozenClock
+
+MakeApp = Callable[[dict[str, str]], TestApp]
+
+
+@pytest.fixture
+def make_app(clock: FrozenClock) -> Iterator[MakeApp]:
+    """Build a TestApp from settings; every engine is disposed at the end."""
+    built: list[object] = []
+
+    def make(settings: dict[str, str]) -> TestApp:
+        config = configure(settings)
+        config.register_service(clock, iface=Clock)
+        wsgi_app = config.make_wsgi_app()
+        built.append(wsgi_app)
+        return TestApp(wsgi_app)
+
+    yield make
+    for wsgi_app in built:
+        wsgi_app.registry["locquota.engine"].dispose()  # type: ignore[attr-defined]
+
+
+def closed_port_url(scheme_and_user: str, path: str) -> str:
+    """A URL on 127.0.0.1 at a free port nothing listens on: connections are refused at once."""
+    return f"{scheme_and_user}127.0.0.1:{port_for.select_random()}/{path}"
+
+
+@pytest.fixture
+def database_down_settings(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """A deployment whose PostgreSQL is unreachable; no auto_migrate, so the app still builds."""
+    return {
+        "locquota.database_url": closed_port_url("postgresql://postgres@", "locquota"),
+        "locquota.auto_migrate": "false",
+        "locquota.redis_url": redis_url,
+        "locquota.auth_strategy": "keystone",
+        "locquota.enabled_stores": "file",
+        "locquota.default_store": "file",
+        "locquota.store.file.datadir": str(tmp_path / "images"),
+    }
+
+
+def test_healthz_is_200(app):
+    res = app.get("/healthz", status=200)
+
+    assert res.json == {"status": "ok"}
+
+
+def test_healthz_needs_no_identity_under_tokens(make_app, settings):
+    app = make_app({**settings, "locquota.auth_strategy": "tokens"})
+
+    res = app.get("/healthz", status=200)
+
+    assert res.json == {"status": "ok"}
+
+
+def test_readyz_with_database_and_cache_up(app):
+    res = app.get("/readyz", status=200)
+
+    assert res.json == {"status": "ok", "database": "up", "cache": "up"}
+
+
+def test_readyz_needs_no_identity_under_tokens(make_app, settings):
+    app = make_app({**settings, "locquota.auth_strategy": "tokens"})
+
+    res = app.get("/readyz", status=200)
+
+    assert res.json["database"] == "up"
+
+
+def test_readyz_with_redis_down_is_ready_and_reports_the_cache_down(make_app, settings):
+    app = make_app({**settings, "locquota.redis_url": closed_port_url("redis://", "0")})
+
+    res = app.get("/readyz", status=200)
+
+    assert res.json == {"status": "ok", "database": "up", "cache": "down"}
+
+
+def test_readyz_without_redis_url_reports_the_cache_disabled(make_app, settings):
+    app = make_app({**settings, "locquota.redis_url": ""})
+
+    res = app.get("/readyz", status=200)
+
+    assert res.json == {"status": "ok", "database": "up", "cache": "disabled"}
+
+
+def test_readyz_with_database_down_is_503_with_retry_after(make_app, database_down_settings):
+    app = make_app(database_down_settings)
+
+    res = app.get("/readyz", status=503)
+
+    assert res.json["error"]["code"] == "service_unavailable"
+    assert res.json["error"]["details"] == {"database": "down"}
+    assert int(res.headers["Retry-After"]) > 0
+
+
+def test_healthz_with_database_down_is_still_200(make_app, database_down_settings):
+    app = make_app(database_down_settings)
+    app.get("/readyz", status=503)
+
+    res = app.get("/healthz", status=200)
+
+    assert res.json == {"status": "ok"}

@@ -1,0 +1,324 @@
+"""Identity strategies (keystone, tokens, noauth) through WebTest, tenancy, and what needs no identity."""
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy.orm import Session
+from webtest import TestApp, TestResponse
+
+from locquota.app import configure
+from locquota.clock import Clock, FrozenClock
+from locquota.db import make_engine
+from locquota.settings import SettingsError
+from locquota.tokens import TokenService
+from tests.conftest import identity, random_id
+
+IMAGE = {"name": "cirros", "disk_format": "qcow2", "container_format": "bare"}
+STRATEGY_SETTINGS = {
+    "keystone": {"locquota.auth_strategy": "keystone"},
+    "tokens": {"locquota.auth_strategy": "tokens"},
+    "noauth": {"locquota.auth_strategy": "noauth", "locquota.allow_insecure_noauth": "true"},
+}
+
+MakeApp = Callable[..., TestApp]
+
+
+@pytest.fixture
+def make_app(settings: dict[str, str], clock: FrozenClock) -> Iterator[MakeApp]:
+    """Build a TestApp for one strategy on the test database; every engine is disposed at the end."""
+    built: list[object] = []
+
+    def make(strategy: str, **extra: str) -> TestApp:
+        config = configure({**settings, **STRATEGY_SETTINGS[strategy], **extra})
+        config.register_service(clock, iface=Clock)
+        wsgi_app = config.make_wsgi_app()
+        built.append(wsgi_app)
+        return TestApp(wsgi_app)
+
+    yield make
+    for wsgi_app in built:
+        wsgi_app.registry["locquota.engine"].dispose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def issue_token(settings: dict[str, str], clock: FrozenClock) -> Iterator[Callable[..., str]]:
+    """Issue a token straight through TokenService on its own committed Session."""
+    engine = make_engine(settings["locquota.database_url"])
+
+    def issue(project: str, *roles: str, expires_at: datetime | None = None) -> str:
+        with Session(engine) as session:
+            token = TokenService(session, clock).issue(project, list(roles or ("member",)), "test", expires_at)
+            session.commit()
+        return token
+
+    yield issue
+    engine.dispose()
+
+
+def assert_unauthorized(res: TestResponse) -> None:
+    assert res.status_int == 401
+    assert res.json["error"]["code"] == "unauthorized"
+
+
+# keystone
+
+
+def test_keystone_confirmed_headers_list_images(make_app):
+    app = make_app("keystone")
+
+    res = app.get("/v2/images", headers=identity("tenant-a"), status=200)
+
+    assert res.json["images"] == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Project-Id": "tenant-a", "X-Roles": "member"},
+        {"X-Identity-Status": "Invalid", "X-Project-Id": "tenant-a", "X-Roles": "member"},
+        {"X-Identity-Status": "Confirmed", "X-Roles": "member"},
+        {"X-Identity-Status": "Confirmed", "X-Project-Id": "", "X-Roles": "member"},
+    ],
+    ids=["no-identity-status", "identity-status-invalid", "no-project", "empty-project"],
+)
+def test_keystone_without_confirmed_identity_is_401(make_app, headers):
+    app = make_app("keystone")
+
+    assert_unauthorized(app.get("/v2/images", headers=headers, status=401))
+
+
+def test_keystone_ignores_an_auth_token(make_app, issue_token):
+    app = make_app("keystone")
+    token = issue_token("tenant-a", "admin")
+
+    assert_unauthorized(app.get("/v2/images", headers={"X-Auth-Token": token}, status=401))
+
+
+def test_keystone_percent_encoded_roles_are_decoded(make_app):
+    app = make_app("keystone")
+    image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
+    encoded_admin = {**identity("tenant-a"), "X-Roles": "member%2Cadmin"}
+
+    res = app.get(f"/v2/images/{image['id']}", headers=encoded_admin, status=200)
+
+    assert res.json["owner"] == "tenant-b"
+
+
+def test_keystone_percent_encoded_roles_without_admin_stay_tenant_scoped(make_app):
+    app = make_app("keystone")
+    image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
+    encoded_member = {**identity("tenant-a"), "X-Roles": "member%2Creader"}
+
+    res = app.get(f"/v2/images/{image['id']}", headers=encoded_member, status=404)
+
+    assert res.json["error"]["code"] == "image_not_found"
+
+
+# tokens
+
+
+def test_token_lists_only_its_projects_images(make_app, issue_token):
+    app = make_app("tokens")
+    mine, theirs = issue_token("project-p"), issue_token("project-q")
+    own = app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": mine}, status=201).json
+    app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": theirs}, status=201)
+
+    res = app.get("/v2/images", headers={"X-Auth-Token": mine}, status=200)
+
+    assert own["owner"] == "project-p"
+    assert [(image["id"], image["owner"]) for image in res.json["images"]] == [(own["id"], "project-p")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-Auth-Token": "not-a-token"}, {"X-Auth-Token": ""}, {"X-Auth-Token": "x" * 300}],
+    ids=["none", "unknown", "empty", "oversized"],
+)
+def test_tokens_without_a_known_token_is_401(make_app, issue_token, headers):
+    app = make_app("tokens")
+    issue_token("project-p")
+
+    assert_unauthorized(app.get("/v2/images", headers=headers, status=401))
+
+
+def test_tokens_ignores_keystone_headers(make_app):
+    app = make_app("tokens")
+
+    assert_unauthorized(app.get("/v2/images", headers=identity("tenant-a", "admin"), status=401))
+
+
+def test_expired_token_is_401(make_app, issue_token, clock):
+    app = make_app("tokens")
+    token = issue_token("project-p", expires_at=clock.now() + timedelta(hours=1))
+    app.get("/v2/images", headers={"X-Auth-Token": token}, status=200)
+
+    clock.advance(hours=1, seconds=1)
+
+    assert_unauthorized(app.get("/v2/images", headers={"X-Auth-Token": token}, status=401))
+
+
+def test_token_expiring_at_exactly_now_is_401(make_app, issue_token, clock):
+    app = make_app("tokens")
+    token = issue_token("project-p", expires_at=clock.now() + timedelta(minutes=5))
+
+    clock.advance(minutes=5)
+
+    assert_unauthorized(app.get("/v2/images", headers={"X-Auth-Token": token}, status=401))
+
+
+def test_admin_token_sees_another_tenants_image(make_app, issue_token):
+    app = make_app("tokens")
+    image = app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": issue_token("project-q")}, status=201).json
+
+    res = app.get(f"/v2/images/{image['id']}", headers={"X-Auth-Token": issue_token("ops", "admin")}, status=200)
+
+    assert res.json["id"] == image["id"]
+    assert res.json["owner"] == "project-q"
+
+
+def test_member_token_gets_404_for_another_tenants_image(make_app, issue_token):
+    app = make_app("tokens")
+    image = app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": issue_token("project-q")}, status=201).json
+
+    res = app.get(f"/v2/images/{image['id']}", headers={"X-Auth-Token": issue_token("project-p")}, status=404)
+
+    assert res.json["error"]["code"] == "image_not_found"
+
+
+# noauth
+
+
+def test_noauth_refuses_to_start_without_explicit_permission(settings):
+    with pytest.raises(SettingsError, match=re.escape("locquota.allow_insecure_noauth")):
+        configure({**settings, "locquota.auth_strategy": "noauth"})
+
+
+def test_noauth_identity_comes_from_headers(make_app):
+    app = make_app("noauth")
+
+    created = app.post_json("/v2/images", IMAGE, headers={"X-Project-Id": "dev-project"}, status=201).json
+    listed = app.get("/v2/images", headers={"X-Project-Id": "dev-project"}, status=200).json
+
+    assert created["owner"] == "dev-project"
+    assert [image["id"] for image in listed["images"]] == [created["id"]]
+
+
+def test_noauth_roles_header_gives_admin(make_app):
+    app = make_app("noauth")
+    image = app.post_json("/v2/images", IMAGE, headers={"X-Project-Id": "dev-project"}, status=201).json
+
+    as_member = app.get(f"/v2/images/{image['id']}", headers={"X-Project-Id": "other", "X-Roles": "member"}, status="*")
+    as_admin = app.get(f"/v2/images/{image['id']}", headers={"X-Project-Id": "other", "X-Roles": "admin"}, status="*")
+
+    assert as_member.status_int == 404
+    assert as_admin.status_int == 200
+
+
+def test_noauth_without_project_header_is_401(make_app):
+    app = make_app("noauth")
+
+    assert_unauthorized(app.get("/v2/images", headers={"X-Roles": "admin"}, status=401))
+
+
+# tenancy
+
+
+@pytest.mark.parametrize("strategy", ["keystone", "noauth"])
+def test_another_tenants_image_is_indistinguishable_from_a_missing_one(make_app, strategy):
+    app = make_app(strategy)
+    image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
+
+    other = app.get(f"/v2/images/{image['id']}", headers=identity("tenant-a"), status="*")
+    missing = app.get(f"/v2/images/{random_id()}", headers=identity("tenant-a"), status="*")
+
+    assert other.status_int == missing.status_int == 404
+    assert other.json["error"]["code"] == missing.json["error"]["code"] == "image_not_found"
+
+
+def test_another_tenants_image_is_not_listed(make_app):
+    app = make_app("keystone")
+    app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201)
+
+    res = app.get("/v2/images", headers=identity("tenant-a"), status=200)
+
+    assert res.json["images"] == []
+
+
+def test_another_tenants_image_cannot_be_deleted(make_app):
+    app = make_app("keystone")
+    image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
+
+    res = app.delete(f"/v2/images/{image['id']}", headers=identity("tenant-a"), status=404)
+
+    assert res.json["error"]["code"] == "image_not_found"
+    app.get(f"/v2/images/{image['id']}", headers=identity("tenant-b"), status=200)
+
+
+def test_admin_sees_another_tenants_image(make_app):
+    app = make_app("keystone")
+    image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
+
+    res = app.get(f"/v2/images/{image['id']}", headers=identity("operators", "admin"), status=200)
+
+    assert res.json["owner"] == "tenant-b"
+
+
+# what needs no identity, and what does
+
+
+def assert_version_document(body: dict[str, object]) -> None:
+    versions = body["versions"]
+    assert isinstance(versions, list)
+    current = [version for version in versions if version["status"] == "CURRENT"]
+    assert [version["id"] for version in current] == ["v2.18"]
+    assert {version["status"] for version in versions} == {"CURRENT", "SUPPORTED"}
+    assert "v2.0" in {version["id"] for version in versions}
+    for version in versions:
+        assert [link["rel"] for link in version["links"]] == ["self"]
+        assert version["links"][0]["href"].endswith("/v2/")
+
+
+@pytest.mark.parametrize("strategy", ["keystone", "tokens", "noauth"])
+def test_version_root_needs_no_identity(make_app, strategy):
+    app = make_app(strategy)
+
+    res = app.get("/", status=300)
+
+    assert_version_document(res.json)
+
+
+@pytest.mark.parametrize("strategy", ["keystone", "tokens", "noauth"])
+def test_version_list_needs_no_identity(make_app, strategy):
+    app = make_app(strategy)
+
+    res = app.get("/versions", status=200)
+
+    assert_version_document(res.json)
+
+
+def test_version_links_point_at_the_host_asked(make_app):
+    app = make_app("keystone")
+
+    res = app.get("/versions", extra_environ={"HTTP_HOST": "images.example.org:9292"}, status=200)
+
+    assert res.json["versions"][0]["links"][0]["href"] == "http://images.example.org:9292/v2/"
+
+
+@pytest.mark.parametrize("path", ["/v2/schemas/image", "/v2/schemas/images"])
+def test_schemas_need_identity(make_app, path):
+    app = make_app("keystone")
+
+    assert_unauthorized(app.get(path, status=401))
+    schema = app.get(path, headers=identity("tenant-a"), status=200).json
+
+    assert "properties" in schema
+
+
+def test_unauthenticated_401_carries_www_authenticate(make_app):
+    app = make_app("tokens")
+
+    res = app.get("/v2/images", status=401)
+
+    assert "WWW-Authenticate" in res.headers
