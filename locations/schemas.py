@@ -16,6 +16,7 @@ from pyramid.request import Request
 from locquota.errors import (
     Forbidden,
     ImageNotFound,
+    IncompleteBody,
     InvalidBody,
     InvalidMarker,
     InvalidPatch,
@@ -36,6 +37,7 @@ PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
 PATCH_MEDIA_TYPES = {"application/openstack-images-v2.0-json-patch", PATCH_MEDIA_TYPE}
 MAX_PROPERTY_NAME_CHARS = 255
 MAX_INT32 = 2**31 - 1
+MAX_FILTER_VALUES = 100
 
 # Attribute rules, as Glance's request deserializer has them.
 DISALLOWED = frozenset({"direct_url", "self", "file", "schema", "stores"})
@@ -201,7 +203,10 @@ def read_json_body(request: Request, max_bytes: int) -> object:
     """Read and parse a JSON body of bounded size."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    raw = request.body_file.read(max_bytes + 1)
+    try:
+        raw = request.body_file.read(max_bytes + 1)
+    except OSError as exc:  # WebOb's DisconnectionError: fewer bytes than Content-Length
+        raise IncompleteBody("The request body ended before Content-Length bytes arrived.") from exc
     if len(raw) > max_bytes:
         raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
     try:
@@ -380,7 +385,11 @@ def _flag(name: str, raw: str | None) -> bool | None:
 def image_list_query(request: Request, settings: Settings) -> ImageQuery:
     """Parse GET /v2/images parameters as Glance does; unknown parameters filter on properties."""
     params: dict[str, list[str]] = {}
-    for key, value in request.GET.items():
+    try:
+        items = list(request.GET.items())
+    except UnicodeDecodeError as exc:
+        raise InvalidQueryParameter("The query string is not UTF-8.") from exc
+    for key, value in items:
         if not (is_storable_text(key) and is_storable_text(value)):
             raise InvalidQueryParameter("Query parameters may not contain NUL characters.")
         params.setdefault(key, []).append(value)
@@ -412,6 +421,10 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
         if len(values) > 1:
             raise InvalidQueryParameter(f"The filter {name[:255]} may be given only once.")
         properties[name] = values[0]
+    filter_values = len(tags) + len(properties) + sum(len(values) for values in equal_filters.values())
+    if filter_values > MAX_FILTER_VALUES:
+        # Each value is a condition in the query; thousands would stall the planner (and overflow SQLite).
+        raise InvalidQueryParameter(f"At most {MAX_FILTER_VALUES} filter values may be given at once.")
     return ImageQuery(
         limit=min(settings.api_limit_max, settings.limit_param_default if limit is None else limit),
         marker=uuid.UUID(raw_marker) if raw_marker else None,

@@ -5,21 +5,27 @@ from collections.abc import Mapping
 from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.router import Router
-
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+from webob.request import DisconnectionError
 
 
 def _retry_attempts(request: Request) -> int | None:
     """Retry only requests whose body is small enough to replay; None means the default number of attempts.
 
-    pyramid_retry buffers the body to make it seekable: a streamed upload or an oversized body would be
-    read whole before any check could refuse it.
+    pyramid_retry buffers the body to make it seekable, outside every exception view: a streamed upload
+    or an oversized body would be read whole before any check could refuse it, and a body shorter than
+    its Content-Length would escape as a 500. So the body is buffered here, where that can be caught,
+    and a request whose body cannot be buffered runs once; the view then refuses it with a 4xx.
     """
-    limit = request.registry["locquota.settings"].max_request_body_bytes
+    if request.method == "PUT":
+        return 1  # image uploads stream into the store
     length = request.content_length
-    if request.method == "PUT" and request.path_info.endswith("/file"):
+    if length is None:
+        return 1 if request.is_body_readable else None  # a body of unknown length is never buffered
+    if length > request.registry["locquota.settings"].max_request_body_bytes:
         return 1
-    if request.method in BODY_METHODS and (length is None or length > limit):
+    try:
+        request.make_body_seekable()
+    except DisconnectionError:
         return 1
     return None
 

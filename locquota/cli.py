@@ -42,6 +42,11 @@ class LazyApp:
             self._registry = env["registry"]
         return self._registry
 
+    def close(self) -> None:
+        """Release the database connections a command opened (matters when commands run in-process)."""
+        if self._registry is not None:
+            self._registry["locquota.engine"].dispose()
+
     @contextmanager
     def request(self) -> Iterator[Request]:
         """A request to run one command's work with; `with request.tm:` makes it one transaction."""
@@ -65,6 +70,7 @@ class LazyApp:
 def cli(ctx: click.Context, config_uri: str) -> None:
     """Operate a locquota deployment."""
     ctx.obj = LazyApp(config_uri)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.group()

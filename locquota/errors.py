@@ -7,6 +7,7 @@ import logging
 from typing import ClassVar
 
 from pyramid.config import Configurator
+from pyramid.exceptions import URLDecodeError
 from pyramid.httpexceptions import HTTPException
 from pyramid.request import Request
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
@@ -126,6 +127,10 @@ class IncompleteUpload(LocquotaError):
     code = "incomplete_upload"
 
 
+class IncompleteBody(LocquotaError):
+    code = "incomplete_body"
+
+
 class ServiceUnavailable(LocquotaError):
     status, code = 503, "service_unavailable"
     headers = (("Retry-After", "5"),)
@@ -174,10 +179,16 @@ def render_http_exception(exc: HTTPException, request: Request) -> dict[str, obj
     return _render(request, exc.code or 500, code, exc.explanation or exc.title, {})
 
 
+@exception_view_config(URLDecodeError, renderer="json")
+def render_undecodable_url(_exc: URLDecodeError, request: Request) -> dict[str, object]:
+    """A path that is not UTF-8 names no resource."""
+    return _render(request, 404, NotFound.code, "No resource at this URL.", {})
+
+
 @exception_view_config(Exception, renderer="json")
 def render_internal_error(exc: Exception, request: Request) -> dict[str, object]:
     """A bug. Log it with its traceback; the client gets a stable code and no internals."""
-    log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+    log.error("internal error on %s %r", request.method, request.environ.get("PATH_INFO"), exc_info=exc)
     return _render(request, 500, "internal_error", "The server failed to handle this request.", {})
 
 
