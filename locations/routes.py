@@ -12,3 +12,4 @@ def includeme(config: Configurator) -> None:
     config.add_route("images.collection", "/v2/images")
     config.add_route("images.item", "/v2/images/{image_id}")
     config.add_route("images.file", "/v2/images/{image_id}/file")
+    config.add_route("images.tag", "/v2/images/{image_id}/tags/{tag}")

@@ -199,6 +199,14 @@ def parse_image_id(raw: str) -> uuid.UUID:
     return uuid.UUID(raw)
 
 
+def parse_tag(raw: str) -> str:
+    """A tag from the URL, held to the schema's rules for tags."""
+    if not is_storable_text(raw):
+        raise InvalidBody("Tags may not contain NUL characters.")
+    validate_image_document({"tags": [raw]})
+    return raw
+
+
 def read_json_body(request: Request, max_bytes: int) -> object:
     """Read and parse a JSON body of bounded size."""
     if request.content_length is not None and request.content_length > max_bytes:

@@ -83,6 +83,10 @@ class ImageNotFound(LocquotaError):
     status, code = 404, "image_not_found"
 
 
+class TagNotFound(LocquotaError):
+    status, code = 404, "tag_not_found"
+
+
 class NotFound(LocquotaError):
     status, code = 404, "not_found"
 
@@ -117,6 +121,14 @@ class ImageTooLarge(LocquotaError):
 
 class StoreFull(LocquotaError):
     status, code = 413, "store_full"
+
+
+class TooManyTags(LocquotaError):
+    status, code = 413, "tag_limit_exceeded"
+
+
+class TooManyProperties(LocquotaError):
+    status, code = 413, "property_limit_exceeded"
 
 
 class UnsupportedMediaType(LocquotaError):

@@ -29,6 +29,9 @@ from locquota.errors import (
     InvalidQueryParameter,
     PropertyNotFound,
     StoreUnavailable,
+    TagNotFound,
+    TooManyProperties,
+    TooManyTags,
 )
 from locquota.identity import Identity
 
@@ -52,6 +55,18 @@ IN_FILTER_COLUMNS = {
     "disk_format": Image.disk_format,
     "container_format": Image.container_format,
 }
+
+
+MAX_TAGS_PER_IMAGE = 128  # Glance's image_tag_quota default
+MAX_PROPERTIES_PER_IMAGE = 128  # Glance's image_property_quota default
+
+
+def check_counts(tags: int, properties: int) -> None:
+    """Glance's per-image limits on tags and custom properties (413 beyond)."""
+    if tags > MAX_TAGS_PER_IMAGE:
+        raise TooManyTags(f"An image may carry at most {MAX_TAGS_PER_IMAGE} tags.")
+    if properties > MAX_PROPERTIES_PER_IMAGE:
+        raise TooManyProperties(f"An image may carry at most {MAX_PROPERTIES_PER_IMAGE} custom properties.")
 
 
 def check_visibility_change(caller: Identity, visibility: object) -> None:
@@ -112,6 +127,7 @@ class ImageService:
             _set_attribute(image, name, value)
         if image.owner is None:
             image.owner = caller.tenant_id
+        check_counts(len(request.tags), len(request.properties))
         image.tags = [ImageTag(value=tag) for tag in request.tags]
         image.properties = [ImageProperty(name=name, value=value) for name, value in request.properties.items()]
         self._db.add(image)
@@ -189,6 +205,7 @@ class ImageService:
         except jsonpatch.JsonPatchConflict as exc:
             raise PropertyNotFound("The property to change does not exist.") from exc
         validate_image_document(patched)
+        check_counts(len(set(patched["tags"])), len(patched) - len(EDITABLE_BASE))  # type: ignore[arg-type]
         if patched["owner"] is None:
             raise InvalidBody("owner may not be removed or null: every image has an owner.")
         check_owner_change(caller, patched["owner"])
@@ -218,6 +235,26 @@ class ImageService:
             prop.value = value  # type: ignore[assignment]
             kept.append(prop)
         image.properties = kept
+        image.updated_at = self._clock.now()
+        self._db.flush()
+
+    def add_tag(self, caller: Identity, image_id: uuid.UUID, tag: str) -> None:
+        """Tag the image; tagging twice is harmless, as in Glance."""
+        image = self.get(caller, image_id)
+        if tag in {existing.value for existing in image.tags}:
+            return
+        check_counts(len(image.tags) + 1, 0)
+        image.tags.append(ImageTag(value=tag))
+        image.updated_at = self._clock.now()
+        self._db.flush()
+
+    def remove_tag(self, caller: Identity, image_id: uuid.UUID, tag: str) -> None:
+        """Untag the image; 404 if it does not carry the tag."""
+        image = self.get(caller, image_id)
+        kept = [existing for existing in image.tags if existing.value != tag]
+        if len(kept) == len(image.tags):
+            raise TagNotFound("The image has no such tag.")
+        image.tags = kept
         image.updated_at = self._clock.now()
         self._db.flush()
 

@@ -70,6 +70,24 @@ def delete_image(request: Request) -> Response:
     return Response(status=204)
 
 
+@view_config(route_name="images.tag", request_method="PUT")
+def add_tag(request: Request) -> Response:
+    """Tag an image; 204 (also when it already carries the tag)."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    tag = schemas.parse_tag(request.matchdict["tag"])
+    request.find_service(ImageService).add_tag(request.identity, image_id, tag)
+    return Response(status=204)
+
+
+@view_config(route_name="images.tag", request_method="DELETE")
+def remove_tag(request: Request) -> Response:
+    """Untag an image; 204, or 404 if it has no such tag."""
+    image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    tag = schemas.parse_tag(request.matchdict["tag"])
+    request.find_service(ImageService).remove_tag(request.identity, image_id, tag)
+    return Response(status=204)
+
+
 @view_config(route_name="images.file", request_method="PUT")
 def upload_image_data(request: Request) -> Response:
     """Stream the body into the default store (chunked or with Content-Length); 204."""

@@ -322,3 +322,42 @@ def test_identity_header_percent_encoded_roles_are_decoded(app, new_image, other
     image = new_image(headers=other_tenant)
     admin = {**identity("ops"), "X-Roles": "member%2Cadmin"}
     assert app.get(f"/v2/images/{image['id']}", headers=admin).json["id"] == image["id"]
+
+
+class TestTags:
+    def test_put_tag_is_idempotent_and_delete_removes_it(self, app, tenant, new_image):
+        image = new_image(tags=["a"])
+        app.put(f"/v2/images/{image['id']}/tags/b", headers=tenant, status=204)
+        app.put(f"/v2/images/{image['id']}/tags/b", headers=tenant, status=204)
+        assert app.get(f"/v2/images/{image['id']}", headers=tenant).json["tags"] == ["a", "b"]
+        app.delete(f"/v2/images/{image['id']}/tags/a", headers=tenant, status=204)
+        assert app.get(f"/v2/images/{image['id']}", headers=tenant).json["tags"] == ["b"]
+
+    def test_deleting_a_missing_tag_is_404(self, app, tenant, new_image):
+        image = new_image()
+        res = app.delete(f"/v2/images/{image['id']}/tags/nope", headers=tenant, status=404)
+        assert res.json["error"]["code"] == "tag_not_found"
+
+    def test_tags_of_another_projects_image_are_not_found(self, app, new_image, other_tenant):
+        image = new_image()
+        res = app.put(f"/v2/images/{image['id']}/tags/x", headers=other_tenant, status=404)
+        assert res.json["error"]["code"] == "image_not_found"
+
+    def test_a_tag_over_255_characters_is_refused(self, app, tenant, new_image):
+        image = new_image()
+        res = app.put(f"/v2/images/{image['id']}/tags/{'t' * 256}", headers=tenant, status=400)
+        assert res.json["error"]["code"] == "invalid_body"
+        assert app.get(f"/v2/images/{image['id']}", headers=tenant).json["tags"] == []
+
+    def test_the_129th_tag_is_refused(self, app, tenant, new_image):
+        image = new_image(tags=[f"t{n}" for n in range(128)])
+        res = app.put(f"/v2/images/{image['id']}/tags/one-more", headers=tenant, status=413)
+        assert res.json["error"]["code"] == "tag_limit_exceeded"
+        assert len(app.get(f"/v2/images/{image['id']}", headers=tenant).json["tags"]) == 128
+
+
+def test_the_129th_custom_property_is_refused(app, tenant, new_image):
+    image = new_image(**{f"p{n}": "v" for n in range(128)})
+    res = patch(app, image["id"], [{"op": "add", "path": "/p128", "value": "v"}], tenant, status=413)
+    assert res.json["error"]["code"] == "property_limit_exceeded"
+    assert "p128" not in app.get(f"/v2/images/{image['id']}", headers=tenant).json

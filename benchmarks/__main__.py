@@ -1,0 +1,145 @@
+"""python -m benchmarks [--smoke] [--sizes 1000,10000,100000]: API latency as the tenant grows.
+
+Starts a throwaway PostgreSQL (tests.servers), loads one tenant's images in steps, serves the app with
+waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant view
+on the same server. Run it from the repository root (it imports `tests.servers`).
+"""
+
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import psycopg
+from sqlalchemy import Engine, text
+
+from benchmarks import report
+from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
+from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
+from benchmarks.timing import Client, Endpoint, measure
+from locquota.db import make_engine, upgrade_to_head
+from tests.servers import postgresql_server
+
+FULL_SIZES = (1000, 10000, 100000)
+SMOKE_SIZES = (1000,)
+FULL_ROUNDS, FULL_WARMUP = 300, 50
+SMOKE_ROUNDS, SMOKE_WARMUP = 50, 10
+PAGE_LIMIT = 20
+DATABASE = "locquota_bench"
+
+LABELS = {
+    "constant": f"constant  GET {CONSTANT_PATH}",
+    "db_floor": f"db floor  GET {DB_FLOOR_PATH} (SELECT 1)",
+    "get": "get       GET /v2/images/{id}",
+    "list": f"list      GET /v2/images?limit={PAGE_LIMIT}",
+    "list_deep": f"list deep GET /v2/images?limit={PAGE_LIMIT}&marker=",
+}
+
+# The endpoints the targets apply to; constant and db floor are references that explain the ratios.
+TARGETED = {"get", "list", "list_deep"}
+
+
+def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
+    except ValueError as exc:
+        raise click.BadParameter("expected comma-separated numbers of images, e.g. 1000,10000") from exc
+    if not sizes or sizes[0] <= 0:
+        raise click.BadParameter("expected positive numbers of images")
+    return sizes
+
+
+@click.command()
+@click.option("--smoke", is_flag=True, help=f"Sizes {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests (for CI).")
+@click.option(
+    "--sizes",
+    callback=_sizes,
+    help=f"Tenant sizes in images, grown in this order. [default: {','.join(map(str, FULL_SIZES))}]",
+)
+@click.option("--requests", "rounds", type=click.IntRange(min=1), help="Timed requests per endpoint and size.")
+@click.option("--warmup", type=click.IntRange(min=0), help="Untimed requests per endpoint and size, first.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the data and the request order.")
+def main(smoke: bool, sizes: tuple[int, ...] | None, rounds: int | None, warmup: int | None, seed: int) -> None:
+    """Time GET /v2/images/{id} and GET /v2/images against a constant view as one tenant grows."""
+    sizes = sizes or (SMOKE_SIZES if smoke else FULL_SIZES)
+    rounds = rounds or (SMOKE_ROUNDS if smoke else FULL_ROUNDS)
+    warmup = (SMOKE_WARMUP if smoke else FULL_WARMUP) if warmup is None else warmup
+    with postgresql_server() as admin_url, tempfile.TemporaryDirectory(prefix="locquota-bench-") as store_root:
+        url = _create_database(admin_url)
+        engine = make_engine(url)
+        upgrade_to_head(engine)
+        report.print_facts(report.machine_facts(_server_version(engine)))
+        print(f"{'workload':<10}  {rounds} timed + {warmup} warm-up requests per endpoint and size, interleaved;")
+        print(f"{'':<10}  tenant {TENANT!r} grown to {', '.join(map(str, sizes))} images; at each step other")
+        print(f"{'':<10}  tenants add {OTHERS_PER_TENANT_IMAGE:g} image per new tenant image, newer than the tenant's")
+        print(flush=True)
+        results = _run(engine, url, Path(store_root), sizes, rounds, warmup, seed)
+        rows = count_rows(engine)
+        engine.dispose()
+    print()
+    report.print_table(results, LABELS, TARGETED)
+    print()
+    report.print_targets(results, LABELS, TARGETED)
+    print()
+    print("rows at the end: " + ", ".join(f"{table} {count}" for table, count in rows.items()))
+    print(f"load avg at the end: {report.load_average()}")
+
+
+def _run(
+    engine: Engine, url: str, store_root: Path, sizes: tuple[int, ...], rounds: int, warmup: int, seed: int
+) -> list[report.SizeResult]:
+    dataset = Dataset(seed=seed)
+    rng = random.Random(seed)  # noqa: S311 - a reproducible request order, not a secret
+    endpoints = [
+        Endpoint("constant", lambda: CONSTANT_PATH),
+        Endpoint("db_floor", lambda: DB_FLOOR_PATH),
+        Endpoint("get", lambda: f"/v2/images/{dataset.random_visible_id()}"),
+        Endpoint("list", lambda: f"/v2/images?limit={PAGE_LIMIT}"),
+        Endpoint("list_deep", lambda: f"/v2/images?limit={PAGE_LIMIT}&marker={dataset.random_visible_id()}"),
+    ]
+    app = build_app(settings(url, store_root))
+    results = []
+    try:
+        with serving(app) as port:
+            client = Client(port, TENANT)
+            try:
+                for size in sizes:
+                    _load(engine, dataset, size)
+                    started = time.perf_counter()
+                    summaries = measure(client, endpoints, rounds, warmup, rng)
+                    click.echo(f"measured {size} images in {time.perf_counter() - started:.1f} s")
+                    results.append(report.SizeResult(size, {summary.endpoint: summary for summary in summaries}))
+            finally:
+                client.close()
+    finally:
+        app.registry["locquota.engine"].dispose()
+    return results
+
+
+def _load(engine: Engine, dataset: Dataset, size: int) -> None:
+    """Grow the tenant to `size` images, with a progress bar: the 100k step takes a while."""
+    started = time.perf_counter()
+    label = f"loading {dataset.tenant_images} -> {size} tenant images (+ other tenants')"
+    with click.progressbar(length=dataset.images_to_add(size), label=label, file=sys.stderr) as bar:
+        added = dataset.grow_to(engine, size, progress=bar.update)
+    elapsed = time.perf_counter() - started
+    click.echo(f"loaded {added} rows in {elapsed:.1f} s ({added / elapsed:.0f} rows/s), then ANALYZE")
+
+
+def _create_database(admin_url: str) -> str:
+    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {DATABASE}")
+    return f"{admin_url}/{DATABASE}"
+
+
+def _server_version(engine: Engine) -> str:
+    with engine.connect() as connection:
+        return str(connection.scalar(text("SHOW server_version")))
+
+
+if __name__ == "__main__":
+    main()
