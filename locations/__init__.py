@@ -1,6 +1,7 @@
 from pyramid.config import Configurator
 
-from locations.services.factories import image_data_service_factory, image_service_factory
+from locations.services.catalog import ImageCatalog
+from locations.services.factories import image_catalog_factory, image_data_service_factory, image_service_factory
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
 from locations.stores.base import StoreRegistry, load_stores
@@ -13,5 +14,6 @@ def includeme(config: Configurator) -> None:
     config.include(".routes")
     config.register_service(stores, iface=StoreRegistry)
     config.register_service_factory(image_service_factory, iface=ImageService)
+    config.register_service_factory(image_catalog_factory, iface=ImageCatalog)
     config.register_service_factory(image_data_service_factory, iface=ImageDataService)
     config.scan(".views")

@@ -75,7 +75,9 @@ class Image(Base):
     tags: Mapped[list["ImageTag"]] = relationship(
         back_populates="image", cascade="all, delete-orphan", lazy="selectin", order_by="ImageTag.value"
     )
-    locations: Mapped[list["Location"]] = relationship(back_populates="image", lazy="selectin", order_by="Location.id")
+    # Loaded on use: the write paths that need locations (upload, delete) touch them; reads for the API
+    # go through catalog.ImageCatalog, which aggregates the active ones in SQL.
+    locations: Mapped[list["Location"]] = relationship(back_populates="image", order_by="Location.id")
 
     __table_args__ = (
         # The tenant's image list, newest first, paged by (created_at, id): GET /v2/images.

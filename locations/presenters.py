@@ -1,9 +1,9 @@
-"""The only place that turns models into JSON: status of locations stays internal, only active ones show."""
+"""The only place that turns images into JSON: location status stays internal, only active locations show."""
 
 from datetime import datetime
 from urllib.parse import urlencode
 
-from locations.models import Image
+from locations.services.catalog import ImageView
 
 GLANCE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -13,45 +13,44 @@ def glance_time(moment: datetime) -> str:
     return moment.strftime(GLANCE_TIME_FORMAT)
 
 
-def image(record: Image, *, show_locations: bool = False, show_direct_url: bool = False) -> dict[str, object]:
+def image(view: ImageView, *, show_locations: bool = False, show_direct_url: bool = False) -> dict[str, object]:
     """One image as Glance v2 shows it: custom properties at top level, links, no internal status."""
-    view: dict[str, object] = {prop.name: prop.value for prop in record.properties}
-    view.update(
+    body: dict[str, object] = dict(view.properties)
+    body.update(
         {
-            "id": str(record.id),
-            "name": record.name,
-            "status": str(record.status),
-            "visibility": str(record.visibility),
-            "protected": record.protected,
-            "os_hidden": record.os_hidden,
-            "owner": record.owner,
-            "size": record.size,
-            "virtual_size": record.virtual_size,
-            "checksum": record.checksum,
-            "os_hash_algo": record.os_hash_algo,
-            "os_hash_value": record.os_hash_value,
-            "disk_format": record.disk_format,
-            "container_format": record.container_format,
-            "min_disk": record.min_disk,
-            "min_ram": record.min_ram,
-            "created_at": glance_time(record.created_at),
-            "updated_at": glance_time(record.updated_at),
-            "tags": [tag.value for tag in record.tags],
-            "self": f"/v2/images/{record.id}",
-            "file": f"/v2/images/{record.id}/file",
+            "id": str(view.id),
+            "name": view.name,
+            "status": str(view.status),
+            "visibility": str(view.visibility),
+            "protected": view.protected,
+            "os_hidden": view.os_hidden,
+            "owner": view.owner,
+            "size": view.size,
+            "virtual_size": view.virtual_size,
+            "checksum": view.checksum,
+            "os_hash_algo": view.os_hash_algo,
+            "os_hash_value": view.os_hash_value,
+            "disk_format": view.disk_format,
+            "container_format": view.container_format,
+            "min_disk": view.min_disk,
+            "min_ram": view.min_ram,
+            "created_at": glance_time(view.created_at),
+            "updated_at": glance_time(view.updated_at),
+            "tags": list(view.tags),
+            "self": f"/v2/images/{view.id}",
+            "file": f"/v2/images/{view.id}/file",
             "schema": "/v2/schemas/image",
         }
     )
-    active = record.active_locations
     if show_locations:
-        view["locations"] = [{"url": loc.url, "metadata": loc.location_metadata} for loc in active]
-    if show_direct_url and active:
-        view["direct_url"] = active[0].url
-    return view
+        body["locations"] = [{"url": url, "metadata": metadata} for url, metadata in view.locations]
+    if show_direct_url and view.locations:
+        body["direct_url"] = view.locations[0][0]
+    return body
 
 
 def image_list(
-    records: list[Image],
+    views: list[ImageView],
     params: list[tuple[str, str]],
     next_marker: str | None,
     *,
@@ -61,7 +60,7 @@ def image_list(
     """A page of images with Glance's first/next links (next only when there may be more)."""
     kept = [(key, value) for key, value in params if key != "marker"]
     body: dict[str, object] = {
-        "images": [image(r, show_locations=show_locations, show_direct_url=show_direct_url) for r in records],
+        "images": [image(view, show_locations=show_locations, show_direct_url=show_direct_url) for view in views],
         "first": "/v2/images" + (f"?{urlencode(kept)}" if kept else ""),
         "schema": "/v2/schemas/images",
     }

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from locquota.clock import Clock
 from locquota.db import Base
 
+TOKEN_PREFIX = "lq_"
+
 
 class Token(Base):
     """One issued token. The token itself is never stored: 256 random bits make a plain hash enough."""
@@ -39,7 +41,9 @@ class TokenService:
         self, project_id: str, roles: list[str], description: str = "", expires_at: datetime | None = None
     ) -> str:
         """Store a new token's hash and return the token, which cannot be recovered later."""
-        token = secrets.token_urlsafe(32)
+        # The prefix keeps a token from starting with "-" (a CLI would read it as an option) and lets
+        # secret scanners recognise a leaked one.
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self._db.add(
             Token(
                 token_hash=hash_token(token),

@@ -1,14 +1,15 @@
-"""Images: create, read, list, patch and delete, always within what the caller may see."""
+"""Images as records to change: create, patch, tag and delete, always within what the caller may see.
+
+Reads for the API (show, list) go through catalog.ImageCatalog, one statement each.
+"""
 
 import uuid
-from collections.abc import Sequence
 
 import jsonpatch
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, true
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from locations.models import (
-    HIDDEN_IMAGE_STATUSES,
     Image,
     ImageProperty,
     ImageStatus,
@@ -16,7 +17,8 @@ from locations.models import (
     LocationStatus,
     Visibility,
 )
-from locations.schemas import EDITABLE_BASE, ImageCreate, ImageQuery, PatchOperation, validate_image_document
+from locations.schemas import EDITABLE_BASE, ImageCreate, PatchOperation, validate_image_document
+from locations.services.catalog import visible_to
 from locations.stores.base import StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import (
@@ -25,8 +27,6 @@ from locquota.errors import (
     ImageNotFound,
     ImageProtected,
     InvalidBody,
-    InvalidMarker,
-    InvalidQueryParameter,
     PropertyNotFound,
     StoreUnavailable,
     TagNotFound,
@@ -34,28 +34,6 @@ from locquota.errors import (
     TooManyTags,
 )
 from locquota.identity import Identity
-
-SORT_COLUMNS: dict[str, ColumnElement[object]] = {
-    # Nullable keys sort through coalesce so NULLs order the same way on PostgreSQL and SQLite,
-    # and keyset paging compares plain values.
-    "name": func.coalesce(Image.name, ""),
-    "status": Image.status,
-    "container_format": func.coalesce(Image.container_format, ""),
-    "disk_format": func.coalesce(Image.disk_format, ""),
-    "size": func.coalesce(Image.size, -1),
-    "id": Image.id,
-    "created_at": Image.created_at,
-    "updated_at": Image.updated_at,
-}
-IN_FILTER_COLUMNS = {
-    "name": Image.name,
-    "status": Image.status,
-    "visibility": Image.visibility,
-    "owner": Image.owner,
-    "disk_format": Image.disk_format,
-    "container_format": Image.container_format,
-}
-
 
 MAX_TAGS_PER_IMAGE = 128  # Glance's image_tag_quota default
 MAX_PROPERTIES_PER_IMAGE = 128  # Glance's image_property_quota default
@@ -89,13 +67,9 @@ class ImageService:
     def __init__(self, db: Session, stores: StoreRegistry, clock: Clock) -> None:
         self._db, self._stores, self._clock = db, stores, clock
 
-    def _visible(self, caller: Identity) -> ColumnElement[bool]:
-        scope = true() if caller.is_admin else Image.owner == caller.tenant_id
-        return and_(scope, Image.status.not_in(HIDDEN_IMAGE_STATUSES))
-
     def get(self, caller: Identity, image_id: uuid.UUID, *, for_update: bool = False) -> Image:
         """The image if the caller may see it; another tenant's image is indistinguishable from none (404)."""
-        query = select(Image).where(Image.id == image_id, self._visible(caller))
+        query = select(Image).where(Image.id == image_id, visible_to(caller))
         if for_update:
             query = query.with_for_update()
         image = self._db.scalar(query)
@@ -133,62 +107,6 @@ class ImageService:
         self._db.add(image)
         self._db.flush()
         return image
-
-    def list_page(self, caller: Identity, query: ImageQuery) -> tuple[Sequence[Image], str | None]:
-        """One page of the caller's images and the marker of the next page (None on the last page)."""
-        statement = select(Image).where(self._visible(caller), *self._filters(query))
-        keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
-        if "id" not in {key.name for key in query.sort}:
-            keys.append((Image.id, query.sort[-1].descending))
-        if query.marker is not None:
-            statement = statement.where(self._after_marker(caller, query.marker, keys))
-        statement = statement.order_by(*(column.desc() if desc else column.asc() for column, desc in keys))
-        images = self._db.scalars(statement.limit(query.limit + 1)).all()
-        if len(images) > query.limit:
-            return images[: query.limit], str(images[query.limit - 1].id)
-        return images, None
-
-    def _filters(self, query: ImageQuery) -> list[ColumnElement[bool]]:
-        filters: list[ColumnElement[bool]] = [Image.os_hidden.is_(query.os_hidden)]
-        for name, values in query.equal_filters.items():
-            if name == "id":
-                filters.append(Image.id.in_(_uuids(values)))
-            else:
-                filters.append(IN_FILTER_COLUMNS[name].in_(values))
-        for tag in query.tags:
-            filters.append(exists().where(ImageTag.image_id == Image.id, ImageTag.value == tag))
-        for name, value in query.properties.items():
-            filters.append(
-                exists().where(
-                    ImageProperty.image_id == Image.id, ImageProperty.name == name, ImageProperty.value == value
-                )
-            )
-        if query.size_min is not None:
-            filters.append(Image.size >= query.size_min)
-        if query.size_max is not None:
-            filters.append(Image.size <= query.size_max)
-        if query.protected is not None:
-            filters.append(Image.protected.is_(query.protected))
-        return filters
-
-    def _after_marker(
-        self, caller: Identity, marker: uuid.UUID, keys: list[tuple[ColumnElement[object], bool]]
-    ) -> ColumnElement[bool]:
-        """Keyset paging: rows strictly after the marker in the sort order, so pages stay cheap at any depth."""
-        values = self._db.execute(
-            select(*(column for column, _ in keys)).where(Image.id == marker, self._visible(caller))
-        ).first()
-        if values is None:
-            raise InvalidMarker("The marker does not name an image in this listing.")
-        clauses = []
-        for index, (column, descending) in enumerate(keys):
-            equal_before = [keys[j][0] == values[j] for j in range(index)]
-            beyond = column < values[index] if descending else column > values[index]
-            clauses.append(and_(*equal_before, beyond))
-        first_column, first_descending = keys[0]
-        # A redundant bound on the first key lets the database use its index range.
-        bound = first_column <= values[0] if first_descending else first_column >= values[0]
-        return and_(bound, or_(*clauses) if clauses else false())
 
     def apply_patch(self, caller: Identity, image_id: uuid.UUID, changes: list[PatchOperation]) -> Image:
         """Apply Glance json-patch changes to the image's editable attributes and properties."""
@@ -276,10 +194,3 @@ class ImageService:
 
 def _set_attribute(image: Image, name: str, value: object) -> None:
     setattr(image, name, Visibility(value) if name == "visibility" else value)
-
-
-def _uuids(values: Sequence[str]) -> list[uuid.UUID]:
-    try:
-        return [uuid.UUID(value) for value in values]
-    except ValueError as exc:
-        raise InvalidQueryParameter("The id filter takes image ids.") from exc

@@ -5,6 +5,7 @@ from pyramid.response import Response
 from pyramid.view import view_config
 
 from locations import presenters, schemas
+from locations.services.catalog import ImageCatalog, ImageView
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
 from locquota.errors import LengthRequired, UnsupportedMediaType
@@ -12,12 +13,10 @@ from locquota.errors import LengthRequired, UnsupportedMediaType
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
 
 
-def _present(request: Request, image: object) -> dict[str, object]:
+def _present(request: Request, view: ImageView) -> dict[str, object]:
     settings = request.settings
     return presenters.image(
-        image,  # type: ignore[arg-type]
-        show_locations=settings.show_multiple_locations,
-        show_direct_url=settings.show_image_direct_url,
+        view, show_locations=settings.show_multiple_locations, show_direct_url=settings.show_image_direct_url
     )
 
 
@@ -25,10 +24,10 @@ def _present(request: Request, image: object) -> dict[str, object]:
 def list_images(request: Request) -> dict[str, object]:
     """A page of the caller's images, newest first unless sorted otherwise."""
     query = schemas.image_list_query(request, request.settings)
-    images, next_marker = request.find_service(ImageService).list_page(request.identity, query)
+    views, next_marker = request.find_service(ImageCatalog).page(request.identity, query)
     settings = request.settings
     return presenters.image_list(
-        list(images),
+        views,
         list(request.GET.items()),
         next_marker,
         show_locations=settings.show_multiple_locations,
@@ -43,14 +42,14 @@ def create_image(request: Request) -> dict[str, object]:
     image = request.find_service(ImageService).create(request.identity, body)
     request.response.status_code = 201
     request.response.location = request.route_url("images.item", image_id=str(image.id))
-    return _present(request, image)
+    return _present(request, ImageView.from_record(image))
 
 
 @view_config(route_name="images.item", request_method="GET", renderer="json")
 def show_image(request: Request) -> dict[str, object]:
     """One image."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
-    return _present(request, request.find_service(ImageService).get(request.identity, image_id))
+    return _present(request, request.find_service(ImageCatalog).show(request.identity, image_id))
 
 
 @view_config(route_name="images.item", request_method="PATCH", renderer="json")
@@ -59,7 +58,7 @@ def patch_image(request: Request) -> dict[str, object]:
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
     changes = schemas.image_patch(request, request.settings)
     image = request.find_service(ImageService).apply_patch(request.identity, image_id, changes)
-    return _present(request, image)
+    return _present(request, ImageView.from_record(image))
 
 
 @view_config(route_name="images.item", request_method="DELETE")

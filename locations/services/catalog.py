@@ -1,0 +1,206 @@
+"""Read-only views of images for GET and list: one statement per image or page.
+
+Writes go through ImageService and the ORM; reads, the hot path of the API, select the image columns
+with their properties, tags and (when shown) active locations aggregated as JSON, so a page costs one
+round trip whatever its size, and location status stays in SQL, never reaching a response.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Row, Select, and_, exists, false, func, or_, select
+from sqlalchemy.orm import Session
+
+from locations.models import HIDDEN_IMAGE_STATUSES, Image, ImageProperty, ImageTag, Location, LocationStatus
+from locations.schemas import ImageQuery
+from locations.services.sqljson import json_document, json_rows
+from locquota.errors import ImageNotFound, InvalidMarker, InvalidQueryParameter
+from locquota.identity import Identity
+
+SORT_COLUMNS: dict[str, ColumnElement[object]] = {
+    # Nullable keys sort through coalesce so NULLs order the same way on PostgreSQL and SQLite,
+    # and keyset paging compares plain values.
+    "name": func.coalesce(Image.name, ""),
+    "status": Image.status,
+    "container_format": func.coalesce(Image.container_format, ""),
+    "disk_format": func.coalesce(Image.disk_format, ""),
+    "size": func.coalesce(Image.size, -1),
+    "id": Image.id,
+    "created_at": Image.created_at,
+    "updated_at": Image.updated_at,
+}
+IN_FILTER_COLUMNS = {
+    "name": Image.name,
+    "status": Image.status,
+    "visibility": Image.visibility,
+    "owner": Image.owner,
+    "disk_format": Image.disk_format,
+    "container_format": Image.container_format,
+}
+IMAGE_COLUMNS = tuple(Image.__table__.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageView:
+    """What the API shows of an image: its attributes, properties, tags and active locations, in order."""
+
+    id: uuid.UUID
+    name: str | None
+    status: str
+    visibility: str
+    owner: str
+    size: int | None
+    virtual_size: int | None
+    checksum: str | None
+    os_hash_algo: str | None
+    os_hash_value: str | None
+    disk_format: str | None
+    container_format: str | None
+    min_disk: int
+    min_ram: int
+    protected: bool
+    os_hidden: bool
+    created_at: datetime
+    updated_at: datetime
+    properties: dict[str, str]
+    tags: list[str]
+    locations: list[tuple[str, dict[str, object]]]
+
+    @classmethod
+    def from_record(cls, image: Image) -> "ImageView":
+        """The view of an ORM image just written (create, patch), without another query."""
+        return cls(
+            **{column.key: getattr(image, column.key) for column in IMAGE_COLUMNS},
+            properties={prop.name: prop.value for prop in image.properties},
+            tags=sorted(tag.value for tag in image.tags),
+            locations=[(loc.url, loc.location_metadata) for loc in image.active_locations],
+        )
+
+    @classmethod
+    def from_row(cls, row: Row[tuple[object, ...]]) -> "ImageView":
+        """The view of a row selected with view_columns()."""
+        mapping = row._mapping
+        locations = sorted(mapping.get("locations_json") or [], key=lambda entry: entry[0])
+        return cls(
+            **{column.key: mapping[column.key] for column in IMAGE_COLUMNS},
+            properties=dict(mapping["properties_json"] or []),
+            tags=sorted(tag for (tag,) in mapping["tags_json"] or []),
+            locations=[(url, metadata or {}) for _, url, metadata in locations],
+        )
+
+
+def visible_to(caller: Identity) -> ColumnElement[bool]:
+    """Images the caller may see: its own (an admin: everyone's), never pending_delete or deleted ones."""
+    shown = Image.status.not_in(HIDDEN_IMAGE_STATUSES)
+    return shown if caller.is_admin else and_(Image.owner == caller.tenant_id, shown)
+
+
+def view_columns(*, with_locations: bool) -> list[ColumnElement[object]]:
+    """The image columns plus its collections as JSON, each a correlated subquery on an indexed key."""
+    properties = select(json_rows(ImageProperty.name, ImageProperty.value)).where(ImageProperty.image_id == Image.id)
+    tags = select(json_rows(ImageTag.value)).where(ImageTag.image_id == Image.id)
+    columns = [
+        *IMAGE_COLUMNS,
+        properties.scalar_subquery().label("properties_json"),
+        tags.scalar_subquery().label("tags_json"),
+    ]
+    if with_locations:
+        locations = select(json_rows(Location.id, Location.url, json_document(Location.location_metadata))).where(
+            Location.image_id == Image.id, Location.status == LocationStatus.ACTIVE
+        )
+        columns.append(locations.scalar_subquery().label("locations_json"))
+    return columns
+
+
+# Built once: constructing the statement and its subqueries on every request cost more than running it.
+VIEW_SELECTS = {shown: select(*view_columns(with_locations=shown)) for shown in (False, True)}
+
+
+class ImageCatalog:
+    """Reads images as the API shows them."""
+
+    def __init__(self, db: Session, *, with_locations: bool) -> None:
+        self._db, self._with_locations = db, with_locations
+
+    def _select(self) -> Select[tuple[object, ...]]:
+        return VIEW_SELECTS[self._with_locations]
+
+    def show(self, caller: Identity, image_id: uuid.UUID) -> ImageView:
+        """One image, or 404 (also for another tenant's image: existence does not leak)."""
+        row = self._db.execute(self._select().where(Image.id == image_id, visible_to(caller))).first()
+        if row is None:
+            raise ImageNotFound("No image found with this id.")
+        return ImageView.from_row(row)
+
+    def page(self, caller: Identity, query: ImageQuery) -> tuple[list[ImageView], str | None]:
+        """One page and the marker of the next one (None on the last page)."""
+        keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
+        if "id" not in {key.name for key in query.sort}:
+            keys.append((Image.id, query.sort[-1].descending))
+        statement = self._select().where(*self._scope(caller), *_filters(query))
+        if query.marker is not None:
+            statement = statement.where(self._after_marker(caller, query.marker, keys))
+        order = [column.desc() if descending else column.asc() for column, descending in keys]
+        if not caller.is_admin:
+            # With owner first in the ORDER BY, only ix_images_owner_created_at_id yields this order, so
+            # PostgreSQL cannot walk the all-tenants index and filter out other tenants' newer images.
+            order.insert(0, Image.owner.desc() if keys[0][1] else Image.owner.asc())
+        rows = self._db.execute(statement.order_by(*order).limit(query.limit + 1)).all()
+        views = [ImageView.from_row(row) for row in rows[: query.limit]]
+        return views, (str(views[-1].id) if len(rows) > query.limit else None)
+
+    def _scope(self, caller: Identity) -> list[ColumnElement[bool]]:
+        if caller.is_admin:
+            return [visible_to(caller)]
+        # A range, not an equality: an equality would let the planner drop owner from the ORDER BY above.
+        return [Image.owner >= caller.tenant_id, Image.owner <= caller.tenant_id, visible_to(caller)]
+
+    def _after_marker(
+        self, caller: Identity, marker: uuid.UUID, keys: Sequence[tuple[ColumnElement[object], bool]]
+    ) -> ColumnElement[bool]:
+        """Keyset paging: rows strictly after the marker in the sort order, so pages stay cheap at any depth."""
+        values = self._db.execute(
+            select(*(column for column, _ in keys)).where(Image.id == marker, visible_to(caller))
+        ).first()
+        if values is None:
+            raise InvalidMarker("The marker does not name an image in this listing.")
+        clauses = []
+        for index, (column, descending) in enumerate(keys):
+            equal_before = [keys[j][0] == values[j] for j in range(index)]
+            beyond = column < values[index] if descending else column > values[index]
+            clauses.append(and_(*equal_before, beyond))
+        first_column, first_descending = keys[0]
+        # A redundant bound on the first key lets the database use its index range.
+        bound = first_column <= values[0] if first_descending else first_column >= values[0]
+        return and_(bound, or_(*clauses) if clauses else false())
+
+
+def _filters(query: ImageQuery) -> list[ColumnElement[bool]]:
+    filters: list[ColumnElement[bool]] = [Image.os_hidden.is_(query.os_hidden)]
+    for name, values in query.equal_filters.items():
+        if name == "id":
+            filters.append(Image.id.in_(_uuids(values)))
+        else:
+            filters.append(IN_FILTER_COLUMNS[name].in_(values))
+    for tag in query.tags:
+        filters.append(exists().where(ImageTag.image_id == Image.id, ImageTag.value == tag))
+    for name, value in query.properties.items():
+        filters.append(
+            exists().where(ImageProperty.image_id == Image.id, ImageProperty.name == name, ImageProperty.value == value)
+        )
+    if query.size_min is not None:
+        filters.append(Image.size >= query.size_min)
+    if query.size_max is not None:
+        filters.append(Image.size <= query.size_max)
+    if query.protected is not None:
+        filters.append(Image.protected.is_(query.protected))
+    return filters
+
+
+def _uuids(values: Sequence[str]) -> list[uuid.UUID]:
+    try:
+        return [uuid.UUID(value) for value in values]
+    except ValueError as exc:
+        raise InvalidQueryParameter("The id filter takes image ids.") from exc
