@@ -7,13 +7,14 @@ PostgreSQL. Each test gets an empty, migrated database, and the app commits for 
 
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
+from pyramid.router import Router
 from pytest_redis import factories as redis_factories
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -117,16 +118,34 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def wsgi_app(settings: dict[str, str], clock: FrozenClock) -> Iterator[object]:
-    config = configure(settings)
-    config.register_service(clock, iface=Clock)
-    app = config.make_wsgi_app()
-    yield app
-    app.registry["locquota.engine"].dispose()
+def build_wsgi_app(clock: FrozenClock) -> Iterator[Callable[[dict[str, str]], Router]]:
+    """Build the app from whole settings, with the frozen clock; every engine built is disposed afterwards."""
+    built: list[Router] = []
+
+    def build(app_settings: dict[str, str]) -> Router:
+        config = configure(app_settings)
+        config.register_service(clock, iface=Clock)
+        built.append(config.make_wsgi_app())
+        return built[-1]
+
+    yield build
+    for wsgi in built:
+        wsgi.registry["locquota.engine"].dispose()
 
 
 @pytest.fixture
-def app(wsgi_app: object) -> TestApp:
+def make_app(build_wsgi_app: Callable[[dict[str, str]], Router]) -> Callable[[dict[str, str]], TestApp]:
+    """A WebTest app for a deployment with other settings (pass the whole settings dict)."""
+    return lambda app_settings: TestApp(build_wsgi_app(app_settings))
+
+
+@pytest.fixture
+def wsgi_app(settings: dict[str, str], build_wsgi_app: Callable[[dict[str, str]], Router]) -> Router:
+    return build_wsgi_app(settings)
+
+
+@pytest.fixture
+def app(wsgi_app: Router) -> TestApp:
     return TestApp(wsgi_app)
 
 

@@ -1,33 +1,13 @@
 """Liveness and readiness: a real closed port for a dead Redis or a dead database, never a mock."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import port_for
 import pytest
 from webtest import TestApp
 
-from locquota.app import configure
-from locquota.clock import Clock, FrozenClock
-
 MakeApp = Callable[[dict[str, str]], TestApp]
-
-
-@pytest.fixture
-def make_app(clock: FrozenClock) -> Iterator[MakeApp]:
-    """Build a TestApp from settings; every engine is disposed at the end."""
-    built: list[object] = []
-
-    def make(settings: dict[str, str]) -> TestApp:
-        config = configure(settings)
-        config.register_service(clock, iface=Clock)
-        wsgi_app = config.make_wsgi_app()
-        built.append(wsgi_app)
-        return TestApp(wsgi_app)
-
-    yield make
-    for wsgi_app in built:
-        wsgi_app.registry["locquota.engine"].dispose()  # type: ignore[attr-defined]
 
 
 def closed_port_url(scheme_and_user: str, path: str) -> str:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from webtest import TestApp, TestResponse
 
 from locquota.app import configure
-from locquota.clock import Clock, FrozenClock
+from locquota.clock import FrozenClock
 from locquota.db import make_engine
 from locquota.settings import SettingsError
 from locquota.tokens import TokenService
@@ -26,20 +26,9 @@ MakeApp = Callable[..., TestApp]
 
 
 @pytest.fixture
-def make_app(settings: dict[str, str], clock: FrozenClock) -> Iterator[MakeApp]:
-    """Build a TestApp for one strategy on the test database; every engine is disposed at the end."""
-    built: list[object] = []
-
-    def make(strategy: str, **extra: str) -> TestApp:
-        config = configure({**settings, **STRATEGY_SETTINGS[strategy], **extra})
-        config.register_service(clock, iface=Clock)
-        wsgi_app = config.make_wsgi_app()
-        built.append(wsgi_app)
-        return TestApp(wsgi_app)
-
-    yield make
-    for wsgi_app in built:
-        wsgi_app.registry["locquota.engine"].dispose()  # type: ignore[attr-defined]
+def app_for(settings: dict[str, str], make_app: Callable[[dict[str, str]], TestApp]) -> MakeApp:
+    """A TestApp for one strategy on the test database."""
+    return lambda strategy, **extra: make_app({**settings, **STRATEGY_SETTINGS[strategy], **extra})
 
 
 @pytest.fixture
@@ -65,8 +54,8 @@ def assert_unauthorized(res: TestResponse) -> None:
 # keystone
 
 
-def test_keystone_confirmed_headers_list_images(make_app):
-    app = make_app("keystone")
+def test_keystone_confirmed_headers_list_images(app_for):
+    app = app_for("keystone")
 
     res = app.get("/v2/images", headers=identity("tenant-a"), status=200)
 
@@ -83,21 +72,21 @@ def test_keystone_confirmed_headers_list_images(make_app):
     ],
     ids=["no-identity-status", "identity-status-invalid", "no-project", "empty-project"],
 )
-def test_keystone_without_confirmed_identity_is_401(make_app, headers):
-    app = make_app("keystone")
+def test_keystone_without_confirmed_identity_is_401(app_for, headers):
+    app = app_for("keystone")
 
     assert_unauthorized(app.get("/v2/images", headers=headers, status=401))
 
 
-def test_keystone_ignores_an_auth_token(make_app, issue_token):
-    app = make_app("keystone")
+def test_keystone_ignores_an_auth_token(app_for, issue_token):
+    app = app_for("keystone")
     token = issue_token("tenant-a", "admin")
 
     assert_unauthorized(app.get("/v2/images", headers={"X-Auth-Token": token}, status=401))
 
 
-def test_keystone_percent_encoded_roles_are_decoded(make_app):
-    app = make_app("keystone")
+def test_keystone_percent_encoded_roles_are_decoded(app_for):
+    app = app_for("keystone")
     image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
     encoded_admin = {**identity("tenant-a"), "X-Roles": "member%2Cadmin"}
 
@@ -106,8 +95,8 @@ def test_keystone_percent_encoded_roles_are_decoded(make_app):
     assert res.json["owner"] == "tenant-b"
 
 
-def test_keystone_percent_encoded_roles_without_admin_stay_tenant_scoped(make_app):
-    app = make_app("keystone")
+def test_keystone_percent_encoded_roles_without_admin_stay_tenant_scoped(app_for):
+    app = app_for("keystone")
     image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
     encoded_member = {**identity("tenant-a"), "X-Roles": "member%2Creader"}
 
@@ -119,8 +108,8 @@ def test_keystone_percent_encoded_roles_without_admin_stay_tenant_scoped(make_ap
 # tokens
 
 
-def test_token_lists_only_its_projects_images(make_app, issue_token):
-    app = make_app("tokens")
+def test_token_lists_only_its_projects_images(app_for, issue_token):
+    app = app_for("tokens")
     mine, theirs = issue_token("project-p"), issue_token("project-q")
     own = app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": mine}, status=201).json
     app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": theirs}, status=201)
@@ -136,21 +125,21 @@ def test_token_lists_only_its_projects_images(make_app, issue_token):
     [{}, {"X-Auth-Token": "not-a-token"}, {"X-Auth-Token": ""}, {"X-Auth-Token": "x" * 300}],
     ids=["none", "unknown", "empty", "oversized"],
 )
-def test_tokens_without_a_known_token_is_401(make_app, issue_token, headers):
-    app = make_app("tokens")
+def test_tokens_without_a_known_token_is_401(app_for, issue_token, headers):
+    app = app_for("tokens")
     issue_token("project-p")
 
     assert_unauthorized(app.get("/v2/images", headers=headers, status=401))
 
 
-def test_tokens_ignores_keystone_headers(make_app):
-    app = make_app("tokens")
+def test_tokens_ignores_keystone_headers(app_for):
+    app = app_for("tokens")
 
     assert_unauthorized(app.get("/v2/images", headers=identity("tenant-a", "admin"), status=401))
 
 
-def test_expired_token_is_401(make_app, issue_token, clock):
-    app = make_app("tokens")
+def test_expired_token_is_401(app_for, issue_token, clock):
+    app = app_for("tokens")
     token = issue_token("project-p", expires_at=clock.now() + timedelta(hours=1))
     app.get("/v2/images", headers={"X-Auth-Token": token}, status=200)
 
@@ -159,8 +148,8 @@ def test_expired_token_is_401(make_app, issue_token, clock):
     assert_unauthorized(app.get("/v2/images", headers={"X-Auth-Token": token}, status=401))
 
 
-def test_token_expiring_at_exactly_now_is_401(make_app, issue_token, clock):
-    app = make_app("tokens")
+def test_token_expiring_at_exactly_now_is_401(app_for, issue_token, clock):
+    app = app_for("tokens")
     token = issue_token("project-p", expires_at=clock.now() + timedelta(minutes=5))
 
     clock.advance(minutes=5)
@@ -168,8 +157,8 @@ def test_token_expiring_at_exactly_now_is_401(make_app, issue_token, clock):
     assert_unauthorized(app.get("/v2/images", headers={"X-Auth-Token": token}, status=401))
 
 
-def test_admin_token_sees_another_tenants_image(make_app, issue_token):
-    app = make_app("tokens")
+def test_admin_token_sees_another_tenants_image(app_for, issue_token):
+    app = app_for("tokens")
     image = app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": issue_token("project-q")}, status=201).json
 
     res = app.get(f"/v2/images/{image['id']}", headers={"X-Auth-Token": issue_token("ops", "admin")}, status=200)
@@ -178,8 +167,8 @@ def test_admin_token_sees_another_tenants_image(make_app, issue_token):
     assert res.json["owner"] == "project-q"
 
 
-def test_member_token_gets_404_for_another_tenants_image(make_app, issue_token):
-    app = make_app("tokens")
+def test_member_token_gets_404_for_another_tenants_image(app_for, issue_token):
+    app = app_for("tokens")
     image = app.post_json("/v2/images", IMAGE, headers={"X-Auth-Token": issue_token("project-q")}, status=201).json
 
     res = app.get(f"/v2/images/{image['id']}", headers={"X-Auth-Token": issue_token("project-p")}, status=404)
@@ -195,8 +184,8 @@ def test_noauth_refuses_to_start_without_explicit_permission(settings):
         configure({**settings, "locquota.auth_strategy": "noauth"})
 
 
-def test_noauth_identity_comes_from_headers(make_app):
-    app = make_app("noauth")
+def test_noauth_identity_comes_from_headers(app_for):
+    app = app_for("noauth")
 
     created = app.post_json("/v2/images", IMAGE, headers={"X-Project-Id": "dev-project"}, status=201).json
     listed = app.get("/v2/images", headers={"X-Project-Id": "dev-project"}, status=200).json
@@ -205,8 +194,8 @@ def test_noauth_identity_comes_from_headers(make_app):
     assert [image["id"] for image in listed["images"]] == [created["id"]]
 
 
-def test_noauth_roles_header_gives_admin(make_app):
-    app = make_app("noauth")
+def test_noauth_roles_header_gives_admin(app_for):
+    app = app_for("noauth")
     image = app.post_json("/v2/images", IMAGE, headers={"X-Project-Id": "dev-project"}, status=201).json
 
     as_member = app.get(f"/v2/images/{image['id']}", headers={"X-Project-Id": "other", "X-Roles": "member"}, status="*")
@@ -216,8 +205,8 @@ def test_noauth_roles_header_gives_admin(make_app):
     assert as_admin.status_int == 200
 
 
-def test_noauth_without_project_header_is_401(make_app):
-    app = make_app("noauth")
+def test_noauth_without_project_header_is_401(app_for):
+    app = app_for("noauth")
 
     assert_unauthorized(app.get("/v2/images", headers={"X-Roles": "admin"}, status=401))
 
@@ -226,8 +215,8 @@ def test_noauth_without_project_header_is_401(make_app):
 
 
 @pytest.mark.parametrize("strategy", ["keystone", "noauth"])
-def test_another_tenants_image_is_indistinguishable_from_a_missing_one(make_app, strategy):
-    app = make_app(strategy)
+def test_another_tenants_image_is_indistinguishable_from_a_missing_one(app_for, strategy):
+    app = app_for(strategy)
     image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
 
     other = app.get(f"/v2/images/{image['id']}", headers=identity("tenant-a"), status="*")
@@ -237,8 +226,8 @@ def test_another_tenants_image_is_indistinguishable_from_a_missing_one(make_app,
     assert other.json["error"]["code"] == missing.json["error"]["code"] == "image_not_found"
 
 
-def test_another_tenants_image_is_not_listed(make_app):
-    app = make_app("keystone")
+def test_another_tenants_image_is_not_listed(app_for):
+    app = app_for("keystone")
     app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201)
 
     res = app.get("/v2/images", headers=identity("tenant-a"), status=200)
@@ -246,8 +235,8 @@ def test_another_tenants_image_is_not_listed(make_app):
     assert res.json["images"] == []
 
 
-def test_another_tenants_image_cannot_be_deleted(make_app):
-    app = make_app("keystone")
+def test_another_tenants_image_cannot_be_deleted(app_for):
+    app = app_for("keystone")
     image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
 
     res = app.delete(f"/v2/images/{image['id']}", headers=identity("tenant-a"), status=404)
@@ -256,8 +245,8 @@ def test_another_tenants_image_cannot_be_deleted(make_app):
     app.get(f"/v2/images/{image['id']}", headers=identity("tenant-b"), status=200)
 
 
-def test_admin_sees_another_tenants_image(make_app):
-    app = make_app("keystone")
+def test_admin_sees_another_tenants_image(app_for):
+    app = app_for("keystone")
     image = app.post_json("/v2/images", IMAGE, headers=identity("tenant-b"), status=201).json
 
     res = app.get(f"/v2/images/{image['id']}", headers=identity("operators", "admin"), status=200)
@@ -281,8 +270,8 @@ def assert_version_document(body: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["keystone", "tokens", "noauth"])
-def test_version_root_needs_no_identity(make_app, strategy):
-    app = make_app(strategy)
+def test_version_root_needs_no_identity(app_for, strategy):
+    app = app_for(strategy)
 
     res = app.get("/", status=300)
 
@@ -290,16 +279,16 @@ def test_version_root_needs_no_identity(make_app, strategy):
 
 
 @pytest.mark.parametrize("strategy", ["keystone", "tokens", "noauth"])
-def test_version_list_needs_no_identity(make_app, strategy):
-    app = make_app(strategy)
+def test_version_list_needs_no_identity(app_for, strategy):
+    app = app_for(strategy)
 
     res = app.get("/versions", status=200)
 
     assert_version_document(res.json)
 
 
-def test_version_links_point_at_the_host_asked(make_app):
-    app = make_app("keystone")
+def test_version_links_point_at_the_host_asked(app_for):
+    app = app_for("keystone")
 
     res = app.get("/versions", extra_environ={"HTTP_HOST": "images.example.org:9292"}, status=200)
 
@@ -307,8 +296,8 @@ def test_version_links_point_at_the_host_asked(make_app):
 
 
 @pytest.mark.parametrize("path", ["/v2/schemas/image", "/v2/schemas/images"])
-def test_schemas_need_identity(make_app, path):
-    app = make_app("keystone")
+def test_schemas_need_identity(app_for, path):
+    app = app_for("keystone")
 
     assert_unauthorized(app.get(path, status=401))
     schema = app.get(path, headers=identity("tenant-a"), status=200).json
@@ -316,8 +305,8 @@ def test_schemas_need_identity(make_app, path):
     assert "properties" in schema
 
 
-def test_unauthenticated_401_carries_www_authenticate(make_app):
-    app = make_app("tokens")
+def test_unauthenticated_401_carries_www_authenticate(app_for):
+    app = app_for("tokens")
 
     res = app.get("/v2/images", status=401)
 

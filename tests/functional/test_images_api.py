@@ -5,11 +5,8 @@ import os
 
 import pytest
 from sqlalchemy import func, select
-from webtest import TestApp
 
 from locations.models import Image, Location, LocationStatus
-from locquota.app import configure
-from locquota.clock import Clock
 from tests.conftest import identity, random_id
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
@@ -101,14 +98,8 @@ def test_get_shows_no_location_status_and_no_locations_by_default(app, tenant, n
 
 
 @pytest.fixture
-def showing_app(settings, clock):
-    config = configure(
-        {**settings, "locquota.show_multiple_locations": "true", "locquota.show_image_direct_url": "true"}
-    )
-    config.register_service(clock, iface=Clock)
-    wsgi = config.make_wsgi_app()
-    yield TestApp(wsgi)
-    wsgi.registry["locquota.engine"].dispose()
+def showing_app(settings, make_app):
+    return make_app({**settings, "locquota.show_multiple_locations": "true", "locquota.show_image_direct_url": "true"})
 
 
 def test_locations_shown_when_enabled_list_only_active_ones_without_status(showing_app, tenant, db, store_root):

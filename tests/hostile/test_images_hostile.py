@@ -7,7 +7,7 @@ unknown or read-only fields, huge bodies, bad UUIDs, bad json-patch paths, and n
 import io
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from webtest import TestApp, TestRequest, TestResponse
 
-from locquota.app import configure
-from locquota.clock import Clock, FrozenClock
 from locquota.db import Base
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
@@ -595,16 +593,12 @@ def test_list_filter_on_an_unknown_value_is_an_empty_list(app, tenant, new_image
 
 
 @pytest.fixture
-def guarded_app(settings: dict[str, str], clock: FrozenClock) -> Iterator[TestApp]:
+def guarded_app(settings: dict[str, str], make_app: Callable[[dict[str, str]], TestApp]) -> TestApp:
     """The test deployment, with a PostgreSQL statement_timeout so a runaway query ends as an error, not a hang."""
     url = settings["locquota.database_url"]
     if url.startswith("postgresql"):
         url += "?options=-c%20statement_timeout%3D2000"
-    config = configure({**settings, "locquota.database_url": url})
-    config.register_service(clock, iface=Clock)
-    wsgi = config.make_wsgi_app()
-    yield TestApp(wsgi)
-    wsgi.registry["locquota.engine"].dispose()
+    return make_app({**settings, "locquota.database_url": url})
 
 
 def test_list_with_thousands_of_property_filters_is_not_a_denial_of_service(guarded_app, tenant, state):
@@ -731,13 +725,9 @@ def test_upload_without_formats_is_refused(app, tenant, upload, state, missing):
 
 
 @pytest.fixture
-def capped_app(settings: dict[str, str], clock: FrozenClock) -> Iterator[TestApp]:
+def capped_app(settings: dict[str, str], make_app: Callable[[dict[str, str]], TestApp]) -> TestApp:
     """The test deployment with a 10-byte image size cap."""
-    config = configure({**settings, "locquota.image_size_cap_bytes": "10"})
-    config.register_service(clock, iface=Clock)
-    wsgi = config.make_wsgi_app()
-    yield TestApp(wsgi)
-    wsgi.registry["locquota.engine"].dispose()
+    return make_app({**settings, "locquota.image_size_cap_bytes": "10"})
 
 
 @pytest.mark.parametrize(
