@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from locquota.clock import Clock
 from locquota.db import Base
 
-TOKEN_PREFIX = "lq_"
+TOKEN_PREFIX = "lq_"  # noqa: S105  (a public marker, not a secret)
 
 
 class Token(Base):
