@@ -1,7 +1,15 @@
 from pyramid.config import Configurator
 
+from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
-from locations.services.factories import image_catalog_factory, image_data_service_factory, image_service_factory
+from locations.services.deletion import DeletionService
+from locations.services.factories import (
+    backlog_service_factory,
+    deletion_service_factory,
+    image_catalog_factory,
+    image_data_service_factory,
+    image_service_factory,
+)
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
 from locations.stores.base import StoreRegistry, load_stores
@@ -15,5 +23,7 @@ def includeme(config: Configurator) -> None:
     config.register_service(stores, iface=StoreRegistry)
     config.register_service_factory(image_service_factory, iface=ImageService)
     config.register_service_factory(image_catalog_factory, iface=ImageCatalog)
+    config.register_service_factory(deletion_service_factory, iface=DeletionService)
+    config.register_service_factory(backlog_service_factory, iface=BacklogService)
     config.register_service_factory(image_data_service_factory, iface=ImageDataService)
     config.scan(".views")

@@ -1,11 +1,12 @@
 """Images and their locations. Location status is internal: the API never shows it and never accepts it."""
 
+import hashlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import JSON, BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from locquota.db import Base
 
@@ -39,6 +40,12 @@ class Visibility(StrEnum):
 
 
 HIDDEN_IMAGE_STATUSES = (ImageStatus.PENDING_DELETE, ImageStatus.DELETED)
+LIVE_LOCATION_STATUSES = (LocationStatus.ACTIVE, LocationStatus.PENDING_DELETE)  # their data is in a store
+
+
+def url_digest(url: str) -> str:
+    """The indexed form of a location URL, for "who else references this data?" lookups."""
+    return hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _enum(enum: type[StrEnum], length: int) -> Enum:
@@ -132,6 +139,7 @@ class Location(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"), index=True)
     url: Mapped[str] = mapped_column(Text)
+    url_hash: Mapped[str] = mapped_column(String(64))  # sha256 of url: URLs are too long for a btree index
     store: Mapped[str] = mapped_column(String(64))
     location_metadata: Mapped[dict[str, object]] = mapped_column("metadata", JSON, default=dict)
     status: Mapped[LocationStatus] = mapped_column(_enum(LocationStatus, 32))
@@ -139,16 +147,37 @@ class Location(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
+    # The scrubber's bookkeeping, meaningful while the location is pending_delete.
+    pending_since: Mapped[datetime | None]  # when it became pending_delete: the backlog's age
+    scrub_after: Mapped[datetime | None]  # not scrubbed before this (scrub_time, then retry backoff)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed deletions so far
+    last_error: Mapped[str | None] = mapped_column(String(1024))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # the scrubber deleting it now
+    claim_expires_at: Mapped[datetime | None]  # a dead scrubber's claim returns to the pool after this
     image: Mapped[Image] = relationship(back_populates="locations")
 
+    @validates("url")
+    def _keep_url_hash(self, _key: str, url: str) -> str:
+        self.url_hash = url_digest(url)
+        return url
+
     __table_args__ = (
-        # The scrubber's backlog and its metrics read only pending_delete rows: a partial index keeps
-        # their cost independent of the number of active locations.
+        # The scrubber's due work and the backlog (API, metrics) read only pending_delete rows: partial
+        # indexes keep their cost independent of the number of active locations.
         Index(
             "ix_locations_pending_delete",
-            "store",
-            "updated_at",
+            "scrub_after",
+            "id",
             postgresql_where=text("status = 'pending_delete'"),
             sqlite_where=text("status = 'pending_delete'"),
         ),
+        Index(
+            "ix_locations_pending_since",
+            "pending_since",
+            "id",
+            postgresql_where=text("status = 'pending_delete'"),
+            sqlite_where=text("status = 'pending_delete'"),
+        ),
+        # "Does any other live location reference this data?" before data is deleted or a URL is added.
+        Index("ix_locations_url_hash", "url_hash"),
     )

@@ -3,6 +3,7 @@
 from datetime import datetime
 from urllib.parse import urlencode
 
+from locations.services.backlog import BacklogEntry, StoreTotal
 from locations.services.catalog import ImageView
 
 GLANCE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -66,4 +67,34 @@ def image_list(
     }
     if next_marker is not None:
         body["next"] = "/v2/images?" + urlencode([*kept, ("marker", next_marker)])
+    return body
+
+
+def backlog(
+    entries: list[BacklogEntry], totals: list[StoreTotal], limit: int, next_marker: int | None
+) -> dict[str, object]:
+    """The scrubber backlog: entries oldest first (never their URLs), totals by store, the next page."""
+    body: dict[str, object] = {
+        "locations": [
+            {
+                "location_id": entry.location_id,
+                "image_id": entry.image_id,
+                "store": entry.store,
+                "size_bytes": entry.size_bytes,
+                "pending_since": glance_time(entry.pending_since),
+                "age_seconds": round(entry.age_seconds, 3),
+                "scrub_after": glance_time(entry.scrub_after),
+                "due": entry.is_due,
+                "attempts": entry.attempts,
+                "last_error": entry.last_error,
+                "claimed": entry.is_claimed,
+            }
+            for entry in entries
+        ],
+        "totals": [
+            {"store": total.store, "locations": total.locations, "size_bytes": total.size_bytes} for total in totals
+        ],
+    }
+    if next_marker is not None:
+        body["next"] = f"/v1/scrubber/backlog?limit={limit}&marker={next_marker}"
     return body

@@ -390,6 +390,29 @@ def _flag(name: str, raw: str | None) -> bool | None:
     return raw.lower() == "true"
 
 
+BACKLOG_DEFAULT_LIMIT = 100
+BACKLOG_MAX_LIMIT = 1000
+
+
+def backlog_query(request: Request) -> tuple[int, int | None]:
+    """GET /v1/scrubber/backlog parameters: limit (1..1000) and marker (a location id)."""
+    params: dict[str, list[str]] = {}
+    try:
+        for key, value in request.GET.items():
+            params.setdefault(key, []).append(value)
+    except UnicodeDecodeError as exc:
+        raise InvalidQueryParameter("The query string is not UTF-8.") from exc
+    unknown = set(params) - {"limit", "marker"}
+    if unknown:
+        raise InvalidQueryParameter(f"Unknown parameter: {sorted(unknown)[0][:64]}.")
+    limit = _integer("limit", _single(params, "limit"))
+    if limit is not None and not 1 <= limit <= BACKLOG_MAX_LIMIT:
+        raise InvalidQueryParameter(f"limit must be between 1 and {BACKLOG_MAX_LIMIT}.")
+    raw_marker = _single(params, "marker")
+    marker = _integer("marker", raw_marker)
+    return limit or BACKLOG_DEFAULT_LIMIT, marker
+
+
 def image_list_query(request: Request, settings: Settings) -> ImageQuery:
     """Parse GET /v2/images parameters as Glance does; unknown parameters filter on properties."""
     params: dict[str, list[str]] = {}

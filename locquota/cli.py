@@ -4,57 +4,15 @@ The app is bootstrapped lazily from the .ini on first use, so `--help` stays ins
 a setting fails with the key's name before any command runs.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import click
-from pyramid.paster import bootstrap, setup_logging
-from pyramid.registry import Registry
-from pyramid.request import Request
-from pyramid.scripting import prepare
 
+from locations.cli import purge, restore, scrub
 from locquota.clock import Clock
 from locquota.db import upgrade_to_head
-from locquota.settings import SettingsError
+from locquota.scripting import LazyApp
 from locquota.tokens import TokenService
-
-
-class LazyApp:
-    """The application built from --config when a command first needs it."""
-
-    def __init__(self, config_uri: str) -> None:
-        self.config_uri = config_uri
-        self._registry: Registry | None = None
-
-    @property
-    def registry(self) -> Registry:
-        """The app's registry, bootstrapping on first use."""
-        if self._registry is None:
-            try:
-                setup_logging(self.config_uri)
-                env = bootstrap(self.config_uri)
-            except FileNotFoundError as exc:
-                raise click.ClickException(f"{self.config_uri}: no such configuration file") from exc
-            except (SettingsError, ValueError) as exc:
-                raise click.ClickException(f"{self.config_uri}: {exc}") from exc
-            env["closer"]()
-            self._registry = env["registry"]
-        return self._registry
-
-    def close(self) -> None:
-        """Release the database connections a command opened (matters when commands run in-process)."""
-        if self._registry is not None:
-            self._registry["locquota.engine"].dispose()
-
-    @contextmanager
-    def request(self) -> Iterator[Request]:
-        """A request to run one command's work with; `with request.tm:` makes it one transaction."""
-        env = prepare(registry=self.registry)
-        try:
-            yield env["request"]
-        finally:
-            env["closer"]()
 
 
 @click.group()
@@ -107,3 +65,7 @@ def tokens_create(app: LazyApp, project: str, roles: str, description: str, expi
         role_list = [role.strip() for role in roles.split(",") if role.strip()]
         token = TokenService(request.db, clock).issue(project.strip(), role_list, description, expires_at)
     click.echo(token)
+
+
+for command in (scrub, restore, purge):
+    cli.add_command(command)

@@ -103,6 +103,14 @@ class InvalidImageStatus(LocquotaError):
     status, code = 409, "invalid_image_status"
 
 
+class InvalidLocationTransition(LocquotaError):
+    status, code = 409, "invalid_location_transition"
+
+
+class ScrubInProgress(LocquotaError):
+    status, code = 409, "scrub_in_progress"
+
+
 class PropertyNotFound(LocquotaError):
     status, code = 409, "property_not_found"
 

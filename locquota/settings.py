@@ -15,6 +15,8 @@ from pyramid.request import Request
 from pyramid.settings import asbool, aslist
 
 PREFIX = "locquota."
+# .ini names kept as Glance spells them, mapped to fields that carry their unit.
+RENAMED = {"scrub_time": "scrub_time_seconds", "wakeup_time": "wakeup_time_seconds"}
 STORE_PREFIX = "locquota.store."
 
 
@@ -40,6 +42,21 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError("expected a positive integer")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("expected zero or a positive integer")
+    return number
+
+
+def _limit(value: str) -> int:
+    """A limit: a non-negative integer, or -1 for unlimited (Glance's convention)."""
+    number = int(value)
+    if number < -1:
+        raise ValueError("expected a non-negative integer, or -1 for unlimited")
     return number
 
 
@@ -87,6 +104,15 @@ class Settings:
     upload_chunk_bytes: int = 65536
     limit_param_default: int = 25
     api_limit_max: int = 1000
+    delayed_delete: bool = False
+    scrub_time_seconds: int = 0
+    wakeup_time_seconds: int = 300
+    scrub_pool_size: int = 1
+    scrub_batch_size: int = 100
+    scrub_lease_seconds: int = 300
+    scrub_retry_base_seconds: int = 30
+    scrub_retry_max_seconds: int = 3600
+    locations_per_image: int = 10
 
     @classmethod
     def from_ini(cls, raw: Mapping[str, str]) -> Self:
@@ -107,6 +133,15 @@ class Settings:
             "upload_chunk_bytes": _positive_int,
             "limit_param_default": _positive_int,
             "api_limit_max": _positive_int,
+            "delayed_delete": _boolean,
+            "scrub_time": _non_negative_int,
+            "wakeup_time": _positive_int,
+            "scrub_pool_size": _positive_int,
+            "scrub_batch_size": _positive_int,
+            "scrub_lease_seconds": _positive_int,
+            "scrub_retry_base_seconds": _positive_int,
+            "scrub_retry_max_seconds": _positive_int,
+            "locations_per_image": _limit,
         }
         values: dict[str, object] = {}
         for key, value in raw.items():
@@ -116,7 +151,7 @@ class Settings:
             if name not in parsers:
                 raise SettingsError(f"{key}: unknown setting")
             try:
-                values[name] = parsers[name](value)
+                values[RENAMED.get(name, name)] = parsers[name](value)
             except ValueError as exc:
                 raise SettingsError(f"{key} = {value!r}: {exc}") from exc
         settings = cls(**values, store_options=_store_options(raw))  # type: ignore[arg-type]

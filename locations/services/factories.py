@@ -1,18 +1,53 @@
 """Service factories: the only code that looks at the request to build the locations services."""
 
+from datetime import timedelta
+
 from pyramid.request import Request
 
+from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
+from locations.services.deletion import DeletionService
 from locations.services.images import ImageService
+from locations.services.scrubbing import ScrubPolicy
 from locations.services.upload import ImageDataService
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.db import commit_and_begin
+from locquota.settings import Settings
 
 
 def image_service_factory(_context: object, request: Request) -> ImageService:
     """The image service for this request's session."""
     return ImageService(request.db, request.find_service(StoreRegistry), request.find_service(Clock))
+
+
+def scrub_policy(settings: Settings) -> ScrubPolicy:
+    """The scrubber's lease and retry backoff, from the settings."""
+    return ScrubPolicy(
+        lease=timedelta(seconds=settings.scrub_lease_seconds),
+        retry_base=timedelta(seconds=settings.scrub_retry_base_seconds),
+        retry_max=timedelta(seconds=settings.scrub_retry_max_seconds),
+    )
+
+
+def deletion_service_factory(_context: object, request: Request) -> DeletionService:
+    """Deletion and restore; immediate deletes commit pending_delete through this request's checkpoint."""
+    settings = request.settings
+    return DeletionService(
+        request.db,
+        request.find_service(ImageService),
+        request.find_service(StoreRegistry),
+        request.find_service(Clock),
+        lambda: commit_and_begin(request.tm),
+        scrub_policy(settings),
+        delayed_delete=settings.delayed_delete,
+        scrub_delay=timedelta(seconds=settings.scrub_time_seconds),
+    )
+
+
+def backlog_service_factory(_context: object, request: Request) -> BacklogService:
+    """The backlog reads for this request."""
+    return BacklogService(request.db, request.find_service(Clock))
 
 
 def image_catalog_factory(_context: object, request: Request) -> ImageCatalog:

@@ -14,21 +14,18 @@ from locations.models import (
     ImageProperty,
     ImageStatus,
     ImageTag,
-    LocationStatus,
     Visibility,
 )
 from locations.schemas import EDITABLE_BASE, ImageCreate, PatchOperation, validate_image_document
 from locations.services.catalog import visible_to
-from locations.stores.base import StoreError, StoreRegistry
+from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import (
     Forbidden,
     ImageConflict,
     ImageNotFound,
-    ImageProtected,
     InvalidBody,
     PropertyNotFound,
-    StoreUnavailable,
     TagNotFound,
     TooManyProperties,
     TooManyTags,
@@ -174,21 +171,6 @@ class ImageService:
             raise TagNotFound("The image has no such tag.")
         image.tags = kept
         image.updated_at = self._clock.now()
-        self._db.flush()
-
-    def delete(self, caller: Identity, image_id: uuid.UUID) -> None:
-        """Delete the image and its data now (delayed delete and the scrubber come with the lifecycle)."""
-        image = self.get(caller, image_id, for_update=True)
-        if image.protected:
-            raise ImageProtected("Image is protected and cannot be deleted.")
-        now = self._clock.now()
-        for location in image.active_locations:
-            try:
-                self._stores[location.store].delete(location.url)
-            except StoreError as exc:
-                raise StoreUnavailable("The store could not delete the image data; nothing was changed.") from exc
-            location.status, location.updated_at, location.deleted_at = LocationStatus.DELETED, now, now
-        image.status, image.updated_at = ImageStatus.DELETED, now
         self._db.flush()
 
 

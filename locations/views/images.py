@@ -6,6 +6,7 @@ from pyramid.view import view_config
 
 from locations import presenters, schemas
 from locations.services.catalog import ImageCatalog, ImageView
+from locations.services.deletion import DeletionService
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
 from locquota.errors import LengthRequired, UnsupportedMediaType
@@ -65,7 +66,7 @@ def patch_image(request: Request) -> dict[str, object]:
 def delete_image(request: Request) -> Response:
     """Delete an image; 204."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
-    request.find_service(ImageService).delete(request.identity, image_id)
+    request.find_service(DeletionService).delete_image(request.identity, image_id)
     return Response(status=204)
 
 

@@ -1,0 +1,83 @@
+"""Operator commands of the locations package: scrub, restore, purge."""
+
+import signal
+import sys
+import threading
+import uuid
+from datetime import timedelta
+from types import FrameType
+
+import click
+
+from locations.scrubber import Scrubber
+from locations.services.deletion import DeletionService
+from locations.services.factories import scrub_policy
+from locations.services.purge import purge_deleted_locations
+from locations.stores.base import StoreRegistry
+from locquota.clock import Clock
+from locquota.errors import LocquotaError
+from locquota.scripting import LazyApp
+
+PURGE_BATCH = 1000
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """SIGTERM and SIGINT let the batch in flight finish, then the command exits cleanly."""
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+@click.command()
+@click.option("--daemon", is_flag=True, help="Keep scrubbing, waking every locquota.wakeup_time seconds.")
+@click.pass_obj
+def scrub(app: LazyApp, daemon: bool) -> None:
+    """Delete the data of pending_delete locations whose scrub time has passed (safe on every node)."""
+    settings = app.registry["locquota.settings"]
+    with app.request() as request:
+        stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)
+    scrubber = Scrubber(
+        app.unit_of_work(), stores, clock, scrub_policy(settings),
+        batch_size=settings.scrub_batch_size, pool_size=settings.scrub_pool_size,
+    )  # fmt: skip
+    stop = _stop_on_sigterm()
+    if daemon:
+        click.echo(f"scrubber {scrubber.worker}: waking every {settings.wakeup_time_seconds} s")
+        scrubber.run_forever(stop, settings.wakeup_time_seconds)
+        return
+    if sys.stdout.isatty():
+        with click.progressbar(length=scrubber.count_due(), label="scrubbing") as bar:
+            report = scrubber.run_once(stop, on_batch=bar.update)
+    else:
+        report = scrubber.run_once(stop)
+    counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(report.outcomes.items())) or "nothing due"
+    click.echo(f"scrubbed in {report.batches} batches: {counts}")
+
+
+@click.command()
+@click.argument("image_id", type=click.UUID)
+@click.pass_obj
+def restore(app: LazyApp, image_id: uuid.UUID) -> None:
+    """Return a pending_delete image to active before the scrubber deletes its data."""
+    try:
+        with app.request() as request, request.tm:
+            request.find_service(DeletionService).restore(image_id)
+    except LocquotaError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"restored {image_id}")
+
+
+@click.command()
+@click.option("--older-than", "days", type=click.IntRange(min=0), required=True, help="Age in days since deletion.")
+@click.pass_obj
+def purge(app: LazyApp, days: int) -> None:
+    """Remove the rows of locations deleted more than DAYS days ago."""
+    with app.request() as request:
+        clock = request.find_service(Clock)
+    count = purge_deleted_locations(app.unit_of_work(), clock, timedelta(days=days), PURGE_BATCH)
+    click.echo(f"purged {count} deleted location rows")

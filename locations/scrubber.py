@@ -1,0 +1,104 @@
+"""The scrubber process: claims due pending_delete locations in batches and deletes their data.
+
+Run it on every API node at once (`locquota scrub --daemon`): claims keep the workers apart, a dead
+worker's claims expire, and a batch is the most a crash can leave half done. Memory stays flat
+however long the backlog: one batch is held at a time.
+"""
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+
+from locations.models import Location
+from locations.services.lifecycle import LocationLifecycle
+from locations.services.scrubbing import Outcome, ScrubPolicy, claim, delete_data, due_filter, new_worker_id, record
+from locations.stores.base import StoreRegistry
+from locquota.clock import Clock
+from locquota.scripting import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScrubReport:
+    """What one pass did, by outcome."""
+
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    batches: int = 0
+
+    @property
+    def deleted(self) -> int:
+        """Locations marked deleted (their data deleted, or kept for another reference)."""
+        return self.outcomes[Outcome.DELETED] + self.outcomes[Outcome.SHARED]
+
+
+class Scrubber:
+    """One worker. `unit_of_work()` yields a session inside a transaction that commits on exit."""
+
+    def __init__(
+        self,
+        unit_of_work: UnitOfWork,
+        stores: StoreRegistry,
+        clock: Clock,
+        policy: ScrubPolicy,
+        *,
+        batch_size: int,
+        pool_size: int,
+        worker: str | None = None,
+    ) -> None:
+        self._unit, self._stores, self._clock, self._policy = unit_of_work, stores, clock, policy
+        self._batch_size, self._pool_size = batch_size, pool_size
+        self.worker = worker or new_worker_id()
+
+    def count_due(self) -> int:
+        """How many locations are due now (for a progress bar)."""
+        with self._unit() as db:
+            return db.scalar(select(func.count()).select_from(Location).where(*due_filter(self._clock.now()))) or 0
+
+    def run_once(
+        self, stop: threading.Event | None = None, on_batch: Callable[[int], None] | None = None
+    ) -> ScrubReport:
+        """Scrub batch after batch until nothing is due (or stop is set; the batch in flight finishes)."""
+        stop = stop or threading.Event()
+        report = ScrubReport()
+        with ThreadPoolExecutor(self._pool_size, thread_name_prefix="scrub") as pool:
+            for claims in self._batches(stop):
+                results = list(
+                    pool.map(lambda item: delete_data(self._stores, self._clock, self._policy, item), claims)
+                )
+                with self._unit() as db:
+                    lifecycle = LocationLifecycle(db, self._clock)
+                    for item, (outcome, error) in zip(claims, results, strict=True):
+                        record(db, self._clock, lifecycle, self.worker, self._policy, item, outcome, error)
+                        report.outcomes[outcome] += 1
+                report.batches += 1
+                if on_batch is not None:
+                    on_batch(len(claims))
+        log.info("scrub pass by %s: %s", self.worker, dict(report.outcomes))
+        return report
+
+    def _batches(self, stop: threading.Event) -> Iterator[list]:  # type: ignore[type-arg]
+        while not stop.is_set():
+            with self._unit() as db:
+                claims = claim(
+                    db, self._clock, LocationLifecycle(db, self._clock), self.worker, self._policy,
+                    limit=self._batch_size,
+                )  # fmt: skip
+            if not claims:
+                return
+            yield claims
+
+    def run_forever(self, stop: threading.Event, wakeup_seconds: float) -> None:
+        """Pass after pass, sleeping wakeup_seconds between them, until stop is set (SIGTERM)."""
+        while not stop.is_set():
+            try:
+                self.run_once(stop)
+            except Exception:
+                # A database outage must not end the daemon: log it and try again at the next wake-up.
+                log.exception("scrub pass failed; retrying in %s s", wakeup_seconds)
+            stop.wait(wakeup_seconds)

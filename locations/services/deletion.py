@@ -1,0 +1,98 @@
+"""Deleting images (immediately or delayed) and restoring them, through the location lifecycle."""
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from locations.models import Image, ImageStatus, LocationStatus
+from locations.services.images import ImageService
+from locations.services.lifecycle import LocationLifecycle
+from locations.services.scrubbing import ScrubPolicy, claim, delete_data, new_worker_id, record
+from locations.stores.base import StoreRegistry
+from locquota.clock import Clock
+from locquota.errors import ImageNotFound, ImageProtected, InvalidImageStatus, ScrubInProgress
+from locquota.identity import Identity
+
+
+class DeletionService:
+    """Image deletion as Glance's delayed_delete describes it, and the operator's restore."""
+
+    def __init__(
+        self,
+        db: Session,
+        images: ImageService,
+        stores: StoreRegistry,
+        clock: Clock,
+        checkpoint: Callable[[], None],
+        policy: ScrubPolicy,
+        *,
+        delayed_delete: bool,
+        scrub_delay: timedelta,
+    ) -> None:
+        self._db, self._images, self._stores, self._clock = db, images, stores, clock
+        self._checkpoint, self._policy = checkpoint, policy
+        self._delayed, self._scrub_delay = delayed_delete, scrub_delay
+        self._lifecycle = LocationLifecycle(db, clock)
+
+    def delete_image(self, caller: Identity, image_id: uuid.UUID) -> None:
+        """Retire every active location; with delayed_delete the scrubber deletes the data later.
+
+        Without it the data goes now, but pending_delete is committed first: a crash or a store error
+        leaves the location pending_delete for the scrubber, so data is never leaked or lost track of.
+        """
+        image = self._images.get(caller, image_id, for_update=True)
+        if image.protected:
+            raise ImageProtected("Image is protected and cannot be deleted.")
+        live = image.active_locations
+        delay = self._scrub_delay if self._delayed else timedelta(0)
+        for location in live:
+            self._lifecycle.retire(location, delay=delay)
+        image.status = ImageStatus.PENDING_DELETE if live else ImageStatus.DELETED
+        image.updated_at = self._clock.now()
+        self._db.flush()
+        if live and not self._delayed:
+            self.delete_now([location.id for location in live])
+
+    def delete_now(self, location_ids: list[int]) -> None:
+        """Delete the data of just-retired locations in this request, as the scrubber would."""
+        worker = new_worker_id("api")
+        claims = claim(
+            self._db, self._clock, self._lifecycle, worker, self._policy, limit=len(location_ids),
+            location_ids=location_ids,
+        )  # fmt: skip
+        self._checkpoint()
+        outcomes = [delete_data(self._stores, self._clock, self._policy, item) for item in claims]
+        for item, (outcome, error) in zip(claims, outcomes, strict=True):
+            record(self._db, self._clock, self._lifecycle, worker, self._policy, item, outcome, error)
+
+    def restore(self, image_id: uuid.UUID) -> Image:
+        """Return a pending_delete image and its pending_delete locations to active (operators only).
+
+        409 if a scrubber holds a live claim on any of them: its data may be going away right now.
+        """
+        now = self._clock.now()
+        # Write first: on SQLite this takes the write lock, so no scrubber can claim between our read and write.
+        touched = self._db.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING_DELETE)
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if touched.rowcount != 1:  # type: ignore[attr-defined]
+            if self._db.scalar(select(Image.id).where(Image.id == image_id)) is None:
+                raise ImageNotFound("No image found with this id.")
+            raise InvalidImageStatus("Only a pending_delete image can be restored.")
+        image = self._db.scalars(select(Image).where(Image.id == image_id).with_for_update()).one()
+        pending = [location for location in image.locations if location.status is LocationStatus.PENDING_DELETE]
+        if any(location.claim_expires_at is not None and location.claim_expires_at > now for location in pending):
+            raise ScrubInProgress("The scrubber is deleting this image's data; it cannot be restored.")
+        if not pending:
+            raise InvalidImageStatus("No data of this image is left to restore.")
+        for location in pending:
+            self._lifecycle.move(location, LocationStatus.ACTIVE)
+        image.status = ImageStatus.ACTIVE
+        self._db.flush()
+        return image

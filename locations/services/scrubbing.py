@@ -1,0 +1,173 @@
+"""Deleting the data of pending_delete locations, safely from any number of processes at once.
+
+A deletion goes in three steps, each its own unit of work:
+1. claim: mark due locations as taken by one worker until a lease expires (FOR UPDATE SKIP LOCKED on
+   PostgreSQL; a conditional UPDATE makes the claim exact on SQLite too), and note whether another
+   live location shares the data;
+2. delete the data, outside any transaction, unless it is shared or the lease is nearly spent;
+3. record: the location becomes deleted (and its image, with its last location), or keeps
+   pending_delete with the attempt, the error and a backed-off retry time.
+A worker that dies after step 1 leaves a claim that expires; deleting data twice is harmless.
+"""
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from locations.models import Location, LocationStatus
+from locations.services.lifecycle import LocationLifecycle
+from locations.stores.base import StoreError, StoreRegistry
+from locquota.clock import Clock
+from locquota.errors import LocquotaError
+
+log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 1000
+
+
+def new_worker_id(kind: str = "scrubber") -> str:
+    """A claim owner unique to this process and run."""
+    return f"{kind}:{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubPolicy:
+    """How long a claim lasts, and how retries back off after a store error."""
+
+    lease: timedelta
+    retry_base: timedelta
+    retry_max: timedelta
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """Exponential backoff: base, 2 x base, 4 x base, ... capped at retry_max."""
+        return min(self.retry_base * 2 ** max(attempts - 1, 0), self.retry_max)
+
+    @property
+    def safety_margin(self) -> timedelta:
+        """Data is not deleted under a claim this close to expiring (a restore may follow its expiry)."""
+        return self.lease / 10
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A location this worker may delete the data of until expires_at."""
+
+    location_id: int
+    url: str
+    store: str
+    size_bytes: int | None
+    is_shared: bool
+    expires_at: datetime
+
+
+class Outcome(StrEnum):
+    """What deleting one claimed location's data came to."""
+
+    DELETED = "deleted"  # the store confirmed the data is gone
+    SHARED = "shared"  # another live location references the data: only the location goes
+    FAILED = "failed"  # the store failed; retry later
+    EXPIRED = "expired"  # the lease ran out before deletion started; another worker will take it
+
+
+def due_filter(now: datetime) -> list[object]:
+    """Pending locations whose scrub time has passed and that no live claim holds."""
+    return [
+        Location.status == LocationStatus.PENDING_DELETE,
+        Location.scrub_after <= now,
+        or_(Location.claim_expires_at.is_(None), Location.claim_expires_at < now),
+    ]
+
+
+def claim(
+    db: Session,
+    clock: Clock,
+    lifecycle: LocationLifecycle,
+    worker: str,
+    policy: ScrubPolicy,
+    *,
+    limit: int,
+    location_ids: list[int] | None = None,
+) -> list[Claim]:
+    """Claim up to limit due locations, oldest first (or exactly location_ids, if given), for worker."""
+    now = clock.now()
+    candidates = select(Location.id).where(*due_filter(now))
+    if location_ids is not None:
+        candidates = candidates.where(Location.id.in_(location_ids))
+    # SKIP LOCKED: scrubbers on every node must not queue behind each other's batches.
+    candidates = candidates.order_by(Location.scrub_after, Location.id).limit(limit).with_for_update(skip_locked=True)
+    ids = list(db.scalars(candidates))
+    if not ids:
+        return []
+    expires_at = now + policy.lease
+    # Conditional: on SQLite the SELECT above locks nothing, and another worker may have claimed first.
+    db.execute(
+        update(Location)
+        .where(Location.id.in_(ids), *due_filter(now))
+        .values(claimed_by=worker, claim_expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+    rows = db.scalars(
+        select(Location).where(Location.id.in_(ids), Location.claimed_by == worker).order_by(Location.id)
+    ).all()
+    return [
+        Claim(row.id, row.url, row.store, row.size_bytes, lifecycle.is_data_shared(row), expires_at) for row in rows
+    ]
+
+
+def delete_data(stores: StoreRegistry, clock: Clock, policy: ScrubPolicy, item: Claim) -> tuple[Outcome, str]:
+    """Step 2, outside any transaction: delete the data unless shared or the lease is nearly spent."""
+    if item.is_shared:
+        return Outcome.SHARED, ""
+    if clock.now() >= item.expires_at - policy.safety_margin:
+        return Outcome.EXPIRED, ""
+    try:
+        stores[item.store].delete(item.url)
+    except KeyError:
+        return Outcome.FAILED, f"store {item.store!r} is not configured"
+    except (StoreError, LocquotaError, OSError) as exc:
+        return Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    return Outcome.DELETED, ""
+
+
+def record(
+    db: Session,
+    clock: Clock,
+    lifecycle: LocationLifecycle,
+    worker: str,
+    policy: ScrubPolicy,
+    item: Claim,
+    outcome: Outcome,
+    error: str,
+) -> bool:
+    """Step 3: write what happened, if the claim is still this worker's; True when the location is deleted."""
+    location = db.scalar(
+        select(Location)
+        .where(
+            and_(
+                Location.id == item.location_id,
+                Location.claimed_by == worker,
+                Location.status == LocationStatus.PENDING_DELETE,
+            )
+        )
+        .with_for_update()
+    )
+    if location is None:
+        log.warning("location %s: claim lost before its outcome (%s) was recorded", item.location_id, outcome)
+        return False
+    if outcome in (Outcome.DELETED, Outcome.SHARED):
+        lifecycle.move(location, LocationStatus.DELETED)
+        lifecycle.settle(location.image)
+        return True
+    location.claimed_by = location.claim_expires_at = None
+    if outcome is Outcome.FAILED:
+        location.attempts += 1
+        location.last_error = error
+        location.scrub_after = clock.now() + policy.retry_delay(location.attempts)
+        log.warning("location %s: deletion failed (attempt %s): %s", location.id, location.attempts, error)
+    return False
