@@ -279,7 +279,63 @@ def _pointer_name(pointer: object) -> str:
     return parts[0].replace("~1", "/").replace("~0", "~").strip()
 
 
-def _patch_operation(raw: object) -> PatchOperation:
+@dataclass(frozen=True, slots=True)
+class LocationSpec:
+    """A location as a client gives it."""
+
+    url: str
+    metadata: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class LocationChange:
+    """One json-patch change of /locations: add (index None appends), remove (by index), replace (all)."""
+
+    op: str
+    index: int | None = None
+    locations: tuple[LocationSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePatch:
+    """A parsed PATCH: property changes, and location changes in the order given."""
+
+    properties: list[PatchOperation]
+    locations: list[LocationChange]
+
+
+MAX_LOCATION_INDEX_DIGITS = 4
+
+
+def _location_index(token: str, pointer: str) -> int:
+    if not token.isdigit() or len(token) > MAX_LOCATION_INDEX_DIGITS:
+        raise InvalidPatchPath("A location index must be a small non-negative integer.", path=pointer[:255])
+    return int(token)
+
+
+def _location_specs(value: object) -> tuple[LocationSpec, ...]:
+    validate_image_document({"locations": value})  # a list of {"url": str, "metadata": object}
+    return tuple(LocationSpec(item["url"], item["metadata"]) for item in value)  # type: ignore[union-attr, index]
+
+
+def _location_change(op: str, pointer: str, raw: dict[str, object]) -> LocationChange:
+    """Glance's location paths: add /locations/- or /locations/N, remove /locations/N, replace /locations."""
+    parts = pointer.split("/")[1:]
+    if op != "remove" and "value" not in raw:
+        raise InvalidPatch(f'Operation "{op}" requires a member named "value".')
+    if op == "replace":
+        if len(parts) != 1:
+            raise InvalidPatchPath("replace takes the whole /locations list.", path=pointer[:255])
+        return LocationChange("replace", locations=_location_specs(raw["value"]))
+    if len(parts) != 2:
+        raise InvalidPatchPath(f"{op} takes /locations/<index>.", path=pointer[:255])
+    if op == "remove":
+        return LocationChange("remove", index=_location_index(parts[1], pointer))
+    index = None if parts[1] == "-" else _location_index(parts[1], pointer)
+    return LocationChange("add", index=index, locations=_location_specs([raw["value"]]))
+
+
+def _patch_operation(raw: object, *, locations_shown: bool) -> PatchOperation | LocationChange:
     if not isinstance(raw, dict):
         raise InvalidPatch("Operations must be JSON objects.")
     op = raw.get("op")
@@ -287,7 +343,9 @@ def _patch_operation(raw: object) -> PatchOperation:
         raise InvalidPatch("The operation must be one of add, remove, replace.")
     pointer = raw.get("path")
     if isinstance(pointer, str) and pointer.split("/")[1:2] == ["locations"]:
-        raise Forbidden("Locations cannot be changed while the deployment does not show them.")
+        if not locations_shown:
+            raise Forbidden("Locations cannot be changed while the deployment does not show them.")
+        return _location_change(op, pointer, raw)
     name = _pointer_name(pointer)
     _check_attribute_name(name, for_create=False)
     if op == "remove":
@@ -298,7 +356,7 @@ def _patch_operation(raw: object) -> PatchOperation:
     return PatchOperation(op, name, raw["value"])
 
 
-def image_patch(request: Request, settings: Settings) -> list[PatchOperation]:
+def image_patch(request: Request, settings: Settings) -> ImagePatch:
     """Parse a PATCH body; 415 unless it is Glance's json-patch media type."""
     if request.content_type not in PATCH_MEDIA_TYPES:
         raise UnsupportedMediaType(
@@ -307,7 +365,11 @@ def image_patch(request: Request, settings: Settings) -> list[PatchOperation]:
     body = read_json_body(request, settings.max_request_body_bytes)
     if not isinstance(body, list):
         raise InvalidPatch("Request body must be a JSON array of operation objects.")
-    return [_patch_operation(raw) for raw in body]
+    changes = [_patch_operation(raw, locations_shown=settings.show_multiple_locations) for raw in body]
+    return ImagePatch(
+        [change for change in changes if isinstance(change, PatchOperation)],
+        [change for change in changes if isinstance(change, LocationChange)],
+    )
 
 
 @dataclass(frozen=True, slots=True)

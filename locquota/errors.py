@@ -59,6 +59,14 @@ class UnsupportedScheme(LocquotaError):
     code = "unsupported_scheme"
 
 
+class DuplicateLocation(LocquotaError):
+    code = "duplicate_location"
+
+
+class LocationDataMissing(LocquotaError):
+    code = "location_data_missing"
+
+
 class Unauthorized(LocquotaError):
     status, code = 401, "unauthorized"
 
@@ -73,6 +81,10 @@ class ReadOnlyAttribute(LocquotaError):
 
 class ReservedAttribute(LocquotaError):
     status, code = 403, "reserved_attribute"
+
+
+class LocationInUse(LocquotaError):
+    status, code = 403, "location_in_use"
 
 
 class ImageProtected(LocquotaError):
@@ -111,6 +123,10 @@ class ScrubInProgress(LocquotaError):
     status, code = 409, "scrub_in_progress"
 
 
+class LocationPendingDelete(LocquotaError):
+    status, code = 409, "location_pending_delete"
+
+
 class PropertyNotFound(LocquotaError):
     status, code = 409, "property_not_found"
 
@@ -125,6 +141,10 @@ class RequestTooLarge(LocquotaError):
 
 class ImageTooLarge(LocquotaError):
     status, code = 413, "image_too_large"
+
+
+class LocationLimitExceeded(LocquotaError):
+    status, code = 413, "location_limit_exceeded"
 
 
 class StoreFull(LocquotaError):

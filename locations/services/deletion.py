@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from locations.models import Image, ImageStatus, LocationStatus
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
-from locations.services.scrubbing import ScrubPolicy, claim, delete_data, new_worker_id, record
+from locations.services.scrubbing import ScrubPolicy, delete_now
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import ImageNotFound, ImageProtected, InvalidImageStatus, ScrubInProgress
@@ -54,19 +54,8 @@ class DeletionService:
         image.updated_at = self._clock.now()
         self._db.flush()
         if live and not self._delayed:
-            self.delete_now([location.id for location in live])
-
-    def delete_now(self, location_ids: list[int]) -> None:
-        """Delete the data of just-retired locations in this request, as the scrubber would."""
-        worker = new_worker_id("api")
-        claims = claim(
-            self._db, self._clock, self._lifecycle, worker, self._policy, limit=len(location_ids),
-            location_ids=location_ids,
-        )  # fmt: skip
-        self._checkpoint()
-        outcomes = [delete_data(self._stores, self._clock, self._policy, item) for item in claims]
-        for item, (outcome, error) in zip(claims, outcomes, strict=True):
-            record(self._db, self._clock, self._lifecycle, worker, self._policy, item, outcome, error)
+            ids = [location.id for location in live]
+            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids)
 
     def restore(self, image_id: uuid.UUID) -> Image:
         """Return a pending_delete image and its pending_delete locations to active (operators only).

@@ -8,6 +8,7 @@ from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
 from locations.services.deletion import DeletionService
 from locations.services.images import ImageService
+from locations.services.location_changes import LocationChanges
 from locations.services.scrubbing import ScrubPolicy
 from locations.services.upload import ImageDataService
 from locations.stores.base import StoreRegistry
@@ -17,8 +18,19 @@ from locquota.settings import Settings
 
 
 def image_service_factory(_context: object, request: Request) -> ImageService:
-    """The image service for this request's session."""
-    return ImageService(request.db, request.find_service(StoreRegistry), request.find_service(Clock))
+    """The image service for this request's session, with the location rules of this deployment."""
+    settings, clock = request.settings, request.find_service(Clock)
+    locations = LocationChanges(
+        request.db,
+        request.find_service(StoreRegistry),
+        clock,
+        lambda: commit_and_begin(request.tm),
+        scrub_policy(settings),
+        per_image_limit=settings.locations_per_image,
+        delayed_delete=settings.delayed_delete,
+        scrub_delay=timedelta(seconds=settings.scrub_time_seconds),
+    )
+    return ImageService(request.db, clock, locations)
 
 
 def scrub_policy(settings: Settings) -> ScrubPolicy:

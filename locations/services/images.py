@@ -16,9 +16,9 @@ from locations.models import (
     ImageTag,
     Visibility,
 )
-from locations.schemas import EDITABLE_BASE, ImageCreate, PatchOperation, validate_image_document
+from locations.schemas import EDITABLE_BASE, ImageCreate, ImagePatch, PatchOperation, validate_image_document
 from locations.services.catalog import visible_to
-from locations.stores.base import StoreRegistry
+from locations.services.location_changes import LocationChanges
 from locquota.clock import Clock
 from locquota.errors import (
     Forbidden,
@@ -61,8 +61,8 @@ def check_owner_change(caller: Identity, owner: object) -> None:
 class ImageService:
     """The image records of the Glance API; location status is handled by the lifecycle."""
 
-    def __init__(self, db: Session, stores: StoreRegistry, clock: Clock) -> None:
-        self._db, self._stores, self._clock = db, stores, clock
+    def __init__(self, db: Session, clock: Clock, locations: LocationChanges) -> None:
+        self._db, self._clock, self._locations = db, clock, locations
 
     def get(self, caller: Identity, image_id: uuid.UUID, *, for_update: bool = False) -> Image:
         """The image if the caller may see it; another tenant's image is indistinguishable from none (404)."""
@@ -105,9 +105,16 @@ class ImageService:
         self._db.flush()
         return image
 
-    def apply_patch(self, caller: Identity, image_id: uuid.UUID, changes: list[PatchOperation]) -> Image:
-        """Apply Glance json-patch changes to the image's editable attributes and properties."""
-        image = self.get(caller, image_id)
+    def apply_patch(self, caller: Identity, image_id: uuid.UUID, patch: ImagePatch) -> Image:
+        """Apply a Glance json-patch: attributes and properties, then locations, all or nothing."""
+        image = self.get(caller, image_id, for_update=bool(patch.locations))
+        if patch.properties:
+            self._patch_properties(caller, image, patch.properties)
+        if patch.locations:
+            self._locations.apply(caller, image, patch.locations)
+        return image
+
+    def _patch_properties(self, caller: Identity, image: Image, changes: list[PatchOperation]) -> None:
         document = self._editable_document(image)
         operations = []
         for change in changes:
@@ -127,7 +134,6 @@ class ImageService:
         if patched["visibility"] != document["visibility"]:
             check_visibility_change(caller, patched["visibility"])
         self._write_document(image, patched)
-        return image
 
     def _editable_document(self, image: Image) -> dict[str, object]:
         document: dict[str, object] = {prop.name: prop.value for prop in image.properties}

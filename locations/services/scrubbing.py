@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -171,3 +172,25 @@ def record(
         location.scrub_after = clock.now() + policy.retry_delay(location.attempts)
         log.warning("location %s: deletion failed (attempt %s): %s", location.id, location.attempts, error)
     return False
+
+
+def delete_now(
+    db: Session,
+    clock: Clock,
+    stores: StoreRegistry,
+    policy: ScrubPolicy,
+    checkpoint: Callable[[], None],
+    location_ids: list[int],
+) -> None:
+    """Delete just-retired locations' data within a request, as the scrubber would.
+
+    The claims and the pending_delete status are committed first (checkpoint): a crash or a store
+    error then leaves work for the scrubber, so data is never leaked or lost track of.
+    """
+    lifecycle = LocationLifecycle(db, clock)
+    worker = new_worker_id("api")
+    claims = claim(db, clock, lifecycle, worker, policy, limit=len(location_ids), location_ids=location_ids)
+    checkpoint()
+    outcomes = [delete_data(stores, clock, policy, item) for item in claims]
+    for item, (outcome, error) in zip(claims, outcomes, strict=True):
+        record(db, clock, lifecycle, worker, policy, item, outcome, error)

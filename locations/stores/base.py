@@ -37,6 +37,9 @@ class Store(Protocol):
     def delete(self, url: str) -> None:
         """Remove the data at url; data already gone is not an error (deleting twice is harmless)."""
 
+    def get_size(self, url: str) -> int:
+        """The size in bytes of the data at url; StoreError if there is none."""
+
     def validate_url(self, url: str) -> None:
         """Raise LocationOutsideStore unless url names data inside this store."""
 

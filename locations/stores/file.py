@@ -89,6 +89,16 @@ class FileStore:
             raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
         return _read_chunks(handle, chunk_bytes)
 
+    def get_size(self, url: str) -> int:
+        """The file's size; a location must name data that is there."""
+        path = self.path_for(url)
+        try:
+            if not path.is_file():
+                raise StoreError(f"file store {self.name}: not a regular file")
+            return path.stat().st_size
+        except OSError as exc:
+            raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
+
     def delete(self, url: str) -> None:
         """Remove the file; one already gone is fine."""
         path = self.path_for(url)

@@ -1,0 +1,130 @@
+"""Adding and removing an image's locations through PATCH, with Glance's rules and locquota's safety rules.
+
+- A URL must name data inside a configured store (400), that exists (400), not already on this image (400).
+- Data another tenant's image references cannot be added (403): a tenant could otherwise read, and later
+  delete, someone else's data.
+- Data whose deletion is in flight cannot be added back (409).
+- At most locations_per_image live locations (413); the last active location of an active image cannot
+  be removed (403, as Glance); removing is admin-only, as in Glance's default policy.
+- A removed location is retired like a deleted image's: pending_delete, then scrubbed (now or later).
+"""
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus, url_digest
+from locations.schemas import LocationChange, LocationSpec
+from locations.services.lifecycle import LocationLifecycle
+from locations.services.scrubbing import ScrubPolicy, delete_now
+from locations.stores.base import StoreError, StoreRegistry
+from locquota.clock import Clock
+from locquota.errors import (
+    DuplicateLocation,
+    Forbidden,
+    InvalidImageStatus,
+    InvalidPatchPath,
+    LocationDataMissing,
+    LocationInUse,
+    LocationLimitExceeded,
+    LocationPendingDelete,
+)
+from locquota.identity import Identity
+
+UNLIMITED = -1
+CHANGEABLE_IMAGE_STATUSES = (ImageStatus.QUEUED, ImageStatus.ACTIVE)
+
+
+class LocationChanges:
+    """Applies location changes to one image in the caller's transaction."""
+
+    def __init__(
+        self,
+        db: Session,
+        stores: StoreRegistry,
+        clock: Clock,
+        checkpoint: Callable[[], None],
+        policy: ScrubPolicy,
+        *,
+        per_image_limit: int,
+        delayed_delete: bool,
+        scrub_delay: timedelta,
+    ) -> None:
+        self._db, self._stores, self._clock, self._checkpoint = db, stores, clock, checkpoint
+        self._policy, self._limit = policy, per_image_limit
+        self._delay = scrub_delay if delayed_delete else None
+        self._lifecycle = LocationLifecycle(db, clock)
+
+    def apply(self, caller: Identity, image: Image, changes: list[LocationChange]) -> None:
+        """Apply every change or none; data of removed locations is deleted last (after a commit)."""
+        if changes and image.status not in CHANGEABLE_IMAGE_STATUSES:
+            raise InvalidImageStatus(f"Locations of a {image.status} image cannot be changed.")
+        retired: list[Location] = []
+        for change in changes:
+            active = image.active_locations
+            if change.op == "add":
+                if change.index is not None and change.index > len(active):
+                    raise InvalidPatchPath("The location index is past the end of the list.")
+                self._add(caller, image, change.locations[0])
+            elif change.op == "remove":
+                if change.index is None or change.index >= len(active):
+                    raise InvalidPatchPath("No location at this index.")
+                retired.append(self._remove(caller, image, active[change.index]))
+            else:
+                retired += self._replace(caller, image, change.locations)
+        self._db.flush()
+        if retired and self._delay is None:
+            ids = [location.id for location in retired]
+            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids)
+
+    def _replace(self, caller: Identity, image: Image, wanted: tuple[LocationSpec, ...]) -> list[Location]:
+        wanted_urls = {spec.url for spec in wanted}
+        current = {location.url: location for location in image.active_locations}
+        for spec in wanted:
+            if spec.url not in current:
+                self._add(caller, image, spec)
+        return [self._remove(caller, image, location) for url, location in current.items() if url not in wanted_urls]
+
+    def _add(self, caller: Identity, image: Image, spec: LocationSpec) -> None:
+        store = self._stores.for_url(spec.url)
+        live = [location for location in image.locations if location.status in LIVE_LOCATION_STATUSES]
+        if self._limit != UNLIMITED and len(live) >= self._limit:
+            raise LocationLimitExceeded(f"An image may have at most {self._limit} locations.")
+        if any(location.url == spec.url for location in image.active_locations):
+            raise DuplicateLocation("The image already has this location.")
+        self._check_data_is_free(image, spec.url)
+        try:
+            size = store.get_size(spec.url)
+        except StoreError as exc:
+            raise LocationDataMissing("No data at this location.") from exc
+        self._lifecycle.add(image, spec.url, store.name, spec.metadata, image.size if image.size is not None else size)
+        if image.status is ImageStatus.QUEUED:
+            # Glance: a queued image given a location becomes active, sized by its data.
+            image.size, image.status = size, ImageStatus.ACTIVE
+        image.updated_at = self._clock.now()
+
+    def _check_data_is_free(self, image: Image, url: str) -> None:
+        """403 if another tenant's image references the data; 409 if a deletion of it is in flight."""
+        now = self._clock.now()
+        others = self._db.execute(
+            select(Image.owner, Location.status, Location.claim_expires_at)
+            .join(Location.image)
+            .where(Location.url_hash == url_digest(url), Location.url == url)
+            .where(Location.status.in_(LIVE_LOCATION_STATUSES))
+        ).all()
+        for owner, status, claim_expires_at in others:
+            if owner != image.owner:
+                raise LocationInUse("Another project's image references this data.")
+            if status is LocationStatus.PENDING_DELETE and claim_expires_at is not None and claim_expires_at > now:
+                raise LocationPendingDelete("This data is being deleted; it cannot be added back now.")
+
+    def _remove(self, caller: Identity, image: Image, location: Location) -> Location:
+        if not caller.is_admin:
+            raise Forbidden("Removing a location needs the admin role.")
+        if image.status is ImageStatus.ACTIVE and len(image.active_locations) == 1:
+            raise Forbidden("Cannot remove last location in the image.")
+        self._lifecycle.retire(location, delay=self._delay or timedelta(0))
+        image.updated_at = self._clock.now()
+        return location
