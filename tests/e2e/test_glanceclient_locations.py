@@ -1,0 +1,60 @@
+"""glanceclient's location calls (add_location, delete_locations) against a deployment that shows locations."""
+
+import glanceclient
+import pytest
+from glanceclient import exc
+
+
+@pytest.fixture
+def live_settings(settings: dict[str, str]) -> dict[str, str]:
+    """Tokens, and locations shown, as a Glance deployment with show_multiple_locations = True."""
+    return {**settings, "locquota.auth_strategy": "tokens", "locquota.show_multiple_locations": "true"}
+
+
+@pytest.fixture
+def glance(live_url: str, token: str) -> object:
+    return glanceclient.Client(endpoint=f"{live_url}/v2", token=token)
+
+
+@pytest.fixture
+def admin_glance(live_url: str, issue_token) -> object:
+    return glanceclient.Client(endpoint=f"{live_url}/v2", token=issue_token("p1", "admin,member"))
+
+
+def stored_file(store_root, name: str, data: bytes) -> str:
+    store_root.mkdir(parents=True, exist_ok=True)
+    (store_root / name).write_bytes(data)
+    return f"file://{store_root / name}"
+
+
+def test_add_location_activates_and_delete_locations_removes(glance, admin_glance, store_root):
+    image = glance.images.create(name="loc", disk_format="raw", container_format="bare")
+    first = stored_file(store_root, "first", b"abc")
+    second = stored_file(store_root, "second", b"abc")
+
+    glance.images.add_location(image.id, first, {})
+    glance.images.add_location(image.id, second, {"note": "copy"})
+    shown = glance.images.get(image.id)
+    assert shown["status"] == "active"
+    assert [location["url"] for location in shown["locations"]] == [first, second]
+
+    admin_glance.images.delete_locations(image.id, {second})
+    assert [location["url"] for location in glance.images.get(image.id)["locations"]] == [first]
+    assert not (store_root / "second").exists()
+    assert b"".join(glance.images.data(image.id)) == b"abc"
+
+
+def test_removing_the_last_location_is_refused_with_glances_message(glance, admin_glance, store_root):
+    image = glance.images.create(name="loc", disk_format="raw", container_format="bare")
+    url = stored_file(store_root, "only", b"abc")
+    glance.images.add_location(image.id, url, {})
+
+    with pytest.raises(exc.HTTPForbidden, match="Cannot remove last location"):
+        admin_glance.images.delete_locations(image.id, {url})
+    assert (store_root / "only").exists()
+
+
+def test_a_location_outside_the_store_is_refused(glance):
+    image = glance.images.create(name="loc", disk_format="raw", container_format="bare")
+    with pytest.raises(exc.HTTPBadRequest, match="outside"):
+        glance.images.add_location(image.id, "file:///etc/passwd", {})
