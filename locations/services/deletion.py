@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageStatus, LocationStatus
+from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
@@ -75,7 +75,13 @@ class DeletionService:
                 raise ImageNotFound("No image found with this id.")
             raise InvalidImageStatus("Only a pending_delete image can be restored.")
         image = self._db.scalars(select(Image).where(Image.id == image_id).with_for_update()).one()
-        pending = [location for location in image.locations if location.status is LocationStatus.PENDING_DELETE]
+        # Locked, and read after any claim in flight commits (PostgreSQL re-reads a row it waited for):
+        # a claim taken just before us is seen here, and none can be taken until we commit.
+        pending = self._db.scalars(
+            select(Location)
+            .where(Location.image_id == image_id, Location.status == LocationStatus.PENDING_DELETE)
+            .with_for_update()
+        ).all()
         if any(location.claim_expires_at is not None and location.claim_expires_at > now for location in pending):
             raise ScrubInProgress("The scrubber is deleting this image's data; it cannot be restored.")
         if not pending:
