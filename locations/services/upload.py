@@ -14,8 +14,9 @@ from typing import BinaryIO
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageStatus, Location, LocationStatus
+from locations.models import Image, ImageStatus
 from locations.services.images import ImageService
+from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import StoreError, StoreFullError, StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import (
@@ -121,17 +122,7 @@ class ImageDataService:
         image.size, image.checksum = reader.size, reader.md5.hexdigest()
         image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
         image.status, image.updated_at = ImageStatus.ACTIVE, now
-        image.locations.append(
-            Location(
-                url=url,
-                store=store_name,
-                location_metadata={},
-                status=LocationStatus.ACTIVE,
-                size_bytes=reader.size,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        LocationLifecycle(self._db, self._clock).add(image, url, store_name, {}, reader.size)
         self._db.flush()
         return image
 
