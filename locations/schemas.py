@@ -470,8 +470,9 @@ def backlog_query(request: Request) -> tuple[int, int | None]:
     limit = _integer("limit", _single(params, "limit"))
     if limit is not None and not 1 <= limit <= BACKLOG_MAX_LIMIT:
         raise InvalidQueryParameter(f"limit must be between 1 and {BACKLOG_MAX_LIMIT}.")
-    raw_marker = _single(params, "marker")
-    marker = _integer("marker", raw_marker)
+    marker = _integer("marker", _single(params, "marker"))
+    if marker is not None and marker > MAX_INT32:
+        raise InvalidMarker("The marker is not a location in the backlog.")
     return limit or BACKLOG_DEFAULT_LIMIT, marker
 
 

@@ -95,6 +95,15 @@ class LocationLifecycle:
         if target is not image.status:
             image.status, image.updated_at = target, self._clock.now()
 
+    def lock_references(self, url: str) -> None:
+        """Lock every location of this data, in id order, so concurrent decisions about it serialize."""
+        self._db.execute(
+            select(Location.id)
+            .where(Location.url_hash == url_digest(url), Location.url == url)
+            .order_by(Location.id)
+            .with_for_update()
+        ).all()
+
     def is_data_shared(self, location: Location) -> bool:
         """Whether another live location (any image, any tenant) references the same data."""
         return bool(

@@ -146,7 +146,14 @@ def record(
     outcome: Outcome,
     error: str,
 ) -> bool:
-    """Step 3: write what happened, if the claim is still this worker's; True when the location is deleted."""
+    """Step 3: write what happened, if the claim is still this worker's; True when the location is deleted.
+
+    A location whose data was kept as shared is marked deleted only if another live reference still
+    holds the data now; if the others went meanwhile (two references scrubbed together), it is
+    released, due at once, so the next claim deletes the data instead of leaking it.
+    """
+    if outcome is Outcome.SHARED:
+        lifecycle.lock_references(item.url)  # the whole group, in id order, before any single row
     location = db.scalar(
         select(Location)
         .where(
@@ -160,6 +167,11 @@ def record(
     )
     if location is None:
         log.warning("location %s: claim lost before its outcome (%s) was recorded", item.location_id, outcome)
+        return False
+    if outcome is Outcome.SHARED and not lifecycle.is_data_shared(location):
+        location.claimed_by = location.claim_expires_at = None
+        location.scrub_after = clock.now()
+        log.info("location %s: its data is no longer shared; released for deletion", location.id)
         return False
     if outcome in (Outcome.DELETED, Outcome.SHARED):
         lifecycle.move(location, LocationStatus.DELETED)
