@@ -1,8 +1,10 @@
-"""python -m benchmarks [--smoke] [--sizes 1000,10000,100000]: API latency as the tenant grows.
+"""python -m benchmarks [--smoke] [--only api|scrubber] [--sizes 1000,10000,100000]: API and scrubber.
 
-Starts a throwaway PostgreSQL (tests.servers), loads one tenant's images in steps, serves the app with
-waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant view
-on the same server. Run it from the repository root (it imports `tests.servers`).
+Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
+app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
+view on the same server. The scrubber part (benchmarks.scrubber) times 1, 2 and 4 `locquota scrub`
+processes on a pending_delete backlog and compares one scrubber's peak RSS at two backlog sizes. Both run
+by default. Run it from the repository root (it imports `tests.servers`).
 """
 
 import random
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import click
 import psycopg
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from benchmarks import report
+from benchmarks import report, scrubber
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
 from benchmarks.timing import Client, Endpoint, measure
@@ -54,25 +56,67 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 
 
 @click.command()
-@click.option("--smoke", is_flag=True, help=f"Sizes {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests (for CI).")
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help=f"API: size {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests; scrubber: a"
+    f" {scrubber.SMOKE_BACKLOG}-location backlog (for CI).",
+)
+@click.option(
+    "--only",
+    type=click.Choice(["api", "scrubber"]),
+    help="Run one part only. [default: both]",
+)
 @click.option(
     "--sizes",
     callback=_sizes,
-    help=f"Tenant sizes in images, grown in this order. [default: {','.join(map(str, FULL_SIZES))}]",
+    help=f"API: tenant sizes in images, grown in this order. [default: {','.join(map(str, FULL_SIZES))}]",
 )
-@click.option("--requests", "rounds", type=click.IntRange(min=1), help="Timed requests per endpoint and size.")
-@click.option("--warmup", type=click.IntRange(min=0), help="Untimed requests per endpoint and size, first.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the data and the request order.")
-def main(smoke: bool, sizes: tuple[int, ...] | None, rounds: int | None, warmup: int | None, seed: int) -> None:
-    """Time GET /v2/images/{id} and GET /v2/images against a constant view as one tenant grows."""
+@click.option("--requests", "rounds", type=click.IntRange(min=1), help="API: timed requests per endpoint and size.")
+@click.option("--warmup", type=click.IntRange(min=0), help="API: untimed requests per endpoint and size, first.")
+@click.option("--seed", type=int, default=0, show_default=True, help="API: seeds the data and the request order.")
+@click.option(
+    "--scrub-backlog",
+    type=click.IntRange(min=10),
+    help=f"Scrubber: backlog for throughput; peak RSS compares a tenth of it with it."
+    f" [default: {scrubber.FULL_BACKLOG}; --smoke {scrubber.SMOKE_BACKLOG}]",
+)
+def main(
+    smoke: bool,
+    only: str | None,
+    sizes: tuple[int, ...] | None,
+    rounds: int | None,
+    warmup: int | None,
+    seed: int,
+    scrub_backlog: int | None,
+) -> None:
+    """Time the image read endpoints as one tenant grows, and the scrubber's throughput and memory."""
+    with postgresql_server() as admin_url:
+        report.print_facts(report.machine_facts(_server_version(admin_url)))
+        if only in (None, "api"):
+            _api(admin_url, smoke, sizes, rounds, warmup, seed)
+        if only is None:
+            print()
+        if only in (None, "scrubber"):
+            scrubber.benchmark(admin_url, smoke=smoke, backlog_size=scrub_backlog)
+
+
+def _api(
+    admin_url: str,
+    smoke: bool,
+    sizes: tuple[int, ...] | None,
+    rounds: int | None,
+    warmup: int | None,
+    seed: int,
+) -> None:
+    """The API part: GET /v2/images/{id} and GET /v2/images against a constant view as one tenant grows."""
     sizes = sizes or (SMOKE_SIZES if smoke else FULL_SIZES)
     rounds = rounds or (SMOKE_ROUNDS if smoke else FULL_ROUNDS)
     warmup = (SMOKE_WARMUP if smoke else FULL_WARMUP) if warmup is None else warmup
-    with postgresql_server() as admin_url, tempfile.TemporaryDirectory(prefix="locquota-bench-") as store_root:
+    with tempfile.TemporaryDirectory(prefix="locquota-bench-") as store_root:
         url = _create_database(admin_url)
         engine = make_engine(url)
         upgrade_to_head(engine)
-        report.print_facts(report.machine_facts(_server_version(engine)))
         print(f"{'workload':<10}  {rounds} timed + {warmup} warm-up requests per endpoint and size, interleaved;")
         print(f"{'':<10}  tenant {TENANT!r} grown to {', '.join(map(str, sizes))} images; at each step other")
         print(f"{'':<10}  tenants add {OTHERS_PER_TENANT_IMAGE:g} image per new tenant image, newer than the tenant's")
@@ -136,9 +180,9 @@ def _create_database(admin_url: str) -> str:
     return f"{admin_url}/{DATABASE}"
 
 
-def _server_version(engine: Engine) -> str:
-    with engine.connect() as connection:
-        return str(connection.scalar(text("SHOW server_version")))
+def _server_version(admin_url: str) -> str:
+    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
+        return str(connection.execute("SHOW server_version").fetchone()[0])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,16 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, Table, func, insert, select, text
 
-from locations.models import Image, ImageProperty, ImageStatus, ImageTag, Location, LocationStatus, Visibility
+from locations.models import (
+    Image,
+    ImageProperty,
+    ImageStatus,
+    ImageTag,
+    Location,
+    LocationStatus,
+    Visibility,
+    url_digest,
+)
 
 TENANT = "bench-tenant"
 OTHER_TENANTS = tuple(f"other-{n:02d}" for n in range(20))
@@ -146,9 +155,12 @@ def _image_row(
 
 def _location_row(image_id: uuid.UUID, status: ImageStatus, size: int, created: datetime) -> dict[str, object]:
     deleted = status is ImageStatus.DELETED
+    url = f"file:///var/lib/glance/images/{image_id}"
     return {
         "image_id": image_id,
-        "url": f"file:///var/lib/glance/images/{image_id}",
+        "url": url,
+        "url_hash": url_digest(url),
+        "attempts": 0,
         "store": "file",
         "metadata": {},
         "status": LocationStatus.DELETED if deleted else LocationStatus.ACTIVE,

@@ -74,8 +74,10 @@ class Scrubber:
                 with self._unit() as db:
                     lifecycle = LocationLifecycle(db, self._clock)
                     for item, (outcome, error) in zip(claims, results, strict=True):
-                        record(db, self._clock, lifecycle, self.worker, self._policy, item, outcome, error)
-                        report.outcomes[outcome] += 1
+                        done = record(db, self._clock, lifecycle, self.worker, self._policy, item, outcome, error)
+                        # Counted as written: a lost claim or a released shared location is not a deletion.
+                        counted = outcome if done or outcome in (Outcome.FAILED, Outcome.EXPIRED) else Outcome.REQUEUED
+                        report.outcomes[counted] += 1
                 report.batches += 1
                 if on_batch is not None:
                     on_batch(len(claims))

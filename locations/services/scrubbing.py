@@ -74,6 +74,7 @@ class Outcome(StrEnum):
     SHARED = "shared"  # another live location references the data: only the location goes
     FAILED = "failed"  # the store failed; retry later
     EXPIRED = "expired"  # the lease ran out before deletion started; another worker will take it
+    REQUEUED = "requeued"  # reported only: the claim was lost, or shared data was released for deletion
 
 
 def due_filter(now: datetime) -> list[object]:
