@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
@@ -15,6 +16,7 @@ from pyramid.router import Router
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from locations.services.scrubbing import ScrubPolicy
 from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locquota.app import configure
@@ -24,6 +26,24 @@ from locquota.scripting import UnitOfWork
 # How long a held delete waits for release() before failing: a safety net so a broken test fails
 # instead of hanging, never a timing the tests rely on.
 HOLD_LIMIT_SECONDS = 30
+
+# The scrub timing the lifecycle tests run with, as settings and as the policy a Scrubber takes.
+SCRUB_TIME, RETRY_BASE, RETRY_MAX, LEASE = 60, 30, 100, 300
+POLICY = ScrubPolicy(
+    lease=timedelta(seconds=LEASE), retry_base=timedelta(seconds=RETRY_BASE), retry_max=timedelta(seconds=RETRY_MAX)
+)
+
+
+def scrub_settings(settings: dict[str, str], *, delayed_delete: bool) -> dict[str, str]:
+    """The test deployment with the lifecycle tests' scrub timing."""
+    return {
+        **settings,
+        "locquota.delayed_delete": str(delayed_delete).lower(),
+        "locquota.scrub_time": str(SCRUB_TIME),
+        "locquota.scrub_lease_seconds": str(LEASE),
+        "locquota.scrub_retry_base_seconds": str(RETRY_BASE),
+        "locquota.scrub_retry_max_seconds": str(RETRY_MAX),
+    }
 
 
 class FakeFailingStore:

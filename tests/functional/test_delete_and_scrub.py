@@ -16,14 +16,21 @@ from sqlalchemy.orm import Session
 from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.scrubber import Scrubber
 from locations.services.lifecycle import LocationLifecycle
-from locations.services.scrubbing import Outcome, ScrubPolicy, claim, delete_data, record
+from locations.services.scrubbing import Outcome, claim, delete_data, record
 from tests.conftest import T0
-from tests.fakes import FakeFailingStore, build_app_with_store, registry_of, unit_of_work_on
-
-SCRUB_TIME, RETRY_BASE, RETRY_MAX, LEASE = 60, 30, 100, 300
-POLICY = ScrubPolicy(
-    lease=timedelta(seconds=LEASE), retry_base=timedelta(seconds=RETRY_BASE), retry_max=timedelta(seconds=RETRY_MAX)
+from tests.fakes import (
+    LEASE,
+    POLICY,
+    RETRY_BASE,
+    RETRY_MAX,
+    SCRUB_TIME,
+    FakeFailingStore,
+    build_app_with_store,
+    registry_of,
+    scrub_settings,
+    unit_of_work_on,
 )
+
 DATA = b"image bytes \x00\x01\x02" * 100
 WAIT_SECONDS = 30  # a safety net for waits on events and threads, never a timing the test relies on
 
@@ -38,14 +45,7 @@ def delayed_delete() -> bool:
 
 @pytest.fixture
 def settings(settings, delayed_delete):
-    return {
-        **settings,
-        "locquota.delayed_delete": str(delayed_delete).lower(),
-        "locquota.scrub_time": str(SCRUB_TIME),
-        "locquota.scrub_lease_seconds": str(LEASE),
-        "locquota.scrub_retry_base_seconds": str(RETRY_BASE),
-        "locquota.scrub_retry_max_seconds": str(RETRY_MAX),
-    }
+    return scrub_settings(settings, delayed_delete=delayed_delete)
 
 
 @pytest.fixture

@@ -20,29 +20,26 @@ from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.scrubber import Scrubber
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.purge import purge_deleted_locations
-from locations.services.scrubbing import Outcome, ScrubPolicy, claim
+from locations.services.scrubbing import Outcome, claim
 from locquota.cli import cli
 from tests.conftest import random_id
-from tests.fakes import FakeFailingStore, build_app_with_store, registry_of, unit_of_work_on
-
-SCRUB_TIME, RETRY_BASE, RETRY_MAX, LEASE = 60, 30, 100, 300
-POLICY = ScrubPolicy(
-    lease=timedelta(seconds=LEASE), retry_base=timedelta(seconds=RETRY_BASE), retry_max=timedelta(seconds=RETRY_MAX)
+from tests.fakes import (
+    POLICY,
+    SCRUB_TIME,
+    FakeFailingStore,
+    build_app_with_store,
+    registry_of,
+    scrub_settings,
+    unit_of_work_on,
 )
+
 DATA = b"restorable bytes " * 64
 WAIT_SECONDS = 30  # a safety net for waits on events and threads, never a timing the test relies on
 
 
 @pytest.fixture
 def settings(settings):
-    return {
-        **settings,
-        "locquota.delayed_delete": "true",
-        "locquota.scrub_time": str(SCRUB_TIME),
-        "locquota.scrub_lease_seconds": str(LEASE),
-        "locquota.scrub_retry_base_seconds": str(RETRY_BASE),
-        "locquota.scrub_retry_max_seconds": str(RETRY_MAX),
-    }
+    return scrub_settings(settings, delayed_delete=True)
 
 
 @pytest.fixture
