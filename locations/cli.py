@@ -13,12 +13,15 @@ from locations.scrubber import Scrubber
 from locations.services.deletion import DeletionService
 from locations.services.factories import scrub_policy
 from locations.services.purge import purge_deleted_locations
+from locations.services.recount import reconcile_batches
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import LocquotaError
 from locquota.scripting import LazyApp
+from quota.services.reconcile import Reconciler
 
 PURGE_BATCH = 1000
+RECONCILE_BATCH = 500
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -81,3 +84,33 @@ def purge(app: LazyApp, days: int) -> None:
         clock = request.find_service(Clock)
     count = purge_deleted_locations(app.unit_of_work(), clock, timedelta(days=days), PURGE_BATCH)
     click.echo(f"purged {count} deleted location rows")
+
+
+@click.command()
+@click.option("--fix", is_flag=True, help="Repair the drift found (without it, only report).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=10000), default=RECONCILE_BATCH, show_default=True)
+@click.pass_obj
+def reconcile(app: LazyApp, fix: bool, batch_size: int) -> None:
+    """Recount every tenant's usage from the locations table; report drift, and repair it with --fix.
+
+    Safe while the service runs: each batch of tenants is locked while it is recounted. The drift
+    found is kept in the database (usage_drift) for the metrics until the next run.
+    """
+    with app.request() as request, request.tm:
+        clock = request.find_service(Clock)
+        reconciler = Reconciler(request.db, clock)
+        run_id, total = reconciler.start_run(), reconciler.count_tenants()
+    tenants = drifted = figures = 0
+    with click.progressbar(length=total, label="reconciling", file=sys.stderr) as bar:
+        for batch in reconcile_batches(app.unit_of_work(), clock, batch_size, fix=fix):
+            tenants += len(batch.tenants)
+            drifted += len({drift.tenant_id for drift in batch.drift})
+            figures += len(batch.drift)
+            for drift in batch.drift:
+                figures_of = f"{drift.tenant_id}\t{drift.figure}"
+                click.echo(f"drift\t{figures_of}\trecorded {drift.recorded}\tactual {drift.actual}")
+            bar.update(len(batch.tenants))
+    with app.request() as request, request.tm:
+        Reconciler(request.db, clock).finish_run(run_id, tenants=tenants, drifted_tenants=drifted, repaired=fix)
+    outcome = "repaired" if fix else "found (run with --fix to repair)"
+    click.echo(f"reconciled {tenants} tenants: {figures} drifted figures in {drifted} tenants {outcome}")

@@ -4,7 +4,6 @@ Everything a client sends is checked here, before any service runs: a bad reques
 that changes nothing.
 """
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -16,18 +15,16 @@ from pyramid.request import Request
 from locquota.errors import (
     Forbidden,
     ImageNotFound,
-    IncompleteBody,
     InvalidBody,
     InvalidMarker,
     InvalidPatch,
     InvalidPatchPath,
     InvalidQueryParameter,
-    MalformedJSON,
     ReadOnlyAttribute,
-    RequestTooLarge,
     ReservedAttribute,
     UnsupportedMediaType,
 )
+from locquota.json_body import is_storable_text, read_json_body
 from locquota.settings import Settings
 
 DISK_FORMATS = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"]
@@ -168,30 +165,6 @@ def validate_image_document(document: dict[str, object]) -> None:
         raise InvalidBody(f"Invalid value for {where}: {error.message[:200]}", field=where[:255])
 
 
-def is_storable_text(text: str) -> bool:
-    """Whether both databases can store the text: no NUL (PostgreSQL refuses it) and valid UTF-8."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" from a JSON escape
-        return False
-    return True
-
-
-def _check_storable(document: object) -> None:
-    pending = [document]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str) and not is_storable_text(item):
-            raise InvalidBody("Text may not contain NUL characters or unpaired surrogates.")
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-
-
 def parse_image_id(raw: str) -> uuid.UUID:
     """An image id from the URL; a malformed one names no image, so it is a 404 as in Glance."""
     if not re.fullmatch(UUID_PATTERN, raw):
@@ -205,24 +178,6 @@ def parse_tag(raw: str) -> str:
         raise InvalidBody("Tags may not contain NUL characters.")
     validate_image_document({"tags": [raw]})
     return raw
-
-
-def read_json_body(request: Request, max_bytes: int) -> object:
-    """Read and parse a JSON body of bounded size."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    try:
-        raw = request.body_file.read(max_bytes + 1)
-    except OSError as exc:  # WebOb's DisconnectionError: fewer bytes than Content-Length
-        raise IncompleteBody("The request body ended before Content-Length bytes arrived.") from exc
-    if len(raw) > max_bytes:
-        raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedJSON("The request body is not valid JSON.") from exc
-    _check_storable(document)
-    return document
 
 
 def _check_attribute_name(name: str, *, for_create: bool) -> None:

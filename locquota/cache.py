@@ -53,12 +53,12 @@ class Cache:
         except redis.RedisError as exc:
             log.warning("cache write failed: %s", exc)
 
-    def forget(self, key: str) -> None:
-        """Drop a key; a failure is logged (the entry then expires by its TTL)."""
-        if self._client is None:
+    def forget(self, *keys: str) -> None:
+        """Drop keys; a failure is logged (the entries then expire by their TTL)."""
+        if self._client is None or not keys:
             return
         try:
-            self._client.delete(key)
+            self._client.delete(*keys)
         except redis.RedisError as exc:
             log.warning("cache delete failed: %s", exc)
 
@@ -76,4 +76,6 @@ def make_cache(redis_url: str, timeout_seconds: float) -> Cache:
 def includeme(config: Configurator) -> None:
     """The cache as a service."""
     settings = config.registry["locquota.settings"]
-    config.register_service(make_cache(settings.redis_url, settings.redis_timeout_seconds), iface=Cache)
+    cache = make_cache(settings.redis_url, settings.redis_timeout_seconds)
+    config.registry["locquota.cache"] = cache  # for what is wired at start-up (quota's cache invalidation)
+    config.register_service(cache, iface=Cache)

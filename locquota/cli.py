@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import click
 
-from locations.cli import purge, restore, scrub
+from locations.cli import purge, reconcile, restore, scrub
 from locquota.clock import Clock
 from locquota.db import upgrade_to_head
 from locquota.scripting import LazyApp
 from locquota.tokens import TokenService
+from quota.cli import limits
 
 
 @click.group()
@@ -67,5 +68,5 @@ def tokens_create(app: LazyApp, project: str, roles: str, description: str, expi
     click.echo(token)
 
 
-for command in (scrub, restore, purge):
+for command in (scrub, restore, purge, reconcile, limits):
     cli.add_command(command)

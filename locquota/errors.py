@@ -67,6 +67,10 @@ class LocationDataMissing(LocquotaError):
     code = "location_data_missing"
 
 
+class InvalidTenantId(LocquotaError):
+    code = "invalid_tenant_id"
+
+
 class Unauthorized(LocquotaError):
     status, code = 401, "unauthorized"
 
@@ -145,6 +149,10 @@ class ImageTooLarge(LocquotaError):
 
 class LocationLimitExceeded(LocquotaError):
     status, code = 413, "location_limit_exceeded"
+
+
+class QuotaExceeded(LocquotaError):
+    status, code = 413, "quota_exceeded"
 
 
 class StoreFull(LocquotaError):

@@ -18,6 +18,15 @@ PREFIX = "locquota."
 # .ini names kept as Glance spells them, mapped to fields that carry their unit.
 RENAMED = {"scrub_time": "scrub_time_seconds", "wakeup_time": "wakeup_time_seconds"}
 STORE_PREFIX = "locquota.store."
+QUOTA_PREFIX = "locquota.quota."
+# Default limit per quota resource (SPEC section 5); -1 is unlimited. Sizes in MiB, as Glance's unified limits.
+DEFAULT_LIMITS = {
+    "image_size_total": -1,
+    "image_count_total": -1,
+    "image_count_uploading": -1,
+    "image_stage_total": -1,
+    "locations_per_image": 10,  # Glance's image_location_quota
+}
 
 
 class SettingsError(ValueError):
@@ -52,11 +61,15 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+# The largest limit: 2**43 MiB is 8 EiB, and its size in bytes still fits a signed 64-bit column.
+MAX_LIMIT = 2**43
+
+
 def _limit(value: str) -> int:
-    """A limit: a non-negative integer, or -1 for unlimited (Glance's convention)."""
+    """A limit: a non-negative integer up to MAX_LIMIT, or -1 for unlimited (Glance's convention)."""
     number = int(value)
-    if number < -1:
-        raise ValueError("expected a non-negative integer, or -1 for unlimited")
+    if not -1 <= number <= MAX_LIMIT:
+        raise ValueError(f"expected an integer from 0 to {MAX_LIMIT}, or -1 for unlimited")
     return number
 
 
@@ -70,6 +83,21 @@ def _positive_seconds(value: str) -> float:
 def _names(value: str) -> tuple[str, ...]:
     """A list of names separated by commas and/or white space (Glance writes `file, http`)."""
     return tuple(aslist(value.replace(",", " ")))
+
+
+def _default_limits(raw: Mapping[str, str]) -> dict[str, int]:
+    """locquota.quota.<resource> keys over DEFAULT_LIMITS; the quota package overrides them per tenant."""
+    limits = dict(DEFAULT_LIMITS)
+    for key, value in raw.items():
+        if key.startswith(QUOTA_PREFIX):
+            resource = key.removeprefix(QUOTA_PREFIX)
+            if resource not in DEFAULT_LIMITS:
+                raise SettingsError(f"{key}: unknown quota resource (known: {', '.join(DEFAULT_LIMITS)})")
+            try:
+                limits[resource] = _limit(value)
+            except ValueError as exc:
+                raise SettingsError(f"{key} = {value!r}: {exc}") from exc
+    return limits
 
 
 def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -112,7 +140,10 @@ class Settings:
     scrub_lease_seconds: int = 300
     scrub_retry_base_seconds: int = 30
     scrub_retry_max_seconds: int = 3600
-    locations_per_image: int = 10
+    default_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    usage_cache_ttl_seconds: int = 10
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_service: str = "mymaster"
 
     @classmethod
     def from_ini(cls, raw: Mapping[str, str]) -> Self:
@@ -141,11 +172,13 @@ class Settings:
             "scrub_lease_seconds": _positive_int,
             "scrub_retry_base_seconds": _positive_int,
             "scrub_retry_max_seconds": _positive_int,
-            "locations_per_image": _limit,
+            "usage_cache_ttl_seconds": _positive_int,
+            "redis_sentinels": _names,
+            "redis_sentinel_service": str.strip,
         }
         values: dict[str, object] = {}
         for key, value in raw.items():
-            if not key.startswith(PREFIX) or key.startswith(STORE_PREFIX):
+            if not key.startswith(PREFIX) or key.startswith((STORE_PREFIX, QUOTA_PREFIX)):
                 continue
             name = key.removeprefix(PREFIX)
             if name not in parsers:
@@ -154,7 +187,11 @@ class Settings:
                 values[RENAMED.get(name, name)] = parsers[name](value)
             except ValueError as exc:
                 raise SettingsError(f"{key} = {value!r}: {exc}") from exc
-        settings = cls(**values, store_options=_store_options(raw))  # type: ignore[arg-type]
+        settings = cls(
+            **values,  # type: ignore[arg-type]
+            store_options=_store_options(raw),
+            default_limits=_default_limits(raw),
+        )
         settings.check()
         return settings
 

@@ -1,5 +1,18 @@
 from pyramid.config import Configurator
 
+from quota.services.factories import limit_service_factory, usage_service_factory
+from quota.services.limits import LimitService
+from quota.services.usage import UsageService
+from quota.services.usage_cache import UsageCache
+
 
 def includeme(config: Configurator) -> None:
-    """Limits, the usage ledger and the usage API (SPEC section 5) are added here by the quota work."""
+    """Limits, the usage cache (dropped after each commit that changes usage) and the usage API."""
+    settings = config.registry["locquota.settings"]
+    usage_cache = UsageCache(config.registry["locquota.cache"], settings.usage_cache_ttl_seconds)
+    usage_cache.forget_after_commit(config.registry["locquota.session_factory"])
+    config.include(".routes")
+    config.register_service(usage_cache, iface=UsageCache)
+    config.register_service_factory(limit_service_factory, iface=LimitService)
+    config.register_service_factory(usage_service_factory, iface=UsageService)
+    config.scan(".views")

@@ -26,7 +26,18 @@ from locquota.db import make_engine, upgrade_to_head
 from tests.servers import postgresql_server
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
-TABLES = ("locations", "image_properties", "image_tags", "images", "tokens")
+TABLES = (
+    "locations",
+    "image_properties",
+    "image_tags",
+    "images",
+    "tokens",
+    "tenant_usage",
+    "store_usage",
+    "tenant_limits",
+    "usage_drift",
+    "reconcile_runs",
+)
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)
 

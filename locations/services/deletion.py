@@ -50,7 +50,7 @@ class DeletionService:
         delay = self._scrub_delay if self._delayed else timedelta(0)
         for location in live:
             self._lifecycle.retire(location, delay=delay)
-        image.status = ImageStatus.PENDING_DELETE if live else ImageStatus.DELETED
+        self._lifecycle.set_image_status(image, ImageStatus.PENDING_DELETE if live else ImageStatus.DELETED)
         image.updated_at = self._clock.now()
         self._db.flush()
         if live and not self._delayed:
@@ -88,6 +88,6 @@ class DeletionService:
             raise InvalidImageStatus("No data of this image is left to restore.")
         for location in pending:
             self._lifecycle.move(location, LocationStatus.ACTIVE)
-        image.status = ImageStatus.ACTIVE
+        self._lifecycle.set_image_status(image, ImageStatus.ACTIVE)
         self._db.flush()
         return image

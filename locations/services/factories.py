@@ -15,6 +15,7 @@ from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.db import commit_and_begin
 from locquota.settings import Settings
+from quota.services.limits import LimitService
 
 
 def image_service_factory(_context: object, request: Request) -> ImageService:
@@ -26,11 +27,11 @@ def image_service_factory(_context: object, request: Request) -> ImageService:
         clock,
         lambda: commit_and_begin(request.tm),
         scrub_policy(settings),
-        per_image_limit=settings.locations_per_image,
+        request.find_service(LimitService),
         delayed_delete=settings.delayed_delete,
         scrub_delay=timedelta(seconds=settings.scrub_time_seconds),
     )
-    return ImageService(request.db, clock, locations)
+    return ImageService(request.db, clock, locations, request.find_service(LimitService))
 
 
 def scrub_policy(settings: Settings) -> ScrubPolicy:
@@ -78,6 +79,7 @@ def image_data_service_factory(_context: object, request: Request) -> ImageDataS
         request.find_service(StoreRegistry),
         request.find_service(Clock),
         lambda: commit_and_begin(request.tm),
+        request.find_service(LimitService),
         chunk_bytes=settings.upload_chunk_bytes,
         size_cap_bytes=settings.image_size_cap_bytes,
     )

@@ -18,6 +18,7 @@ from locations.models import (
 )
 from locations.schemas import EDITABLE_BASE, ImageCreate, ImagePatch, PatchOperation, validate_image_document
 from locations.services.catalog import visible_to
+from locations.services.lifecycle import LocationLifecycle
 from locations.services.location_changes import LocationChanges
 from locquota.clock import Clock
 from locquota.errors import (
@@ -31,6 +32,7 @@ from locquota.errors import (
     TooManyTags,
 )
 from locquota.identity import Identity
+from quota.services.limits import LimitService
 
 MAX_TAGS_PER_IMAGE = 128  # Glance's image_tag_quota default
 MAX_PROPERTIES_PER_IMAGE = 128  # Glance's image_property_quota default
@@ -61,8 +63,9 @@ def check_owner_change(caller: Identity, owner: object) -> None:
 class ImageService:
     """The image records of the Glance API; location status is handled by the lifecycle."""
 
-    def __init__(self, db: Session, clock: Clock, locations: LocationChanges) -> None:
-        self._db, self._clock, self._locations = db, clock, locations
+    def __init__(self, db: Session, clock: Clock, locations: LocationChanges, limits: LimitService) -> None:
+        self._db, self._clock, self._locations, self._limits = db, clock, locations, limits
+        self._lifecycle = LocationLifecycle(db, clock)
 
     def get(self, caller: Identity, image_id: uuid.UUID, *, for_update: bool = False) -> Image:
         """The image if the caller may see it; another tenant's image is indistinguishable from none (404)."""
@@ -75,7 +78,7 @@ class ImageService:
         return image
 
     def create(self, caller: Identity, request: ImageCreate) -> Image:
-        """A new queued image owned by the caller's project (or the owner an admin names)."""
+        """A new queued image owned by the caller's project (or the owner an admin names), charged to the owner."""
         check_owner_change(caller, request.attributes.get("owner"))
         check_visibility_change(caller, request.attributes.get("visibility"))
         image_id = request.image_id or uuid.uuid4()
@@ -101,6 +104,7 @@ class ImageService:
         check_counts(len(request.tags), len(request.properties))
         image.tags = [ImageTag(value=tag) for tag in request.tags]
         image.properties = [ImageProperty(name=name, value=value) for name, value in request.properties.items()]
+        self._lifecycle.create_image(image, self._limits.for_tenant(image.owner))
         self._db.add(image)
         self._db.flush()
         return image

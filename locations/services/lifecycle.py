@@ -6,18 +6,27 @@
     pending_delete  -> deleted          the scrubber deleted the data
     pending_delete  -> active           an operator restored the image before it was scrubbed
 
-Anything else is refused (409) and changes nothing. Every status change of a location passes through
-`LocationLifecycle.move`, so whatever must follow a change (the usage ledger, later) hooks in here once.
+Anything else is refused (409) and changes nothing. Every status change of a location or an image passes
+through here, and so does its charge to the owner's usage (quota's ledger), in the same transaction:
+a crash leaves both or neither (SPEC section 11).
+
+    location active or pending_delete   image_size_total += its size (an image in two stores counts twice)
+    image not deleted or killed         image_count_total += 1
+    image saving                        image_count_uploading += 1
 """
 
+import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus, url_digest
 from locquota.clock import Clock
-from locquota.errors import InvalidLocationTransition
+from locquota.errors import InvalidImageStatus, InvalidLocationTransition, LocationLimitExceeded
+from quota.models import UNLIMITED, Resource, SpaceState
+from quota.services.ledger import UsageLedger
+from quota.services.limits import Limits
 
 ALLOWED_TRANSITIONS = frozenset(
     {
@@ -30,6 +39,24 @@ ALLOWED_TRANSITIONS = frozenset(
 )
 
 
+UNCOUNTED_IMAGE_STATUSES = (ImageStatus.DELETED, ImageStatus.KILLED)
+CHARGED_SPACE = {LocationStatus.ACTIVE: SpaceState.ACTIVE, LocationStatus.PENDING_DELETE: SpaceState.PENDING_DELETE}
+
+
+def image_counts(status: ImageStatus | None) -> dict[Resource, int]:
+    """What one image in this status counts towards (None: no image)."""
+    return {
+        Resource.IMAGE_COUNT_TOTAL: int(status is not None and status not in UNCOUNTED_IMAGE_STATUSES),
+        Resource.IMAGE_COUNT_UPLOADING: int(status is ImageStatus.SAVING),
+    }
+
+
+def count_changes(source: ImageStatus | None, target: ImageStatus) -> dict[Resource, int]:
+    """The change in counts when an image goes from source to target."""
+    before, after = image_counts(source), image_counts(target)
+    return {resource: after[resource] - before[resource] for resource in after}
+
+
 def check_transition(source: LocationStatus | None, target: LocationStatus) -> None:
     """Raise InvalidLocationTransition (409) unless the DAG allows source -> target."""
     if (source, target) not in ALLOWED_TRANSITIONS:
@@ -39,14 +66,44 @@ def check_transition(source: LocationStatus | None, target: LocationStatus) -> N
 
 
 class LocationLifecycle:
-    """Status changes of locations and the image status they imply, in the caller's transaction."""
+    """Status changes of locations and images, and their charges, in the caller's transaction."""
 
     def __init__(self, db: Session, clock: Clock) -> None:
         self._db, self._clock = db, clock
+        self._ledger = UsageLedger(db, clock)
 
-    def add(self, image: Image, url: str, store: str, metadata: dict[str, object], size_bytes: int | None) -> Location:
-        """A new active location: data that is there to serve."""
+    def create_image(self, image: Image, limits: Limits) -> None:
+        """Charge a new image to its owner; 413 past image_count_total, changing nothing."""
+        self._ledger.charge(image.owner, count_changes(None, image.status), within=limits)
+
+    def space_left(self, owner: str, limits: Limits) -> int | None:
+        """Bytes the owner may still store (None: unlimited); an upload is cut off past it."""
+        return self._ledger.remaining(owner, Resource.IMAGE_SIZE_TOTAL, limits)
+
+    def add(
+        self,
+        image: Image,
+        url: str,
+        store: str,
+        metadata: dict[str, object],
+        size_bytes: int | None,
+        *,
+        limits: Limits | None,
+        check_per_image: bool = True,
+    ) -> Location:
+        """A new active location: data that is there to serve, charged (413 past a limit, changing nothing).
+
+        Adding a copy charges the image's size again: it takes that much more space. With limits None
+        the charge is not admitted (data that is already there, such as an import's).
+        """
         check_transition(None, LocationStatus.ACTIVE)
+        per_image = UNLIMITED if limits is None or not check_per_image else limits[Resource.LOCATIONS_PER_IMAGE]
+        live = sum(location.status in LIVE_LOCATION_STATUSES for location in image.locations)
+        if per_image != UNLIMITED and live >= per_image:
+            raise LocationLimitExceeded(f"An image may have at most {per_image} locations.")
+        charged = size_bytes or 0
+        self._ledger.charge(image.owner, {Resource.IMAGE_SIZE_TOTAL: charged}, within=limits)
+        self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, charged)
         now = self._clock.now()
         location = Location(
             url=url,
@@ -64,6 +121,10 @@ class LocationLifecycle:
     def move(self, location: Location, target: LocationStatus, *, scrub_after: datetime | None = None) -> None:
         """Change one location's status along the DAG; the scrubber's bookkeeping follows the status."""
         check_transition(location.status, target)
+        source, owner, charged = location.status, location.image.owner, location.size_bytes or 0
+        was_live, is_live = source in LIVE_LOCATION_STATUSES, target in LIVE_LOCATION_STATUSES
+        self._ledger.charge(owner, {Resource.IMAGE_SIZE_TOTAL: charged * (is_live - was_live)})
+        self._ledger.move_space(owner, location.store, CHARGED_SPACE.get(source), CHARGED_SPACE.get(target), charged)
         now = self._clock.now()
         location.status, location.updated_at = target, now
         location.claimed_by = location.claim_expires_at = None
@@ -92,8 +153,36 @@ class LocationLifecycle:
             target = ImageStatus.ACTIVE
         else:
             return
-        if target is not image.status:
-            image.status, image.updated_at = target, self._clock.now()
+        self.set_image_status(image, target)
+
+    def set_image_status(self, image: Image, target: ImageStatus) -> None:
+        """Change a loaded (and locked) image's status, and charge the counts it implies."""
+        if target is image.status:
+            return
+        self._ledger.charge(image.owner, count_changes(image.status, target))
+        image.status, image.updated_at = target, self._clock.now()
+
+    def change_image_status(
+        self,
+        image_id: uuid.UUID,
+        owner: str,
+        source: ImageStatus,
+        target: ImageStatus,
+        *,
+        limits: Limits | None = None,
+    ) -> None:
+        """A conditional status change: of concurrent requests exactly one moves the image (409 for the others).
+
+        With limits, the counts it adds are admitted (413 past image_count_uploading).
+        """
+        moved = self._db.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == source)
+            .values(status=target, updated_at=self._clock.now())
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidImageStatus(f"Image status transition from {source} to {target} is not allowed.")
+        self._ledger.charge(owner, count_changes(source, target), within=limits)
 
     def lock_references(self, url: str) -> None:
         """Lock every location of this data, in id order, so concurrent decisions about it serialize."""

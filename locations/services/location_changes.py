@@ -4,7 +4,8 @@
 - Data another tenant's image references cannot be added (403): a tenant could otherwise read, and later
   delete, someone else's data.
 - Data whose deletion is in flight cannot be added back (409).
-- At most locations_per_image live locations (413); the last active location of an active image cannot
+- At most locations_per_image live locations (413), and the image's size again within the owner's
+  image_size_total (413): a copy takes that much more space; the last active location of an active image cannot
   be removed (403, as Glance); removing is admin-only, as in Glance's default policy.
 - A removed location is retired like a deleted image's: pending_delete, then scrubbed (now or later).
 """
@@ -28,12 +29,11 @@ from locquota.errors import (
     InvalidPatchPath,
     LocationDataMissing,
     LocationInUse,
-    LocationLimitExceeded,
     LocationPendingDelete,
 )
 from locquota.identity import Identity
+from quota.services.limits import Limits, LimitService
 
-UNLIMITED = -1
 CHANGEABLE_IMAGE_STATUSES = (ImageStatus.QUEUED, ImageStatus.ACTIVE)
 
 
@@ -47,13 +47,13 @@ class LocationChanges:
         clock: Clock,
         checkpoint: Callable[[], None],
         policy: ScrubPolicy,
+        limits: LimitService,
         *,
-        per_image_limit: int,
         delayed_delete: bool,
         scrub_delay: timedelta,
     ) -> None:
         self._db, self._stores, self._clock, self._checkpoint = db, stores, clock, checkpoint
-        self._policy, self._limit = policy, per_image_limit
+        self._policy, self._limits = policy, limits
         self._delay = scrub_delay if delayed_delete else None
         self._lifecycle = LocationLifecycle(db, clock)
 
@@ -62,36 +62,36 @@ class LocationChanges:
         if changes and image.status not in CHANGEABLE_IMAGE_STATUSES:
             raise InvalidImageStatus(f"Locations of a {image.status} image cannot be changed.")
         retired: list[Location] = []
+        limits = self._limits.for_tenant(image.owner)  # the owner is charged, also when an admin adds
         for change in changes:
             active = image.active_locations
             if change.op == "add":
                 if change.index is not None and change.index > len(active):
                     raise InvalidPatchPath("The location index is past the end of the list.")
-                self._add(caller, image, change.locations[0])
+                self._add(image, change.locations[0], limits)
             elif change.op == "remove":
                 if change.index is None or change.index >= len(active):
                     raise InvalidPatchPath("No location at this index.")
                 retired.append(self._remove(caller, image, active[change.index]))
             else:
-                retired += self._replace(caller, image, change.locations)
+                retired += self._replace(caller, image, change.locations, limits)
         self._db.flush()
         if retired and self._delay is None:
             ids = [location.id for location in retired]
             delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids)
 
-    def _replace(self, caller: Identity, image: Image, wanted: tuple[LocationSpec, ...]) -> list[Location]:
+    def _replace(
+        self, caller: Identity, image: Image, wanted: tuple[LocationSpec, ...], limits: Limits
+    ) -> list[Location]:
         wanted_urls = {spec.url for spec in wanted}
         current = {location.url: location for location in image.active_locations}
         for spec in wanted:
             if spec.url not in current:
-                self._add(caller, image, spec)
+                self._add(image, spec, limits)
         return [self._remove(caller, image, location) for url, location in current.items() if url not in wanted_urls]
 
-    def _add(self, caller: Identity, image: Image, spec: LocationSpec) -> None:
+    def _add(self, image: Image, spec: LocationSpec, limits: Limits) -> None:
         store = self._stores.for_url(spec.url)
-        live = [location for location in image.locations if location.status in LIVE_LOCATION_STATUSES]
-        if self._limit != UNLIMITED and len(live) >= self._limit:
-            raise LocationLimitExceeded(f"An image may have at most {self._limit} locations.")
         if any(location.url == spec.url for location in image.active_locations):
             raise DuplicateLocation("The image already has this location.")
         self._check_data_is_free(image, spec.url)
@@ -99,10 +99,12 @@ class LocationChanges:
             size = store.get_size(spec.url)
         except StoreError as exc:
             raise LocationDataMissing("No data at this location.") from exc
-        self._lifecycle.add(image, spec.url, store.name, spec.metadata, image.size if image.size is not None else size)
+        charged = image.size if image.size is not None else size
+        self._lifecycle.add(image, spec.url, store.name, spec.metadata, charged, limits=limits)
         if image.status is ImageStatus.QUEUED:
             # Glance: a queued image given a location becomes active, sized by its data.
-            image.size, image.status = size, ImageStatus.ACTIVE
+            image.size = size
+            self._lifecycle.set_image_status(image, ImageStatus.ACTIVE)
         image.updated_at = self._clock.now()
 
     def _check_data_is_free(self, image: Image, url: str) -> None:

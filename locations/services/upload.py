@@ -4,14 +4,18 @@ An upload spans three units of work: queued -> saving is committed before the by
 requests see the upload in progress), the bytes stream into the store outside any transaction, and
 the last unit records the location and activates the image. `checkpoint` commits one unit and starts
 the next; the view hands over the request's transaction manager for it.
+
+Quota: starting counts towards image_count_uploading; the body is cut off as soon as it passes what is
+left of image_size_total (the store deletes the partial data); the last unit admits the size exactly,
+since concurrent requests may have used the space meanwhile. A refused upload leaves the image queued.
 """
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus
@@ -25,19 +29,36 @@ from locquota.errors import (
     InvalidBody,
     InvalidImageStatus,
     LocquotaError,
+    QuotaExceeded,
     StoreFull,
     StoreUnavailable,
 )
 from locquota.identity import Identity
+from quota.services.limits import Limits, LimitService
 
 HASH_ALGORITHM = "sha512"
+log = logging.getLogger(__name__)
+
+
+def quota_refusal(size_bytes: int, remaining_bytes: int) -> QuotaExceeded:
+    """The 413 for an upload larger than what is left of image_size_total."""
+    return QuotaExceeded(
+        f"Quota exceeded for image_size_total: the upload needs more than the {remaining_bytes} bytes left.",
+        resource="image_size_total",
+        remaining=remaining_bytes,
+        requested=size_bytes,
+        unit="bytes",
+    )
 
 
 class HashingReader:
-    """Reads the body in fixed-size chunks, counting and hashing as it goes, and stops past the size cap."""
+    """Reads the body in fixed-size chunks, counting and hashing as it goes; stops past the cap or the quota."""
 
-    def __init__(self, body: BinaryIO, expected_bytes: int | None, cap_bytes: int, chunk_bytes: int) -> None:
+    def __init__(
+        self, body: BinaryIO, expected_bytes: int | None, cap_bytes: int, chunk_bytes: int, quota_bytes: int | None
+    ) -> None:
         self._body, self._expected, self._cap, self._chunk = body, expected_bytes, cap_bytes, chunk_bytes
+        self._quota = quota_bytes
         self.size = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.digest = hashlib.new(HASH_ALGORITHM)
@@ -48,6 +69,8 @@ class HashingReader:
             self.size += len(chunk)
             if self.size > self._cap:
                 raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
+            if self._quota is not None and self.size > self._quota:
+                raise quota_refusal(self.size, self._quota)
             self.md5.update(chunk)
             self.digest.update(chunk)
             yield chunk
@@ -71,12 +94,15 @@ class ImageDataService:
         stores: StoreRegistry,
         clock: Clock,
         checkpoint: Callable[[], None],
+        limits: LimitService,
         *,
         chunk_bytes: int,
         size_cap_bytes: int,
     ) -> None:
         self._db, self._images, self._stores, self._clock = db, images, stores, clock
-        self._checkpoint, self._chunk_bytes, self._cap = checkpoint, chunk_bytes, size_cap_bytes
+        self._checkpoint, self._limits = checkpoint, limits
+        self._chunk_bytes, self._cap = chunk_bytes, size_cap_bytes
+        self._lifecycle = LocationLifecycle(db, clock)
 
     def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
         """Stream body into the default store; the image ends active, or queued/killed with nothing stored."""
@@ -87,44 +113,50 @@ class ImageDataService:
             raise InvalidBody("Properties disk_format and container_format must be set prior to saving data.")
         if content_length is not None and content_length > self._cap:
             raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
-        self._move(image_id, ImageStatus.QUEUED, ImageStatus.SAVING)
+        owner, limits = image.owner, self._limits.for_tenant(image.owner)
+        remaining = self._lifecycle.space_left(owner, limits)
+        if remaining is not None and content_length is not None and content_length > remaining:
+            raise quota_refusal(content_length, remaining)
+        self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, ImageStatus.SAVING, limits=limits)
         self._checkpoint()
-        reader = HashingReader(body, content_length, self._cap, self._chunk_bytes)
+        reader = HashingReader(body, content_length, self._cap, self._chunk_bytes, remaining)
         store = self._stores.default
         try:
             url = store.add(image_id, reader.chunks())
         except Exception as exc:
             # Whatever happened, nothing is stored (the store cleans up); give the image back or kill it.
-            self._move(
-                image_id, ImageStatus.SAVING, ImageStatus.KILLED if isinstance(exc, StoreError) else ImageStatus.QUEUED
-            )
+            failed = ImageStatus.KILLED if isinstance(exc, StoreError) else ImageStatus.QUEUED
+            self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, failed)
             self._checkpoint()
             if isinstance(exc, StoreFullError):
                 raise StoreFull("The store has no space left for this image.") from exc
             if isinstance(exc, StoreError):
                 raise StoreUnavailable("The store failed while writing the image data.") from exc
             raise
-        return self._activate(image_id, store.name, url, reader)
+        try:
+            return self._activate(image_id, store.name, url, reader, limits)
+        except QuotaExceeded:
+            # Concurrent requests used the space while the bytes streamed: give the data and the image back.
+            self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, ImageStatus.QUEUED)
+            self._checkpoint()
+            self._discard(store.name, url)
+            raise
 
-    def _move(self, image_id: uuid.UUID, source: ImageStatus, target: ImageStatus) -> None:
-        """A conditional status change: two concurrent uploads cannot both start, on any database."""
-        moved = self._db.execute(
-            update(Image)
-            .where(Image.id == image_id, Image.status == source)
-            .values(status=target, updated_at=self._clock.now())
-        )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
-            raise InvalidImageStatus(f"Image status transition from {source} to {target} is not allowed.")
-
-    def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader) -> Image:
+    def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits) -> Image:
+        """Admit the size first: a refusal must find nothing written in this unit of work."""
         image = self._db.get_one(Image, image_id, populate_existing=True)
-        now = self._clock.now()
+        self._lifecycle.add(image, url, store_name, {}, reader.size, limits=limits, check_per_image=False)
         image.size, image.checksum = reader.size, reader.md5.hexdigest()
         image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
-        image.status, image.updated_at = ImageStatus.ACTIVE, now
-        LocationLifecycle(self._db, self._clock).add(image, url, store_name, {}, reader.size)
+        self._lifecycle.set_image_status(image, ImageStatus.ACTIVE)
         self._db.flush()
         return image
+
+    def _discard(self, store_name: str, url: str) -> None:
+        try:
+            self._stores[store_name].delete(url)
+        except (StoreError, OSError):
+            log.exception("image data refused by quota could not be deleted from store %s", store_name)
 
     def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
         """The image and a stream of its data from the first readable active location (None: no data)."""

@@ -4,6 +4,7 @@ from alembic import context
 
 import locations.models  # noqa: F401  (registers the tables on Base.metadata for autogenerate)
 import locquota.tokens  # noqa: F401
+import quota.models  # noqa: F401
 from locquota.db import Base, make_engine
 
 config = context.config

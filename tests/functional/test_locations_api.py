@@ -11,7 +11,7 @@ PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 
 @pytest.fixture
 def shown_settings(settings):
-    return {**settings, "locquota.show_multiple_locations": "true", "locquota.locations_per_image": "3"}
+    return {**settings, "locquota.show_multiple_locations": "true", "locquota.quota.locations_per_image": "3"}
 
 
 @pytest.fixture

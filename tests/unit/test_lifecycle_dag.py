@@ -205,7 +205,7 @@ def test_add_creates_an_active_location(db):
     image = make_image(db)
     now = T0 + timedelta(minutes=1)
 
-    location = LocationLifecycle(db, FrozenClock(now)).add(image, "file:///srv/images/x", "file", {}, 7)
+    location = LocationLifecycle(db, FrozenClock(now)).add(image, "file:///srv/images/x", "file", {}, 7, limits=None)
     db.commit()
 
     row = snapshot(db, location.id)

@@ -1,0 +1,122 @@
+"""The usage ledger: exact per-tenant totals, changed in the caller's transaction, and race-free admission.
+
+Every change updates the tenant's usage row first (then the per-store split), so the row lock orders all
+writers of one tenant the same way, and `locquota reconcile` can hold them off by taking that lock.
+Admission is the same UPDATE with a condition: `total + delta <= limit`. On PostgreSQL a concurrent
+UPDATE waits for the row lock and re-checks the condition against the committed total, so two
+requests can never together pass a limit; on SQLite writers are serialized anyway. A refused UPDATE
+changes nothing.
+"""
+
+from collections.abc import Mapping
+
+from sqlalchemy import Insert, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from locquota.clock import Clock
+from locquota.errors import QuotaExceeded
+from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
+from quota.services.limits import Limits
+from quota.services.usage_cache import mark_changed
+
+
+def insert_for(db: Session, table: Table) -> Insert:
+    """An INSERT that can say ON CONFLICT, in the dialect of the session's database."""
+    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+class UsageLedger:
+    """Keeps per-tenant usage exact in the database; Redis only caches a copy (see usage_cache)."""
+
+    def __init__(self, db: Session, clock: Clock) -> None:
+        self._db, self._clock = db, clock
+
+    def charge(self, tenant_id: str, deltas: Mapping[Resource, int], *, within: Limits | None = None) -> None:
+        """Add deltas to the tenant's totals; with `within`, refuse (413, nothing changed) past a limit.
+
+        Only increases are checked: freeing space is always allowed, as is going on holding it.
+        """
+        columns = {resource: getattr(TenantUsage, resource.value) for resource in TENANT_RESOURCES}
+        statement = (
+            update(TenantUsage)
+            .where(TenantUsage.tenant_id == tenant_id)
+            .values(
+                version=TenantUsage.version + 1,
+                updated_at=self._clock.now(),
+                **{resource.value: columns[resource] + delta for resource, delta in deltas.items() if delta},
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if within is not None:
+            for resource, delta in deltas.items():
+                cap = within.cap(resource)
+                if delta > 0 and cap is not None:
+                    statement = statement.where(columns[resource] + delta <= cap)
+        updated = self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        if not updated and not self._create_row(tenant_id):  # the tenant's first charge: try again on zeros
+            updated = self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        if not updated:
+            raise self._refusal(tenant_id, deltas, within)
+        mark_changed(self._db, tenant_id)
+
+    def move_space(
+        self, tenant_id: str, store: str, source: SpaceState | None, target: SpaceState | None, size_bytes: int
+    ) -> None:
+        """Move one location's bytes between the per-store states (None: not charged). Call after charge."""
+        for state, sign in ((source, -1), (target, +1)):
+            if state is None:
+                continue
+            insert = insert_for(self._db, StoreUsage.__table__).values(  # type: ignore[arg-type]
+                tenant_id=tenant_id, store=store, state=state.value, size_bytes=sign * size_bytes, locations=sign
+            )
+            self._db.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["tenant_id", "store", "state"],
+                    set_={
+                        "size_bytes": StoreUsage.size_bytes + insert.excluded.size_bytes,
+                        "locations": StoreUsage.locations + insert.excluded.locations,
+                    },
+                )
+            )
+
+    def remaining(self, tenant_id: str, resource: Resource, limits: Limits) -> int | None:
+        """What is left of the limit right now, in accounting units; None when unlimited."""
+        cap = limits.cap(resource)
+        if cap is None:
+            return None
+        used = self._db.scalar(select(getattr(TenantUsage, resource.value)).where(TenantUsage.tenant_id == tenant_id))
+        return max(cap - (used or 0), 0)
+
+    def _create_row(self, tenant_id: str) -> bool:
+        """Create the tenant's zero row if it is missing; True when it already existed."""
+        existed = self._db.scalar(select(TenantUsage.tenant_id).where(TenantUsage.tenant_id == tenant_id))
+        if existed is not None:
+            return True
+        zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
+        self._db.execute(
+            insert_for(self._db, TenantUsage.__table__)  # type: ignore[arg-type]
+            .values(tenant_id=tenant_id, version=0, updated_at=self._clock.now(), **zeros)
+            .on_conflict_do_nothing(index_elements=["tenant_id"])
+        )
+        return False
+
+    def _refusal(self, tenant_id: str, deltas: Mapping[Resource, int], within: Limits | None) -> QuotaExceeded:
+        """The error for a refused admission, naming the first resource that did not fit."""
+        row = self._db.execute(select(TenantUsage).where(TenantUsage.tenant_id == tenant_id)).scalar_one()
+        for resource, delta in deltas.items():
+            cap = within.cap(resource) if within is not None else None
+            used = getattr(row, resource.value)
+            if delta > 0 and cap is not None and used + delta > cap:
+                unit = "bytes" if resource.is_in_mib else "items"
+                return QuotaExceeded(
+                    f"Quota exceeded for {resource}: {used} {unit} in use, {delta} more requested, "
+                    f"limit {within[resource]}{' MiB' if resource.is_in_mib else ''}.",  # type: ignore[index]
+                    resource=str(resource),
+                    limit=within[resource],  # type: ignore[index]
+                    usage=used,
+                    requested=delta,
+                    unit=unit,
+                )
+        return QuotaExceeded(f"Quota exceeded for tenant {tenant_id}.")

@@ -1,0 +1,77 @@
+"""Limits: a default per resource from the .ini, and per-tenant overrides in the database."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from locquota.clock import Clock
+from quota.models import MIB, UNLIMITED, Resource, TenantLimit
+from quota.services.usage_cache import mark_changed
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A tenant's effective limits, as configured (sizes in MiB); -1 is unlimited."""
+
+    values: Mapping[Resource, int]
+    overridden: frozenset[Resource]
+
+    def __getitem__(self, resource: Resource) -> int:
+        return self.values[resource]
+
+    def cap(self, resource: Resource) -> int | None:
+        """The most the resource may reach, in its accounting unit (bytes for sizes); None when unlimited."""
+        value = self.values[resource]
+        if value == UNLIMITED:
+            return None
+        return value * MIB if resource.is_in_mib else value
+
+
+class LimitService:
+    """Reads and sets limits; a changed limit drops the tenant's cached usage document after commit."""
+
+    def __init__(self, db: Session, clock: Clock, defaults: Mapping[str, int]) -> None:
+        self._db, self._clock = db, clock
+        self._defaults = {resource: defaults[resource.value] for resource in Resource}
+
+    @property
+    def defaults(self) -> Mapping[Resource, int]:
+        """The .ini defaults."""
+        return dict(self._defaults)
+
+    def for_tenant(self, tenant_id: str) -> Limits:
+        """The defaults with this tenant's overrides on top (one indexed read)."""
+        rows = self._db.execute(
+            select(TenantLimit.resource, TenantLimit.value).where(TenantLimit.tenant_id == tenant_id)
+        ).all()
+        overrides = {Resource(resource): value for resource, value in rows if resource in Resource}
+        return Limits({**self._defaults, **overrides}, frozenset(overrides))
+
+    def replace(self, tenant_id: str, overrides: Mapping[Resource, int]) -> Limits:
+        """Make overrides the tenant's whole set of overrides; resources left out fall back to the default."""
+        self._db.execute(delete(TenantLimit).where(TenantLimit.tenant_id == tenant_id))
+        now = self._now()
+        self._db.add_all(
+            TenantLimit(tenant_id=tenant_id, resource=resource.value, value=value, updated_at=now)
+            for resource, value in overrides.items()
+        )
+        self._db.flush()
+        mark_changed(self._db, tenant_id)
+        return self.for_tenant(tenant_id)
+
+    def update(self, tenant_id: str, changes: Mapping[Resource, int | None]) -> Limits:
+        """Set some overrides (None: back to the default) and keep the others."""
+        current = self.for_tenant(tenant_id)
+        overrides = {resource: current[resource] for resource in current.overridden}
+        for resource, value in changes.items():
+            if value is None:
+                overrides.pop(resource, None)
+            else:
+                overrides[resource] = value
+        return self.replace(tenant_id, overrides)
+
+    def _now(self) -> datetime:
+        return self._clock.now()

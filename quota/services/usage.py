@@ -1,0 +1,118 @@
+"""Usage reads: from Redis when a fresh copy is there, else from the tenant's rows (then cached)."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Self
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from locquota.clock import Clock
+from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
+from quota.services.limits import Limits, LimitService
+from quota.services.usage_cache import UsageCache
+
+Source = Literal["cache", "database"]
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """Bytes and location count of one store and state."""
+
+    size_bytes: int = 0
+    locations: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """A tenant's usage, limits and the per-store split, with when it was read from the database."""
+
+    tenant_id: str
+    totals: dict[Resource, int]
+    limits: Limits
+    by_store: dict[str, dict[SpaceState, Space]]
+    version: int
+    updated_at: datetime | None  # the last committed change (None: the tenant never used anything)
+    read_at: datetime  # when the figures were read from the database
+    source: Source = "database"
+    cache_ttl_seconds: int = field(default=0)
+
+    def to_json(self) -> dict[str, object]:
+        """The cached form."""
+        return {
+            "tenant_id": self.tenant_id,
+            "totals": {resource.value: value for resource, value in self.totals.items()},
+            "limits": {resource.value: value for resource, value in self.limits.values.items()},
+            "overridden": sorted(resource.value for resource in self.limits.overridden),
+            "by_store": {
+                store: {state.value: [space.size_bytes, space.locations] for state, space in states.items()}
+                for store, states in self.by_store.items()
+            },
+            "version": self.version,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "read_at": self.read_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, object], cache_ttl_seconds: int) -> Self:
+        """A report from its cached form (raises KeyError/ValueError/TypeError on a foreign document)."""
+        limits = {Resource(name): int(value) for name, value in document["limits"].items()}  # type: ignore[attr-defined]
+        return cls(
+            tenant_id=str(document["tenant_id"]),
+            totals={Resource(name): int(value) for name, value in document["totals"].items()},  # type: ignore[attr-defined]
+            limits=Limits(limits, frozenset(Resource(name) for name in document["overridden"])),  # type: ignore[attr-defined]
+            by_store={
+                store: {SpaceState(state): Space(int(pair[0]), int(pair[1])) for state, pair in states.items()}
+                for store, states in document["by_store"].items()  # type: ignore[attr-defined]
+            },
+            version=int(document["version"]),  # type: ignore[call-overload]
+            updated_at=datetime.fromisoformat(document["updated_at"]) if document["updated_at"] else None,  # type: ignore[arg-type]
+            read_at=datetime.fromisoformat(document["read_at"]),  # type: ignore[arg-type]
+            source="cache",
+            cache_ttl_seconds=cache_ttl_seconds,
+        )
+
+
+class UsageService:
+    """Usage reports in O(1) of the tenant's size: a Redis hit, or a few primary-key reads."""
+
+    def __init__(self, db: Session, clock: Clock, limits: LimitService, cache: UsageCache) -> None:
+        self._db, self._clock, self._limits, self._cache = db, clock, limits, cache
+
+    def report(self, tenant_id: str) -> UsageReport:
+        """The tenant's usage; a tenant that never used anything reads as zeros."""
+        cached = self._cache.get(tenant_id)
+        if cached is not None:
+            try:
+                report = UsageReport.from_json(cached, self._cache.ttl_seconds)
+            except (KeyError, ValueError, TypeError, AttributeError):
+                report = None  # written by another version: read the database instead
+            if report is not None and report.tenant_id == tenant_id:
+                return report
+        report = self.read(tenant_id)
+        self._cache.put(tenant_id, report.to_json())
+        return report
+
+    def read(self, tenant_id: str) -> UsageReport:
+        """The report straight from the database."""
+        row = self._db.execute(select(TenantUsage.__table__).where(TenantUsage.tenant_id == tenant_id)).first()
+        spaces = self._db.execute(
+            select(StoreUsage.store, StoreUsage.state, StoreUsage.size_bytes, StoreUsage.locations).where(
+                StoreUsage.tenant_id == tenant_id
+            )
+        ).all()
+        by_store: dict[str, dict[SpaceState, Space]] = {}
+        for store, state, size_bytes, locations in spaces:
+            if size_bytes or locations:
+                by_store.setdefault(store, {})[SpaceState(state)] = Space(size_bytes, locations)
+        totals = {resource: getattr(row, resource.value) if row else 0 for resource in TENANT_RESOURCES}
+        return UsageReport(
+            tenant_id=tenant_id,
+            totals=totals,
+            limits=self._limits.for_tenant(tenant_id),
+            by_store=by_store,
+            version=row.version if row else 0,
+            updated_at=row.updated_at if row else None,
+            read_at=self._clock.now(),
+            cache_ttl_seconds=self._cache.ttl_seconds,
+        )
