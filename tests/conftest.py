@@ -220,3 +220,22 @@ def upload(app: TestApp, tenant: dict[str, str]):
 
 def random_id() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture
+def usage_of(engine: Engine) -> Callable[[str], dict[str, object]]:
+    """What the database holds for a tenant: its totals and its space by store and state (for "changed nothing")."""
+    from quota.models import TENANT_RESOURCES, StoreUsage, TenantUsage  # noqa: PLC0415
+
+    def read(tenant_id: str) -> dict[str, object]:
+        with Session(engine) as session:
+            row = session.get(TenantUsage, tenant_id)
+            totals = {resource.value: getattr(row, resource.value) if row else 0 for resource in TENANT_RESOURCES}
+            space = {
+                (usage.store, usage.state): (usage.size_bytes, usage.locations)
+                for usage in session.query(StoreUsage).filter_by(tenant_id=tenant_id)
+                if usage.size_bytes or usage.locations
+            }
+        return {"totals": totals, "space": space}
+
+    return read

@@ -126,9 +126,15 @@ def build_app_with_store(settings: dict[str, str], store: FakeFailingStore, cloc
     return config.make_wsgi_app()
 
 
-def unit_of_work_on(engine: Engine) -> UnitOfWork:
-    """Transactions for a Scrubber in a test: each `with` yields a session, commits on exit, rolls back on error."""
-    factory: Callable[[], Session] = sessionmaker(bind=engine, expire_on_commit=False)
+def unit_of_work_on(source: Engine | sessionmaker) -> UnitOfWork:
+    """Transactions for a Scrubber in a test: each `with` yields a session, commits on exit, rolls back on error.
+
+    Given the app's session factory (`registry["locquota.session_factory"]`), its commits also drop
+    cached usage, as the real CLI's do.
+    """
+    factory: Callable[[], Session] = (
+        source if isinstance(source, sessionmaker) else sessionmaker(bind=source, expire_on_commit=False)
+    )
 
     @contextmanager
     def unit() -> Iterator[Session]:

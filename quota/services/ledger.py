@@ -109,7 +109,7 @@ class UsageLedger:
             cap = within.cap(resource) if within is not None else None
             used = getattr(row, resource.value)
             if delta > 0 and cap is not None and used + delta > cap:
-                unit = "bytes" if resource.is_in_mib else "items"
+                unit = "bytes" if resource.is_in_mib else "images"
                 return QuotaExceeded(
                     f"Quota exceeded for {resource}: {used} {unit} in use, {delta} more requested, "
                     f"limit {within[resource]}{' MiB' if resource.is_in_mib else ''}.",  # type: ignore[index]

@@ -47,7 +47,8 @@ class LimitService:
         rows = self._db.execute(
             select(TenantLimit.resource, TenantLimit.value).where(TenantLimit.tenant_id == tenant_id)
         ).all()
-        overrides = {Resource(resource): value for resource, value in rows if resource in Resource}
+        known = {resource.value for resource in Resource}
+        overrides = {Resource(resource): value for resource, value in rows if resource in known}
         return Limits({**self._defaults, **overrides}, frozenset(overrides))
 
     def replace(self, tenant_id: str, overrides: Mapping[Resource, int]) -> Limits:
