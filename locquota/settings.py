@@ -61,8 +61,8 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
-# The largest limit: 2**43 MiB is 8 EiB, and its size in bytes still fits a signed 64-bit column.
-MAX_LIMIT = 2**43
+# The largest limit: just under 2**43 MiB (8 EiB), so its size in bytes fits a signed 64-bit column.
+MAX_LIMIT = 2**43 - 1
 
 
 def _limit(value: str) -> int:

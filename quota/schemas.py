@@ -28,9 +28,14 @@ _LIMITS_VALIDATOR = jsonschema.Draft202012Validator(LIMITS_SCHEMA)
 
 
 def parse_tenant_id(raw: str) -> str:
-    """A tenant (project) id from a URL: 1 to 255 printable characters."""
+    """A tenant (project) id from a URL: 1 to 255 printable characters, no surrounding white space.
+
+    The identity layer strips X-Project-Id, so an id with white space around it could never be a caller.
+    """
     if not raw or len(raw) > MAX_TENANT_ID_CHARS or not raw.isprintable() or not is_storable_text(raw):
         raise InvalidTenantId("A tenant id is 1 to 255 printable characters.")
+    if raw != raw.strip():
+        raise InvalidTenantId("A tenant id has no white space at its start or end.")
     return raw
 
 

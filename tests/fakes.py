@@ -90,6 +90,10 @@ class FakeFailingStore:
         """The real store's get."""
         return self.inner.get(url, chunk_bytes)
 
+    def get_size(self, url: str) -> int:
+        """The real store's size of the data at url."""
+        return self.inner.get_size(url)
+
     def validate_url(self, url: str) -> None:
         """The real store's URL check."""
         self.inner.validate_url(url)

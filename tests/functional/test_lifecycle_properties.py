@@ -30,6 +30,7 @@ from locations.services.factories import scrub_policy
 from locations.services.lifecycle import ALLOWED_TRANSITIONS
 from locquota.clock import FrozenClock
 from locquota.settings import Settings
+from quota.models import StoreUsage, TenantLimit, TenantUsage
 from tests.conftest import T0
 from tests.fakes import FakeFailingStore, build_app_with_store, registry_of, unit_of_work_on
 
@@ -46,7 +47,7 @@ MACHINE_SETTINGS = settings(
 def reset(engine: object, store_root: Path) -> None:
     """An empty database and store for the next example."""
     with Session(engine) as session:  # type: ignore[arg-type]
-        for model in (Location, ImageTag, ImageProperty, Image):
+        for model in (Location, ImageTag, ImageProperty, Image, StoreUsage, TenantUsage, TenantLimit):
             session.execute(delete(model))
         session.commit()
     for path in store_root.iterdir():
