@@ -53,14 +53,16 @@ class Cache:
         except redis.RedisError as exc:
             log.warning("cache write failed: %s", exc)
 
-    def forget(self, *keys: str) -> None:
-        """Drop keys; a failure is logged (the entries then expire by their TTL)."""
+    def forget(self, *keys: str) -> bool:
+        """Drop keys; False (logged) when Redis could not be told, so the caller may try again later."""
         if self._client is None or not keys:
-            return
+            return True
         try:
             self._client.delete(*keys)
         except redis.RedisError as exc:
             log.warning("cache delete failed: %s", exc)
+            return False
+        return True
 
 
 def make_cache(redis_url: str, timeout_seconds: float) -> Cache:
