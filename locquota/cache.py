@@ -8,6 +8,8 @@ import logging
 
 import redis
 from pyramid.config import Configurator
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +67,35 @@ class Cache:
         return True
 
 
-def make_cache(redis_url: str, timeout_seconds: float) -> Cache:
-    """A Cache on this URL; short timeouts so a dead Redis costs milliseconds, not seconds."""
+def make_cache(
+    redis_url: str, timeout_seconds: float, sentinels: tuple[str, ...] = (), sentinel_service: str = ""
+) -> Cache:
+    """A Cache on this URL, or on the master that Sentinel names; short timeouts so a dead Redis costs
+    milliseconds, not seconds. With sentinels, the URL gives only the database number and credentials.
+    """
+    timeouts = {"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds}
+    if sentinels:
+        options = parse_url(redis_url) if redis_url else {}
+        options.pop("host", None)
+        options.pop("port", None)
+        addresses = [_host_and_port(address) for address in sentinels]
+        sentinel = Sentinel(addresses, sentinel_kwargs=timeouts, **timeouts)
+        return Cache(sentinel.master_for(sentinel_service, retry=None, **options, **timeouts))
     if not redis_url:
         return Cache(None)
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds, retry=None
-    )
-    return Cache(client)
+    return Cache(redis.Redis.from_url(redis_url, retry=None, **timeouts))
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")  # settings checked the form
+    return host, int(port)
 
 
 def includeme(config: Configurator) -> None:
     """The cache as a service."""
     settings = config.registry["locquota.settings"]
-    cache = make_cache(settings.redis_url, settings.redis_timeout_seconds)
+    cache = make_cache(
+        settings.redis_url, settings.redis_timeout_seconds, settings.redis_sentinels, settings.redis_sentinel_service
+    )
     config.registry["locquota.cache"] = cache  # for what is wired at start-up (quota's cache invalidation)
     config.register_service(cache, iface=Cache)

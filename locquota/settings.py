@@ -100,6 +100,16 @@ def _default_limits(raw: Mapping[str, str]) -> dict[str, int]:
     return limits
 
 
+def _addresses(value: str) -> tuple[str, ...]:
+    """host:port pairs (Redis Sentinel's), separated by commas and/or white space."""
+    addresses = _names(value)
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r} is not host:port")
+    return addresses
+
+
 def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """Group locquota.store.<name>.<option> keys by store name, for the store plug-ins to check."""
     options: dict[str, dict[str, str]] = {}
@@ -173,7 +183,7 @@ class Settings:
             "scrub_retry_base_seconds": _positive_int,
             "scrub_retry_max_seconds": _positive_int,
             "usage_cache_ttl_seconds": _positive_int,
-            "redis_sentinels": _names,
+            "redis_sentinels": _addresses,
             "redis_sentinel_service": str.strip,
         }
         values: dict[str, object] = {}
@@ -208,6 +218,8 @@ class Settings:
             raise SettingsError("locquota.limit_param_default: larger than locquota.api_limit_max")
         if not self.database_url:
             raise SettingsError("locquota.database_url: empty")
+        if self.redis_sentinels and not self.redis_sentinel_service:
+            raise SettingsError("locquota.redis_sentinel_service: empty, but locquota.redis_sentinels is set")
 
 
 def includeme(config: Configurator) -> None:

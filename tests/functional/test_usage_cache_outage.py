@@ -8,12 +8,9 @@ since other tests use it. Tests run on PostgreSQL and SQLite.
 """
 
 import json
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import port_for
 import pytest
 import redis
 from sqlalchemy import Engine
@@ -25,54 +22,11 @@ from quota.models import MIB, TENANT_RESOURCES, SpaceState
 from quota.services.usage import Space
 from quota.services.usage_cache import KEY_PREFIX
 from tests.conftest import identity
+from tests.servers import RedisServer
 
-REDIS_SERVER = "/usr/bin/redis-server"
 TENANT = "tenant-a"
 KEY = KEY_PREFIX + TENANT
 TTL_SECONDS = 300
-# Bounds for waits on the server process; reaching one is a failure, never a synchronisation.
-START_DEADLINE = 10
-STOP_DEADLINE = 10
-
-
-class RedisServer:
-    """A redis-server process of this test's own, restartable on the same port."""
-
-    def __init__(self, workdir: Path, *, is_persistent: bool = False) -> None:
-        self.workdir, self.port, self.is_persistent = workdir, port_for.select_random(), is_persistent
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server and return once it answers PING."""
-        # Without persistence a restart comes back empty, as a crashed cache does; with it, with what it held.
-        persistence = ["yes", "--appendfsync", "always"] if self.is_persistent else ["no"]
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-        command += ["--save", "", "--appendonly", *persistence]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_DEADLINE
-        with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(f"redis-server exited ({self.process.returncode}): {self.process.stdout.read()!r}")
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.01)  # polling an observed condition (a poll interval, not a synchronisation)
-
-    def stop(self) -> None:
-        """Terminate the server and wait until it is gone: its port is closed from here on."""
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=STOP_DEADLINE)
-        self.process.stdout.close()
-        self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
 
 
 @pytest.fixture
