@@ -70,8 +70,9 @@ class Cache:
 def make_cache(
     redis_url: str, timeout_seconds: float, sentinels: tuple[str, ...] = (), sentinel_service: str = ""
 ) -> Cache:
-    """A Cache on this URL, or on the master that Sentinel names; short timeouts so a dead Redis costs
-    milliseconds, not seconds. With sentinels, the URL gives only the database number and credentials.
+    """A Cache on this URL, or on the master that Sentinel names (the URL then gives the database and credentials).
+
+    Short timeouts, so a dead Redis costs milliseconds, not seconds.
     """
     timeouts = {"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds}
     if sentinels:

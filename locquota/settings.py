@@ -5,7 +5,8 @@ or takes values as constructor arguments. A typo in the .ini fails the boot with
 """
 
 import math
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Self
@@ -18,6 +19,7 @@ PREFIX = "locquota."
 # .ini names kept as Glance spells them, mapped to fields that carry their unit.
 RENAMED = {"scrub_time": "scrub_time_seconds", "wakeup_time": "wakeup_time_seconds"}
 STORE_PREFIX = "locquota.store."
+ENV_PREFIX = "LOCQUOTA_"
 QUOTA_PREFIX = "locquota.quota."
 # Default limit per quota resource (SPEC section 5); -1 is unlimited. Sizes in MiB, as Glance's unified limits.
 DEFAULT_LIMITS = {
@@ -110,6 +112,11 @@ def _addresses(value: str) -> tuple[str, ...]:
     return addresses
 
 
+def _from_environment(environ: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The LOCQUOTA_<NAME> variables that are set, as locquota.<name> keys."""
+    return {PREFIX + name: environ[ENV_PREFIX + name.upper()] for name in names if ENV_PREFIX + name.upper() in environ}
+
+
 def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """Group locquota.store.<name>.<option> keys by store name, for the store plug-ins to check."""
     options: dict[str, dict[str, str]] = {}
@@ -156,8 +163,12 @@ class Settings:
     redis_sentinel_service: str = "mymaster"
 
     @classmethod
-    def from_ini(cls, raw: Mapping[str, str]) -> Self:
-        """Parse every locquota.* key; raise SettingsError naming the key on any bad or unknown one."""
+    def from_ini(cls, raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Self:
+        """Parse every locquota.* key; raise SettingsError naming the key on any bad or unknown one.
+
+        An environment variable LOCQUOTA_<NAME> (LOCQUOTA_DATABASE_URL) overrides locquota.<name>, so
+        secrets stay out of committed .ini files.
+        """
         parsers: dict[str, Callable[[str], object]] = {
             "database_url": str.strip,
             "auto_migrate": _boolean,
@@ -186,6 +197,7 @@ class Settings:
             "redis_sentinels": _addresses,
             "redis_sentinel_service": str.strip,
         }
+        raw = {**raw, **_from_environment(environ or {}, parsers)}
         values: dict[str, object] = {}
         for key, value in raw.items():
             if not key.startswith(PREFIX) or key.startswith((STORE_PREFIX, QUOTA_PREFIX)):
@@ -224,7 +236,7 @@ class Settings:
 
 def includeme(config: Configurator) -> None:
     """Parse the settings into the registry and expose them as request.settings."""
-    config.registry["locquota.settings"] = Settings.from_ini(config.get_settings())
+    config.registry["locquota.settings"] = Settings.from_ini(config.get_settings(), os.environ)
     config.add_request_method(_request_settings, "settings", reify=True)
 
 

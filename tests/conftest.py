@@ -5,6 +5,7 @@ PostgreSQL and SQLite (`database_url` is parametrized); `@pytest.mark.postgresql
 PostgreSQL. Each test gets an empty, migrated database, and the app commits for real.
 """
 
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +57,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def no_locquota_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOCQUOTA_* variables override settings: one exported in a developer's shell must not reach a test."""
+    for name in [name for name in os.environ if name.startswith("LOCQUOTA_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -223,3 +223,28 @@ def test_configure_refuses_file_store_without_datadir(app_settings):
 def test_configure_refuses_bad_setting_with_its_key(app_settings):
     with pytest.raises(SettingsError, match=re.escape("locquota.upload_chunk_bytes")):
         configure({**app_settings, "locquota.upload_chunk_bytes": "0"})
+
+
+def test_an_environment_variable_overrides_the_ini():
+    settings = Settings.from_ini(
+        {"locquota.database_url": "sqlite:///ini.sqlite", "locquota.scrub_time": "5"},
+        {"LOCQUOTA_DATABASE_URL": "postgresql://db/env", "LOCQUOTA_SCRUB_TIME": "7", "LOCQUOTA_CONFIG": "x.ini"},
+    )
+    assert settings.database_url == "postgresql://db/env"
+    assert settings.scrub_time_seconds == 7
+
+
+def test_a_bad_environment_value_names_the_key():
+    with pytest.raises(SettingsError, match=r"locquota\.delayed_delete"):
+        Settings.from_ini({}, {"LOCQUOTA_DELAYED_DELETE": "maybe"})
+
+
+def test_production_ini_boots_from_the_environment_and_refuses_without_it(monkeypatch, tmp_path):
+    from pyramid.paster import get_appsettings  # noqa: PLC0415
+
+    raw = get_appsettings(str(Path(__file__).parents[2] / "production.ini"))
+    with pytest.raises(SettingsError, match=r"locquota\.database_url: empty"):
+        Settings.from_ini(raw, {})
+    settings = Settings.from_ini(raw, {"LOCQUOTA_DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"})
+    assert settings.delayed_delete is True
+    assert settings.default_limits["image_count_total"] == 1000
