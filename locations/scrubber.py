@@ -73,6 +73,8 @@ class Scrubber:
                 )
                 with self._unit() as db:
                     lifecycle = LocationLifecycle(db, self._clock)
+                    # A batch spans tenants: lock their usage in one order, or two scrubbers could deadlock.
+                    lifecycle.lock_owners([item.location_id for item in claims])
                     for item, (outcome, error) in zip(claims, results, strict=True):
                         done = record(db, self._clock, lifecycle, self.worker, self._policy, item, outcome, error)
                         # Counted as written: a lost claim or a released shared location is not a deletion.

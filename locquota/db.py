@@ -86,3 +86,9 @@ def commit_and_begin(manager: transaction.TransactionManager) -> None:
     """End the current unit of work and start the next one, for work that must show progress as it goes."""
     manager.commit()
     manager.begin()
+
+
+def abort_and_begin(manager: transaction.TransactionManager) -> None:
+    """Throw the current unit of work away and start the next one (after a failure mid-way)."""
+    manager.abort()
+    manager.begin()

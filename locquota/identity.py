@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from pyramid.config import Configurator
-from pyramid.request import Request
+from pyramid.request import Request, RequestLocalCache
 from pyramid.security import Allowed, Denied
 
 from locquota.clock import Clock
@@ -80,11 +80,13 @@ class LocquotaSecurityPolicy:
     """Identity from the configured strategy; permission 'authenticated' for tenants, 'admin' for operators."""
 
     def __init__(self, strategy: AuthStrategy) -> None:
-        self._identify = STRATEGIES[strategy]
+        # Pyramid asks for request.identity several times per request (permits, views, logging) and does
+        # not cache it; a token lookup is a database query, so resolve once per request.
+        self._identities = RequestLocalCache(STRATEGIES[strategy])
 
     def identity(self, request: Request) -> Identity | None:
         """Resolve the caller once per request."""
-        return self._identify(request)
+        return self._identities.get_or_create(request)
 
     def authenticated_userid(self, request: Request) -> str | None:
         """The tenant, for Pyramid's logging; locquota has no user accounts of its own."""

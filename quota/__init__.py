@@ -1,8 +1,8 @@
 from pyramid.config import Configurator
 
-from quota.services.factories import limit_service_factory, usage_service_factory
+from quota.services.factories import limit_service_factory, usage_reader_factory, usage_service_factory
 from quota.services.limits import LimitService
-from quota.services.usage import UsageService
+from quota.services.usage import UsageReader, UsageService
 from quota.services.usage_cache import UsageCache
 
 
@@ -14,5 +14,6 @@ def includeme(config: Configurator) -> None:
     config.include(".routes")
     config.register_service(usage_cache, iface=UsageCache)
     config.register_service_factory(limit_service_factory, iface=LimitService)
+    config.register_service_factory(usage_reader_factory, iface=UsageReader)
     config.register_service_factory(usage_service_factory, iface=UsageService)
     config.scan(".views")

@@ -78,7 +78,7 @@ def image_data_service_factory(_context: object, request: Request) -> ImageDataS
         request.find_service(ImageService),
         request.find_service(StoreRegistry),
         request.find_service(Clock),
-        lambda: commit_and_begin(request.tm),
+        request.tm,
         request.find_service(LimitService),
         chunk_bytes=settings.upload_chunk_bytes,
         size_cap_bytes=settings.image_size_cap_bytes,

@@ -104,9 +104,11 @@ class ImageService:
         check_counts(len(request.tags), len(request.properties))
         image.tags = [ImageTag(value=tag) for tag in request.tags]
         image.properties = [ImageProperty(name=name, value=value) for name, value in request.properties.items()]
-        self._lifecycle.create_image(image, self._limits.for_tenant(image.owner))
+        image.locations = []  # known empty: presenting the new image needs no query for them
         self._db.add(image)
         self._db.flush()
+        # Charged last: the admission's row lock on the owner's usage is then held only until the commit.
+        self._lifecycle.create_image(image, self._limits.for_tenant(image.owner))
         return image
 
     def apply_patch(self, caller: Identity, image_id: uuid.UUID, patch: ImagePatch) -> Image:

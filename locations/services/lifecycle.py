@@ -184,6 +184,13 @@ class LocationLifecycle:
             raise InvalidImageStatus(f"Image status transition from {source} to {target} is not allowed.")
         self._ledger.charge(owner, count_changes(source, target), within=limits)
 
+    def lock_owners(self, location_ids: list[int]) -> None:
+        """Lock the usage of every tenant owning these locations, in one order (before changing several)."""
+        owners = self._db.scalars(
+            select(Image.owner).join(Location.image).where(Location.id.in_(location_ids)).distinct()
+        )
+        self._ledger.lock(owners)
+
     def lock_references(self, url: str) -> None:
         """Lock every location of this data, in id order, so concurrent decisions about it serialize."""
         self._db.execute(

@@ -2,8 +2,8 @@
 
 An upload spans three units of work: queued -> saving is committed before the bytes arrive (so other
 requests see the upload in progress), the bytes stream into the store outside any transaction, and
-the last unit records the location and activates the image. `checkpoint` commits one unit and starts
-the next; the view hands over the request's transaction manager for it.
+the last unit records the location and activates the image. The request's transaction manager is
+handed over for it: each unit is committed (or, when the last one fails, aborted) and the next begun.
 
 Quota: starting counts towards image_count_uploading; the body is cut off as soon as it passes what is
 left of image_size_total (the store deletes the partial data); the last unit admits the size exactly,
@@ -13,16 +13,18 @@ since concurrent requests may have used the space meanwhile. A refused upload le
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from sqlalchemy.orm import Session
+from transaction import TransactionManager
 
 from locations.models import Image, ImageStatus
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import StoreError, StoreFullError, StoreRegistry
 from locquota.clock import Clock
+from locquota.db import abort_and_begin, commit_and_begin
 from locquota.errors import (
     ImageTooLarge,
     IncompleteUpload,
@@ -93,14 +95,14 @@ class ImageDataService:
         images: ImageService,
         stores: StoreRegistry,
         clock: Clock,
-        checkpoint: Callable[[], None],
+        transactions: TransactionManager,
         limits: LimitService,
         *,
         chunk_bytes: int,
         size_cap_bytes: int,
     ) -> None:
         self._db, self._images, self._stores, self._clock = db, images, stores, clock
-        self._checkpoint, self._limits = checkpoint, limits
+        self._transactions, self._limits = transactions, limits
         self._chunk_bytes, self._cap = chunk_bytes, size_cap_bytes
         self._lifecycle = LocationLifecycle(db, clock)
 
@@ -118,7 +120,7 @@ class ImageDataService:
         if remaining is not None and content_length is not None and content_length > remaining:
             raise quota_refusal(content_length, remaining)
         self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, ImageStatus.SAVING, limits=limits)
-        self._checkpoint()
+        commit_and_begin(self._transactions)
         reader = HashingReader(body, content_length, self._cap, self._chunk_bytes, remaining)
         store = self._stores.default
         try:
@@ -127,7 +129,7 @@ class ImageDataService:
             # Whatever happened, nothing is stored (the store cleans up); give the image back or kill it.
             failed = ImageStatus.KILLED if isinstance(exc, StoreError) else ImageStatus.QUEUED
             self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, failed)
-            self._checkpoint()
+            commit_and_begin(self._transactions)
             if isinstance(exc, StoreFullError):
                 raise StoreFull("The store has no space left for this image.") from exc
             if isinstance(exc, StoreError):
@@ -135,11 +137,10 @@ class ImageDataService:
             raise
         try:
             return self._activate(image_id, store.name, url, reader, limits)
-        except QuotaExceeded:
-            # Concurrent requests used the space while the bytes streamed: give the data and the image back.
-            self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, ImageStatus.QUEUED)
-            self._checkpoint()
-            self._discard(store.name, url)
+        except Exception:
+            # Refused (concurrent requests used the space while the bytes streamed) or failed: nothing of
+            # this unit stays; give the image back and delete its data, so it is not stranded in saving.
+            self._give_back(image_id, owner, store.name, url)
             raise
 
     def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits) -> Image:
@@ -152,11 +153,20 @@ class ImageDataService:
         self._db.flush()
         return image
 
-    def _discard(self, store_name: str, url: str) -> None:
+    def _give_back(self, image_id: uuid.UUID, owner: str, store_name: str, url: str) -> None:
+        """The image back to queued, its stored data deleted; a failure here is logged, not raised."""
+        abort_and_begin(self._transactions)
+        try:
+            self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, ImageStatus.QUEUED)
+            commit_and_begin(self._transactions)
+        except Exception:
+            log.exception("image %s: could not be returned to queued after a failed upload", image_id)
+            abort_and_begin(self._transactions)
+            return  # keep the data: the image still says saving, and its data must not vanish under it
         try:
             self._stores[store_name].delete(url)
         except (StoreError, OSError):
-            log.exception("image data refused by quota could not be deleted from store %s", store_name)
+            log.exception("image %s: data of a refused upload could not be deleted from store %s", image_id, store_name)
 
     def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
         """The image and a stream of its data from the first readable active location (None: no data)."""

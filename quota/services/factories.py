@@ -4,7 +4,7 @@ from pyramid.request import Request
 
 from locquota.clock import Clock
 from quota.services.limits import LimitService
-from quota.services.usage import UsageService
+from quota.services.usage import UsageReader, UsageService
 from quota.services.usage_cache import UsageCache
 
 
@@ -13,8 +13,12 @@ def limit_service_factory(_context: object, request: Request) -> LimitService:
     return LimitService(request.db, request.find_service(Clock), request.settings.default_limits)
 
 
+def usage_reader_factory(_context: object, request: Request) -> UsageReader:
+    """Usage read from this request's database session."""
+    cache = request.find_service(UsageCache)
+    return UsageReader(request.db, request.find_service(Clock), request.find_service(LimitService), cache.ttl_seconds)
+
+
 def usage_service_factory(_context: object, request: Request) -> UsageService:
-    """Usage reads through the shared Redis copy."""
-    return UsageService(
-        request.db, request.find_service(Clock), request.find_service(LimitService), request.find_service(UsageCache)
-    )
+    """Usage reads through the shared Redis copy; the database reader is built only on a miss."""
+    return UsageService(request.find_service(UsageCache), lambda: request.find_service(UsageReader))

@@ -8,7 +8,7 @@ requests can never together pass a limit; on SQLite writers are serialized anywa
 changes nothing.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import Insert, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -80,6 +80,28 @@ class UsageLedger:
                     },
                 )
             )
+
+    def lock(self, tenant_ids: Iterable[str]) -> None:
+        """Hold off every other writer of these tenants until this transaction ends.
+
+        Locks in tenant id order, so two transactions that lock several tenants (scrubber batches,
+        reconcile batches) cannot deadlock on each other; on SQLite the no-op write takes the lock.
+        """
+        ordered = sorted(set(tenant_ids))
+        if not ordered:
+            return
+        self._db.execute(
+            select(TenantUsage.tenant_id)
+            .where(TenantUsage.tenant_id.in_(ordered))
+            .order_by(TenantUsage.tenant_id)
+            .with_for_update()
+        ).all()
+        self._db.execute(
+            update(TenantUsage)
+            .where(TenantUsage.tenant_id.in_(ordered))
+            .values(version=TenantUsage.version)
+            .execution_options(synchronize_session=False)
+        )
 
     def remaining(self, tenant_id: str, resource: Resource, limits: Limits) -> int | None:
         """What is left of the limit right now, in accounting units; None when unlimited."""

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from locquota.clock import Clock
@@ -22,7 +22,7 @@ from quota.models import (
     TenantUsage,
     UsageDrift,
 )
-from quota.services.ledger import insert_for
+from quota.services.ledger import UsageLedger, insert_for
 from quota.services.usage import Space
 from quota.services.usage_cache import mark_changed
 
@@ -64,13 +64,8 @@ class Reconciler:
         return self._db.scalar(select(func.count()).select_from(TenantUsage)) or 0
 
     def lock(self, tenant_ids: list[str]) -> None:
-        """Hold off every writer of these tenants until this transaction ends (a no-op write takes the locks)."""
-        self._db.execute(
-            update(TenantUsage)
-            .where(TenantUsage.tenant_id.in_(tenant_ids))
-            .values(version=TenantUsage.version)
-            .execution_options(synchronize_session=False)
-        )
+        """Hold off every writer of these tenants until this transaction ends."""
+        UsageLedger(self._db, self._clock).lock(tenant_ids)
 
     def start_run(self) -> int:
         """A new run; the previous run's drift rows go, so the table always describes the latest run."""

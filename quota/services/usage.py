@@ -1,5 +1,6 @@
 """Usage reads: from Redis when a fresh copy is there, else from the tenant's rows (then cached)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Self
@@ -73,28 +74,14 @@ class UsageReport:
         )
 
 
-class UsageService:
-    """Usage reports in O(1) of the tenant's size: a Redis hit, or a few primary-key reads."""
+class UsageReader:
+    """The report straight from the database: a few primary-key reads, whatever the tenant's size."""
 
-    def __init__(self, db: Session, clock: Clock, limits: LimitService, cache: UsageCache) -> None:
-        self._db, self._clock, self._limits, self._cache = db, clock, limits, cache
-
-    def report(self, tenant_id: str) -> UsageReport:
-        """The tenant's usage; a tenant that never used anything reads as zeros."""
-        cached = self._cache.get(tenant_id)
-        if cached is not None:
-            try:
-                report = UsageReport.from_json(cached, self._cache.ttl_seconds)
-            except (KeyError, ValueError, TypeError, AttributeError):
-                report = None  # written by another version: read the database instead
-            if report is not None and report.tenant_id == tenant_id:
-                return report
-        report = self.read(tenant_id)
-        self._cache.put(tenant_id, report.to_json())
-        return report
+    def __init__(self, db: Session, clock: Clock, limits: LimitService, cache_ttl_seconds: int) -> None:
+        self._db, self._clock, self._limits, self._ttl = db, clock, limits, cache_ttl_seconds
 
     def read(self, tenant_id: str) -> UsageReport:
-        """The report straight from the database."""
+        """The tenant's rows now; a tenant that never used anything reads as zeros."""
         row = self._db.execute(select(TenantUsage.__table__).where(TenantUsage.tenant_id == tenant_id)).first()
         spaces = self._db.execute(
             select(StoreUsage.store, StoreUsage.state, StoreUsage.size_bytes, StoreUsage.locations).where(
@@ -114,5 +101,29 @@ class UsageService:
             version=row.version if row else 0,
             updated_at=row.updated_at if row else None,
             read_at=self._clock.now(),
-            cache_ttl_seconds=self._cache.ttl_seconds,
+            cache_ttl_seconds=self._ttl,
         )
+
+
+class UsageService:
+    """Usage reports in O(1) of the tenant's size: a Redis hit, or the reader's database read (then cached).
+
+    The reader is built only on a miss, so a cache hit opens no database session at all.
+    """
+
+    def __init__(self, cache: UsageCache, reader: Callable[[], UsageReader]) -> None:
+        self._cache, self._reader = cache, reader
+
+    def report(self, tenant_id: str) -> UsageReport:
+        """The tenant's usage, from the cache when it holds a copy."""
+        cached = self._cache.get(tenant_id)
+        if cached is not None:
+            try:
+                report = UsageReport.from_json(cached, self._cache.ttl_seconds)
+            except (KeyError, ValueError, TypeError, AttributeError):
+                report = None  # written by another version: read the database instead
+            if report is not None and report.tenant_id == tenant_id:
+                return report
+        report = self._reader().read(tenant_id)
+        self._cache.put(tenant_id, report.to_json())
+        return report

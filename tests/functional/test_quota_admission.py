@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from pyramid.scripting import prepare
-from sqlalchemy import select
+from sqlalchemy import event, select
 from webob import Request
 
 from locations.models import Image, ImageStatus, Location
@@ -356,3 +356,27 @@ def test_other_tenants_are_not_charged(app, tenant, other_tenant, usage_of):
     put_file(app, image["id"], b"o" * 10, tenant)
     assert usage_of("tenant-b")["totals"]["image_size_total"] == 0
     assert usage_of("tenant-a")["totals"]["image_size_total"] == 10
+
+
+def test_a_database_failure_while_finishing_an_upload_gives_the_image_back(
+    app, wsgi_app, engine, db, tenant, usage_of, store_root
+):
+    """The last unit fails (here: the INSERT of the location); the image must not be stranded in saving."""
+    image = create(app, tenant)
+
+    def fail_location_insert(_conn, _cursor, statement, _parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO LOCATIONS"):
+            raise RuntimeError("the database went away")
+
+    event.listen(engine, "before_cursor_execute", fail_location_insert)
+    try:
+        response = send_chunked(wsgi_app, image["id"], tenant, StreamingBody(b"f" * 1000))
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_location_insert)
+    assert response.status_int == 500
+    row = image_row(db, image["id"])
+    assert (row.status, row.size, row.locations) == (ImageStatus.QUEUED, None, [])
+    assert usage_of("tenant-a")["totals"]["image_count_uploading"] == 0
+    assert usage_of("tenant-a")["totals"]["image_size_total"] == 0
+    assert stored_files(store_root) == []
+    put_file(app, image["id"], b"again", tenant)  # and it can be uploaded again
