@@ -1,10 +1,12 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber] [--sizes 1000,10000,100000]: API and scrubber.
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota] [--sizes 1000,10000,100000]: API, scrubber, quota.
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
 view on the same server. The scrubber part (benchmarks.scrubber) times 1, 2 and 4 `locquota scrub`
-processes on a pending_delete backlog and compares one scrubber's peak RSS at two backlog sizes. Both run
-by default. Run it from the repository root (it imports `tests.servers`).
+processes on a pending_delete backlog and compares one scrubber's peak RSS at two backlog sizes. The quota
+part (benchmarks.quota) times usage reads against a recount and admissions as one tenant grows to 1M
+locations, and concurrent admissions on one tenant against the raw conditional UPDATE. All three run by
+default. Run it from the repository root (it imports `tests.servers`).
 """
 
 import random
@@ -17,7 +19,7 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import report, scrubber
+from benchmarks import quota, report, scrubber
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
 from benchmarks.timing import Client, Endpoint, measure
@@ -60,12 +62,13 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     "--smoke",
     is_flag=True,
     help=f"API: size {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests; scrubber: a"
-    f" {scrubber.SMOKE_BACKLOG}-location backlog (for CI).",
+    f" {scrubber.SMOKE_BACKLOG}-location backlog; quota: {quota.SMOKE_SIZES[0]} locations, clients"
+    f" {','.join(map(str, quota.SMOKE_CLIENTS))} (for CI).",
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber"]),
-    help="Run one part only. [default: both]",
+    type=click.Choice(["api", "scrubber", "quota"]),
+    help="Run one part only. [default: all three]",
 )
 @click.option(
     "--sizes",
@@ -81,6 +84,12 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     help=f"Scrubber: backlog for throughput; peak RSS compares a tenth of it with it."
     f" [default: {scrubber.FULL_BACKLOG}; --smoke {scrubber.SMOKE_BACKLOG}]",
 )
+@click.option(
+    "--quota-sizes",
+    callback=_sizes,
+    help=f"Quota: tenant sizes in locations, grown in this order."
+    f" [default: {','.join(map(str, quota.FULL_SIZES))}; --smoke {quota.SMOKE_SIZES[0]}]",
+)
 def main(
     smoke: bool,
     only: str | None,
@@ -89,8 +98,9 @@ def main(
     warmup: int | None,
     seed: int,
     scrub_backlog: int | None,
+    quota_sizes: tuple[int, ...] | None,
 ) -> None:
-    """Time the image read endpoints as one tenant grows, and the scrubber's throughput and memory."""
+    """Time the image read endpoints as one tenant grows, the scrubber's throughput and memory, and quota."""
     with postgresql_server() as admin_url:
         report.print_facts(report.machine_facts(_server_version(admin_url)))
         if only in (None, "api"):
@@ -99,6 +109,10 @@ def main(
             print()
         if only in (None, "scrubber"):
             scrubber.benchmark(admin_url, smoke=smoke, backlog_size=scrub_backlog)
+        if only is None:
+            print()
+        if only in (None, "quota"):
+            quota.benchmark(admin_url, smoke=smoke, sizes=quota_sizes)
 
 
 def _api(

@@ -69,6 +69,27 @@ def print_facts(facts: list[tuple[str, str]]) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def print_rows(
+    headers: tuple[str, ...], rows: list[tuple[str, ...]], left_aligned: set[int], group: int | None = None
+) -> None:
+    """A plain-text table: columns padded to their widest cell, a blank line where column `group` changes."""
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.ljust(widths[i]) if i in left_aligned else cell.rjust(widths[i]) for i, cell in enumerate(cells)
+        ).rstrip()
+
+    print(line(headers))
+    print("  ".join("-" * width for width in widths))
+    previous = None
+    for row in rows:
+        if group is not None and previous is not None and row[group] != previous:
+            print()
+        previous = row[group] if group is not None else None
+        print(line(row))
+
+
 def _verdict(ratio: float, target: float, *, inclusive: bool) -> str:
     met = ratio <= target if inclusive else ratio < target
     return "ok" if met else "MISS"

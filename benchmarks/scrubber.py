@@ -23,7 +23,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from benchmarks import backlog, cpu
-from benchmarks.report import load_average
+from benchmarks.report import load_average, print_rows
 from locquota.db import make_engine, upgrade_to_head
 
 DATABASE = "locquota_scrub_bench"
@@ -256,18 +256,7 @@ def _print_table(runs: list[Run]) -> None:
                 " ".join(f"{kib / 1024:.1f}" for kib in run.max_rss_kib),
             )
         )
-    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
-    left_aligned = {0, 8, 9, 10}
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            cell.ljust(widths[i]) if i in left_aligned else cell.rjust(widths[i]) for i, cell in enumerate(cells)
-        ).rstrip()
-
-    print(line(headers))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print(line(row))
+    print_rows(headers, rows, {0, 8, 9, 10})
     print(f"(start-up = the wall time of one scrubber with nothing due: {start_up:.2f} s, taken off in column 7;")
     nproc = len(os.sched_getaffinity(0))
     print(f" CPUs busy = the machine's average over the run, out of {nproc}: the scrubbers, the PostgreSQL server,")

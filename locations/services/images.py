@@ -7,7 +7,7 @@ import uuid
 
 import jsonpatch
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from locations.models import (
     Image,
@@ -67,15 +67,27 @@ class ImageService:
         self._db, self._clock, self._locations, self._limits = db, clock, locations, limits
         self._lifecycle = LocationLifecycle(db, clock)
 
-    def get(self, caller: Identity, image_id: uuid.UUID, *, for_update: bool = False) -> Image:
-        """The image if the caller may see it; another tenant's image is indistinguishable from none (404)."""
+    def get(
+        self, caller: Identity, image_id: uuid.UUID, *, for_update: bool = False, with_details: bool = True
+    ) -> Image:
+        """The image if the caller may see it; another tenant's image is indistinguishable from none (404).
+
+        Without details, properties and tags are loaded only if touched (uploads and deletes need neither).
+        """
         query = select(Image).where(Image.id == image_id, visible_to(caller))
+        if not with_details:
+            query = query.options(lazyload(Image.properties), lazyload(Image.tags))
         if for_update:
             query = query.with_for_update()
         image = self._db.scalar(query)
         if image is None:
             raise ImageNotFound("No image found with this id.")
         return image
+
+    def reload(self, image_id: uuid.UUID) -> Image:
+        """The image as committed now (another unit of work may have changed it), without its details."""
+        query = select(Image).where(Image.id == image_id).options(lazyload(Image.properties), lazyload(Image.tags))
+        return self._db.scalars(query.execution_options(populate_existing=True)).one()
 
     def create(self, caller: Identity, request: ImageCreate) -> Image:
         """A new queued image owned by the caller's project (or the owner an admin names), charged to the owner."""

@@ -89,7 +89,6 @@ class LocationLifecycle:
         size_bytes: int | None,
         *,
         limits: Limits | None,
-        check_per_image: bool = True,
     ) -> Location:
         """A new active location: data that is there to serve, charged (413 past a limit, changing nothing).
 
@@ -97,15 +96,33 @@ class LocationLifecycle:
         the charge is not admitted (data that is already there, such as an import's).
         """
         check_transition(None, LocationStatus.ACTIVE)
-        per_image = UNLIMITED if limits is None or not check_per_image else limits[Resource.LOCATIONS_PER_IMAGE]
-        live = sum(location.status in LIVE_LOCATION_STATUSES for location in image.locations)
-        if per_image != UNLIMITED and live >= per_image:
+        per_image = UNLIMITED if limits is None else limits[Resource.LOCATIONS_PER_IMAGE]
+        if per_image != UNLIMITED and sum(loc.status in LIVE_LOCATION_STATUSES for loc in image.locations) >= per_image:
             raise LocationLimitExceeded(f"An image may have at most {per_image} locations.")
         charged = size_bytes or 0
         self._ledger.charge(image.owner, {Resource.IMAGE_SIZE_TOTAL: charged}, within=limits)
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, charged)
+        return self._new_location(image, url, store, metadata, size_bytes)
+
+    def land_upload(self, image: Image, url: str, store: str, size_bytes: int, limits: Limits) -> Location:
+        """An upload's data is in the store: its first location, and the image saving -> active.
+
+        One admission for both (the bytes, and the end of the upload), so the usage row is written once.
+        """
+        check_transition(None, LocationStatus.ACTIVE)
+        deltas = {Resource.IMAGE_SIZE_TOTAL: size_bytes, **count_changes(image.status, ImageStatus.ACTIVE)}
+        self._ledger.charge(image.owner, deltas, within=limits)
+        self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, size_bytes)
+        image.status, image.updated_at = ImageStatus.ACTIVE, self._clock.now()
+        return self._new_location(image, url, store, {}, size_bytes)
+
+    def _new_location(
+        self, image: Image, url: str, store: str, metadata: dict[str, object], size_bytes: int | None
+    ) -> Location:
         now = self._clock.now()
+        # Set from the location's side: the image's list of locations is not loaded just to append to it.
         location = Location(
+            image=image,
             url=url,
             store=store,
             location_metadata=metadata,
@@ -115,7 +132,7 @@ class LocationLifecycle:
             updated_at=now,
             attempts=0,
         )
-        image.locations.append(location)
+        self._db.add(location)
         return location
 
     def move(self, location: Location, target: LocationStatus, *, scrub_after: datetime | None = None) -> None:

@@ -108,7 +108,7 @@ class ImageDataService:
 
     def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
         """Stream body into the default store; the image ends active, or queued/killed with nothing stored."""
-        image = self._images.get(caller, image_id)
+        image = self._images.get(caller, image_id, with_details=False)
         if image.status is not ImageStatus.QUEUED:
             raise InvalidImageStatus(f"Image status transition from {image.status} to saving is not allowed.")
         if not image.disk_format or not image.container_format:
@@ -145,11 +145,10 @@ class ImageDataService:
 
     def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits) -> Image:
         """Admit the size first: a refusal must find nothing written in this unit of work."""
-        image = self._db.get_one(Image, image_id, populate_existing=True)
-        self._lifecycle.add(image, url, store_name, {}, reader.size, limits=limits, check_per_image=False)
+        image = self._images.reload(image_id)
+        self._lifecycle.land_upload(image, url, store_name, reader.size, limits)
         image.size, image.checksum = reader.size, reader.md5.hexdigest()
         image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
-        self._lifecycle.set_image_status(image, ImageStatus.ACTIVE)
         self._db.flush()
         return image
 
@@ -170,7 +169,7 @@ class ImageDataService:
 
     def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
         """The image and a stream of its data from the first readable active location (None: no data)."""
-        image = self._images.get(caller, image_id)
+        image = self._images.get(caller, image_id, with_details=False)
         locations = image.active_locations
         for location in locations:
             try:
