@@ -7,11 +7,12 @@ the processes are held at a table lock until all of them are queued on it, the k
 on a pipe the moment it is stuck, and the lease expiry is reached by a frozen clock.
 """
 
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -360,13 +361,17 @@ def run_and_kill_blocked_scrubber(ini: Path) -> tuple[str, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: queue.Queue[str | None] = queue.Queue()
+    pump = threading.Thread(target=pump_lines, args=(child, lines), daemon=True)
+    pump.start()
     try:
-        worker = read_line(child).removeprefix("worker ")
-        deleted_line = read_line(child)
-        blocked_line = read_line(child)
+        worker = next_line(child, lines).removeprefix("worker ")
+        deleted_line = next_line(child, lines)
+        blocked_line = next_line(child, lines)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=PROCESS_TIMEOUT)
+        pump.join(PROCESS_TIMEOUT)  # the kill closed the pipe: the pump has read to its end
         child.stdin.close()
         child.stdout.close()
         child.stderr.close()
@@ -376,12 +381,24 @@ def run_and_kill_blocked_scrubber(ini: Path) -> tuple[str, str]:
     return worker, deleted_line.removeprefix("deleted ")
 
 
-def read_line(process: subprocess.Popen[str]) -> str:
-    """The child's next stdout line: a blocking read, bounded in case the child hangs elsewhere."""
-    ready, _, _ = select.select([process.stdout], [], [], PROCESS_TIMEOUT)
-    assert ready, "the scrubber child said nothing"
-    line = process.stdout.readline()
-    assert line, f"the scrubber child exited ({process.wait()}): {process.stderr.read()}"
+def pump_lines(process: subprocess.Popen[str], lines: "queue.Queue[str | None]") -> None:
+    """Move the child's stdout lines to a queue, then None at its end.
+
+    A thread, not select() on the pipe: two lines that arrive in one read sit in the file object's buffer,
+    where select() cannot see the second.
+    """
+    for line in process.stdout:
+        lines.put(line)
+    lines.put(None)
+
+
+def next_line(process: subprocess.Popen[str], lines: "queue.Queue[str | None]") -> str:
+    """The child's next stdout line, bounded in case the child hangs elsewhere."""
+    try:
+        line = lines.get(timeout=PROCESS_TIMEOUT)
+    except queue.Empty:
+        pytest.fail("the scrubber child said nothing")
+    assert line is not None, f"the scrubber child exited ({process.wait()}): {process.stderr.read()}"
     return line.rstrip("\n")
 
 
