@@ -1,5 +1,6 @@
 """Operator commands of the locations package: scrub, restore, purge."""
 
+import os
 import signal
 import sys
 import threading
@@ -8,6 +9,7 @@ from datetime import timedelta
 from types import FrameType
 
 import click
+from prometheus_client import start_http_server
 
 from locations.scrubber import Scrubber
 from locations.services.deletion import DeletionService
@@ -24,6 +26,18 @@ PURGE_BATCH = 1000
 RECONCILE_BATCH = 500
 
 
+def serve_metrics(address: str, port: int) -> None:
+    """Serve the scrubber's counters over HTTP, from a daemon thread (prometheus_client's own server)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # In multiprocess mode the values live in files that the API's /metrics sums; serving this
+        # process's registry here would show nothing. Pick one.
+        raise click.UsageError("--metrics-port serves this process alone: unset PROMETHEUS_MULTIPROC_DIR for it")
+    try:
+        start_http_server(port, addr=address)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on {address}:{port}: {exc}") from exc
+
+
 def _stop_on_sigterm() -> threading.Event:
     """SIGTERM and SIGINT let the batch in flight finish, then the command exits cleanly."""
     stop = threading.Event()
@@ -38,9 +52,17 @@ def _stop_on_sigterm() -> threading.Event:
 
 @click.command()
 @click.option("--daemon", is_flag=True, help="Keep scrubbing, waking every locquota.wakeup_time seconds.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    help="Serve this process's scrubber metrics for Prometheus on this port (with --daemon).",
+)
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.pass_obj
-def scrub(app: LazyApp, daemon: bool) -> None:
+def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address: str) -> None:
     """Delete the data of pending_delete locations whose scrub time has passed (safe on every node)."""
+    if metrics_port is not None:
+        serve_metrics(metrics_address, metrics_port)
     settings = app.registry["locquota.settings"]
     with app.request() as request:
         stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)

@@ -7,6 +7,7 @@ however long the backlog: one batch is held at a time.
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +17,20 @@ from sqlalchemy import func, select
 
 from locations.models import Location
 from locations.services.lifecycle import LocationLifecycle
-from locations.services.scrubbing import Outcome, ScrubPolicy, claim, delete_data, due_filter, new_worker_id, record
+from locations.services.scrubbing import (
+    Outcome,
+    ScrubPolicy,
+    claim,
+    count,
+    delete_data,
+    due_filter,
+    new_worker_id,
+    record,
+)
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.scripting import UnitOfWork
+from metrics.instruments import SCRUB_BATCH_DURATION, SCRUB_LAST_SUCCESS
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +79,38 @@ class Scrubber:
         report = ScrubReport()
         with ThreadPoolExecutor(self._pool_size, thread_name_prefix="scrub") as pool:
             for claims in self._batches(stop):
-                results = list(
+                started = time.perf_counter()
+                deletions = list(
                     pool.map(lambda item: delete_data(self._stores, self._clock, self._policy, item), claims)
                 )
                 with self._unit() as db:
                     lifecycle = LocationLifecycle(db, self._clock)
                     # A batch spans tenants: lock their usage in one order, or two scrubbers could deadlock.
                     lifecycle.lock_owners([item.location_id for item in claims])
-                    for item, (outcome, error) in zip(claims, results, strict=True):
-                        done = record(db, self._clock, lifecycle, self.worker, self._policy, item, outcome, error)
-                        # Counted as written: a lost claim or a released shared location is not a deletion.
-                        counted = outcome if done or outcome in (Outcome.FAILED, Outcome.EXPIRED) else Outcome.REQUEUED
-                        report.outcomes[counted] += 1
+                    recorded = [
+                        record(
+                            db,
+                            self._clock,
+                            lifecycle,
+                            self.worker,
+                            self._policy,
+                            item,
+                            deletion.outcome,
+                            deletion.error,
+                        )
+                        for item, deletion in zip(claims, deletions, strict=True)
+                    ]
+                for item, deletion, done in zip(claims, deletions, recorded, strict=True):
+                    count(item, deletion, recorded=done)  # after the commit: only what was written counts
+                    # A lost claim or a released shared location is not a deletion.
+                    outcome = deletion.outcome
+                    counted = outcome if done or outcome in (Outcome.FAILED, Outcome.EXPIRED) else Outcome.REQUEUED
+                    report.outcomes[counted] += 1
+                SCRUB_BATCH_DURATION.observe(time.perf_counter() - started)
                 report.batches += 1
                 if on_batch is not None:
                     on_batch(len(claims))
+        SCRUB_LAST_SUCCESS.set_to_current_time()
         log.info("scrub pass by %s: %s", self.worker, dict(report.outcomes))
         return report
 

@@ -11,6 +11,8 @@ from pyramid.config import Configurator
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
 
+from metrics.instruments import CACHE_ERRORS
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,7 @@ class Cache:
             return bool(self._client.ping())
         except redis.RedisError as exc:
             log.warning("cache unreachable: %s", exc)
+            CACHE_ERRORS.labels("ping").inc()
             return False
 
     def get_json(self, key: str) -> object | None:
@@ -43,6 +46,7 @@ class Cache:
             raw = self._client.get(key)
         except redis.RedisError as exc:
             log.warning("cache read failed: %s", exc)
+            CACHE_ERRORS.labels("get").inc()
             return None
         return None if raw is None else json.loads(raw)
 
@@ -54,6 +58,7 @@ class Cache:
             self._client.set(key, json.dumps(value), ex=ttl_seconds)
         except redis.RedisError as exc:
             log.warning("cache write failed: %s", exc)
+            CACHE_ERRORS.labels("set").inc()
 
     def forget(self, *keys: str) -> bool:
         """Drop keys; False (logged) when Redis could not be told, so the caller may try again later."""
@@ -63,6 +68,7 @@ class Cache:
             self._client.delete(*keys)
         except redis.RedisError as exc:
             log.warning("cache delete failed: %s", exc)
+            CACHE_ERRORS.labels("delete").inc()
             return False
         return True
 

@@ -161,6 +161,8 @@ class Settings:
     usage_cache_ttl_seconds: int = 10
     redis_sentinels: tuple[str, ...] = ()
     redis_sentinel_service: str = "mymaster"
+    metrics_query_timeout_seconds: float = 2.0
+    metrics_top_tenants: int = 50
 
     @classmethod
     def from_ini(cls, raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Self:
@@ -196,6 +198,8 @@ class Settings:
             "usage_cache_ttl_seconds": _positive_int,
             "redis_sentinels": _addresses,
             "redis_sentinel_service": str.strip,
+            "metrics_query_timeout_seconds": _positive_seconds,
+            "metrics_top_tenants": _non_negative_int,
         }
         raw = {**raw, **_from_environment(environ or {}, parsers)}
         values: dict[str, object] = {}

@@ -1,5 +1,9 @@
 from pyramid.config import Configurator
+from pyramid.tweens import INGRESS
 
 
 def includeme(config: Configurator) -> None:
-    """Prometheus instruments and /metrics (SPEC section 7) are added here by the metrics work."""
+    """/metrics (its collectors run at scrape time) and the request timing tween."""
+    config.add_route("metrics", "/metrics")
+    config.add_tween("metrics.tween.timing_tween_factory", under=INGRESS)
+    config.scan(".views")

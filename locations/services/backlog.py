@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from locations.models import Location, LocationStatus
@@ -26,6 +26,18 @@ class BacklogEntry:
     attempts: int
     last_error: str | None
     is_claimed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBacklog:
+    """The backlog of one store, for monitoring: how much waits, how much is due, how much keeps failing."""
+
+    store: str
+    locations: int
+    size_bytes: int
+    overdue: int  # past their scrub time
+    failing: int  # failed at least once
+    oldest_since: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,30 @@ class BacklogService:
             for row in rows[:limit]
         ]
         return entries, (entries[-1].location_id if len(rows) > limit else None)
+
+    def by_store(self) -> list[StoreBacklog]:
+        """Everything monitoring wants, per store, in one query on the pending_delete partial index.
+
+        Its cost follows the backlog, not the number of active locations (metrics scrape it).
+        """
+        now = self._clock.now()
+        rows = self._db.execute(
+            select(
+                Location.store,
+                func.count(),
+                func.coalesce(func.sum(Location.size_bytes), 0),
+                func.coalesce(func.sum(case((Location.scrub_after <= now, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((Location.attempts > 0, 1), else_=0)), 0),
+                func.min(Location.pending_since),
+            )
+            .where(Location.status == LocationStatus.PENDING_DELETE)
+            .group_by(Location.store)
+            .order_by(Location.store)
+        ).all()
+        return [
+            StoreBacklog(store, int(count), int(size), int(overdue), int(failing), oldest)
+            for store, count, size, overdue, failing, oldest in rows
+        ]
 
     def totals(self) -> list[StoreTotal]:
         """Pending locations and bytes per store."""

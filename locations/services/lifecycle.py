@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus, url_digest
 from locquota.clock import Clock
 from locquota.errors import InvalidImageStatus, InvalidLocationTransition, LocationLimitExceeded
+from metrics.instruments import ADMISSIONS_REFUSED
 from quota.models import UNLIMITED, Resource, SpaceState
 from quota.services.ledger import UsageLedger
 from quota.services.limits import Limits
@@ -98,6 +99,7 @@ class LocationLifecycle:
         check_transition(None, LocationStatus.ACTIVE)
         per_image = UNLIMITED if limits is None else limits[Resource.LOCATIONS_PER_IMAGE]
         if per_image != UNLIMITED and sum(loc.status in LIVE_LOCATION_STATUSES for loc in image.locations) >= per_image:
+            ADMISSIONS_REFUSED.labels(Resource.LOCATIONS_PER_IMAGE.value).inc()
             raise LocationLimitExceeded(f"An image may have at most {per_image} locations.")
         charged = size_bytes or 0
         self._ledger.charge(image.owner, {Resource.IMAGE_SIZE_TOTAL: charged}, within=limits)

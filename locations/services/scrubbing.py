@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import LocquotaError
+from metrics.instruments import SCRUB_DELETIONS, SCRUB_FAILURES
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000
@@ -122,19 +124,35 @@ def claim(
     ]
 
 
-def delete_data(stores: StoreRegistry, clock: Clock, policy: ScrubPolicy, item: Claim) -> tuple[Outcome, str]:
+class Deletion(NamedTuple):
+    """What deleting one claimed location's data came to; reason is a bounded label for a failure."""
+
+    outcome: Outcome
+    error: str = ""
+    reason: str = ""
+
+
+def delete_data(stores: StoreRegistry, clock: Clock, policy: ScrubPolicy, item: Claim) -> Deletion:
     """Step 2, outside any transaction: delete the data unless shared or the lease is nearly spent."""
     if item.is_shared:
-        return Outcome.SHARED, ""
+        return Deletion(Outcome.SHARED)
     if clock.now() >= item.expires_at - policy.safety_margin:
-        return Outcome.EXPIRED, ""
+        return Deletion(Outcome.EXPIRED)
     try:
         stores[item.store].delete(item.url)
     except KeyError:
-        return Outcome.FAILED, f"store {item.store!r} is not configured"
+        return Deletion(Outcome.FAILED, f"store {item.store!r} is not configured", "StoreNotConfigured")
     except (StoreError, LocquotaError, OSError) as exc:
-        return Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-    return Outcome.DELETED, ""
+        return Deletion(Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], type(exc).__name__)
+    return Deletion(Outcome.DELETED)
+
+
+def count(item: Claim, deletion: Deletion, *, recorded: bool) -> None:
+    """The scrubber's counters: a deletion once recorded, a failure as it happened."""
+    if recorded:
+        SCRUB_DELETIONS.labels(item.store).inc()
+    elif deletion.outcome is Outcome.FAILED:
+        SCRUB_FAILURES.labels(item.store, deletion.reason).inc()
 
 
 def record(
@@ -204,6 +222,7 @@ def delete_now(
     worker = new_worker_id("api")
     claims = claim(db, clock, lifecycle, worker, policy, limit=len(location_ids), location_ids=location_ids)
     checkpoint()
-    outcomes = [delete_data(stores, clock, policy, item) for item in claims]
-    for item, (outcome, error) in zip(claims, outcomes, strict=True):
-        record(db, clock, lifecycle, worker, policy, item, outcome, error)
+    deletions = [delete_data(stores, clock, policy, item) for item in claims]
+    for item, deletion in zip(claims, deletions, strict=True):
+        recorded = record(db, clock, lifecycle, worker, policy, item, deletion.outcome, deletion.error)
+        count(item, deletion, recorded=recorded)

@@ -36,6 +36,7 @@ from locquota.errors import (
     StoreUnavailable,
 )
 from locquota.identity import Identity
+from metrics.instruments import ADMISSIONS_REFUSED
 from quota.services.limits import Limits, LimitService
 
 HASH_ALGORITHM = "sha512"
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def quota_refusal(size_bytes: int, remaining_bytes: int) -> QuotaExceeded:
-    """The 413 for an upload larger than what is left of image_size_total."""
+    """The 413 for an upload larger than what is left of image_size_total (counted as a refused admission)."""
+    ADMISSIONS_REFUSED.labels("image_size_total").inc()
     return QuotaExceeded(
         f"Quota exceeded for image_size_total: the upload needs more than the {remaining_bytes} bytes left.",
         resource="image_size_total",

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from locquota.clock import Clock
 from locquota.errors import QuotaExceeded
+from metrics.instruments import ADMISSIONS_REFUSED
 from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
 from quota.services.limits import Limits
 from quota.services.usage_cache import mark_changed
@@ -58,7 +59,9 @@ class UsageLedger:
         if not updated and not self._create_row(tenant_id):  # the tenant's first charge: try again on zeros
             updated = self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
         if not updated:
-            raise self._refusal(tenant_id, deltas, within)
+            refusal = self._refusal(tenant_id, deltas, within)
+            ADMISSIONS_REFUSED.labels(str(refusal.details.get("resource", "unknown"))).inc()
+            raise refusal
         mark_changed(self._db, tenant_id)
 
     def move_space(

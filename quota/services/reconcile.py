@@ -152,8 +152,17 @@ class Reconciler:
         mark_changed(self._db, tenant.tenant_id)
 
 
-def last_run(db: Session) -> tuple[datetime | None, int]:
-    """When the last run finished, and how many figures drifted in it (for metrics)."""
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """What the last finished `locquota reconcile` found, for the metrics."""
+
+    finished_at: datetime | None
+    drifted_figures: int
+    drifted_tenants: int
+
+
+def last_run(db: Session) -> LastRun:
+    """The last run's finish time and its drift (usage_drift always holds the latest run's findings)."""
     finished = db.scalar(select(func.max(ReconcileRun.finished_at)))
-    drifted = db.scalar(select(func.count()).select_from(UsageDrift)) or 0
-    return finished, drifted
+    figures, tenants = db.execute(select(func.count(), func.count(func.distinct(UsageDrift.tenant_id)))).one()
+    return LastRun(finished, int(figures or 0), int(tenants or 0))

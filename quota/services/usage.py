@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from locquota.clock import Clock
+from metrics.instruments import USAGE_CACHE_HITS, USAGE_CACHE_MISSES
 from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
 from quota.services.limits import Limits, LimitService
 from quota.services.usage_cache import UsageCache
@@ -105,6 +106,14 @@ class UsageReader:
         )
 
 
+def largest_tenants(db: Session, count: int) -> list[tuple[str, dict[Resource, int]]]:
+    """The count tenants that hold the most bytes, with their totals (for the metrics' bounded label set)."""
+    rows = db.execute(
+        select(TenantUsage.__table__).order_by(TenantUsage.image_size_total.desc(), TenantUsage.tenant_id).limit(count)
+    )
+    return [(row.tenant_id, {resource: getattr(row, resource.value) for resource in TENANT_RESOURCES}) for row in rows]
+
+
 class UsageService:
     """Usage reports in O(1) of the tenant's size: a Redis hit, or the reader's database read (then cached).
 
@@ -123,7 +132,9 @@ class UsageService:
             except (KeyError, ValueError, TypeError, AttributeError):
                 report = None  # written by another version: read the database instead
             if report is not None and report.tenant_id == tenant_id:
+                USAGE_CACHE_HITS.inc()
                 return report
+        USAGE_CACHE_MISSES.inc()
         report = self._reader().read(tenant_id)
         self._cache.put(tenant_id, report.to_json())
         return report

@@ -394,7 +394,7 @@ def test_a_claim_too_close_to_its_expiry_deletes_nothing(app, db, store, stored_
     db.commit()
     clock.advance(seconds=(POLICY.lease - POLICY.safety_margin).total_seconds())
 
-    outcome, _ = delete_data(registry_of(store), clock, POLICY, item)
+    outcome = delete_data(registry_of(store), clock, POLICY, item).outcome
     db.rollback()
     record(db, clock, LocationLifecycle(db, clock), "scrubber:slow", POLICY, item, outcome, "")
     db.commit()

@@ -1,0 +1,33 @@
+"""gunicorn settings for production: workers, and prometheus_client's multiprocess mode for /metrics.
+
+    gunicorn --paste production.ini --config deploy/gunicorn.conf.py
+
+Every worker counts into files in PROMETHEUS_MULTIPROC_DIR, and whichever worker serves a scrape sums
+them, so /metrics is right however the load balancer spread the requests. The directory is emptied
+when gunicorn starts (old files would be counted again) and a dead worker's files are merged away.
+Gauges read from the database are computed per scrape by the serving worker, not once per worker.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from prometheus_client import multiprocess
+
+bind = os.environ.get("LOCQUOTA_BIND", "0.0.0.0:9292")
+workers = int(os.environ.get("LOCQUOTA_WORKERS", "4"))
+timeout = 120  # a large upload streams within one request
+# Set here, in the master, before any worker imports prometheus_client: workers inherit it.
+metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="locquota-metrics-")))
+
+
+def on_starting(_server: object) -> None:
+    """Start from an empty directory: a previous run's files would be summed in again."""
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+
+
+def child_exit(_server: object, worker: object) -> None:
+    """Fold a dead worker's live gauges away; its counters stay counted."""
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

@@ -1,0 +1,150 @@
+"""Gauges computed at scrape time, once per scrape, from one indexed query each.
+
+Each part (backlog, quota, reconcile, cache) runs in its own short read-only transaction with a
+statement timeout: a slow or failing database makes that part report `locquota_collector_up 0`
+instead of hanging the scrape, and the other parts still answer.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from locations.services.backlog import BacklogService
+from locquota.cache import Cache
+from locquota.clock import Clock
+from quota.services.limits import LimitService
+from quota.services.reconcile import last_run
+from quota.services.usage import largest_tenants
+
+log = logging.getLogger(__name__)
+
+
+def _seconds_since_epoch(moment: datetime) -> float:
+    return (moment - datetime(1970, 1, 1)).total_seconds()
+
+
+class ScrapeCollector:
+    """A prometheus_client collector over the database and the cache; register it in a scrape's registry."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        clock: Clock,
+        cache: Cache,
+        default_limits: dict[str, int],
+        *,
+        top_tenants: int,
+        timeout_seconds: float,
+    ) -> None:
+        self._sessions, self._clock, self._cache, self._defaults = sessions, clock, cache, default_limits
+        self._top_tenants, self._timeout = top_tenants, timeout_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """Every part's families, then each part's health and duration."""
+        up = GaugeMetricFamily("locquota_collector_up", "1 if this part of the scrape succeeded.", labels=["collector"])
+        took = GaugeMetricFamily(
+            "locquota_collector_duration_seconds", "Time this part of the scrape took.", labels=["collector"]
+        )
+        parts: dict[str, Callable[[], Iterable[Metric]]] = {
+            "backlog": lambda: self._in_session(self._backlog),
+            "quota": lambda: self._in_session(self._quota),
+            "reconcile": lambda: self._in_session(self._reconcile),
+            "cache": self._cache_up,
+        }
+        for name, part in parts.items():
+            started = time.perf_counter()
+            try:
+                families = list(part())
+            except Exception:
+                # Whatever failed (a timeout, a lost connection), the scrape must still answer.
+                log.exception("metrics: the %s collector failed", name)
+                families, is_up = [], 0
+            else:
+                is_up = 1
+            yield from families
+            up.add_metric([name], is_up)
+            took.add_metric([name], time.perf_counter() - started)
+        yield up
+        yield took
+
+    def _in_session(self, part: Callable[[Session], Iterable[Metric]]) -> list[Metric]:
+        with self._sessions() as session:
+            try:
+                if session.get_bind().dialect.name == "postgresql":
+                    timeout_ms = int(self._timeout * 1000)
+                    session.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+                return list(part(session))
+            finally:
+                session.rollback()  # read only: nothing to commit, and nothing to wake the cache listener
+
+    def _backlog(self, session: Session) -> Iterator[Metric]:
+        labels = ["store"]
+        locations = GaugeMetricFamily("locquota_backlog_locations", "Pending_delete locations.", labels=labels)
+        size = GaugeMetricFamily("locquota_backlog_bytes", "Bytes of pending_delete locations.", labels=labels)
+        overdue = GaugeMetricFamily(
+            "locquota_backlog_overdue_locations", "Pending_delete locations past their scrub time.", labels=labels
+        )
+        failing = GaugeMetricFamily(
+            "locquota_backlog_failing_locations", "Pending_delete locations that failed at least once.", labels=labels
+        )
+        now = self._clock.now()
+        oldest = None
+        for store in BacklogService(session, self._clock).by_store():
+            locations.add_metric([store.store], store.locations)
+            size.add_metric([store.store], store.size_bytes)
+            overdue.add_metric([store.store], store.overdue)
+            failing.add_metric([store.store], store.failing)
+            oldest = store.oldest_since if oldest is None else min(oldest, store.oldest_since)
+        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+        yield from (locations, size, overdue, failing)
+        yield GaugeMetricFamily(
+            "locquota_backlog_oldest_age_seconds", "Age of the oldest pending_delete location (0: none).", value=age
+        )
+
+    def _quota(self, session: Session) -> Iterator[Metric]:
+        usage = GaugeMetricFamily(
+            "locquota_quota_usage",
+            "Usage of the tenants holding the most bytes, by resource (bytes for sizes).",
+            labels=["tenant", "resource"],
+        )
+        limit = GaugeMetricFamily(
+            "locquota_quota_limit",
+            "Limits of the same tenants, by resource (bytes for sizes); absent when unlimited.",
+            labels=["tenant", "resource"],
+        )
+        if self._top_tenants:
+            tenants = largest_tenants(session, self._top_tenants)
+            limits = LimitService(session, self._clock, self._defaults).for_tenants([tenant for tenant, _ in tenants])
+            for tenant_id, totals in tenants:
+                for resource, value in totals.items():
+                    usage.add_metric([tenant_id, resource.value], value)
+                    cap = limits[tenant_id].cap(resource)
+                    if cap is not None:
+                        limit.add_metric([tenant_id, resource.value], cap)
+        yield usage
+        yield limit
+
+    def _reconcile(self, session: Session) -> Iterator[Metric]:
+        run = last_run(session)
+        yield GaugeMetricFamily(
+            "locquota_reconcile_drift_figures", "Figures the last reconcile found drifted.", value=run.drifted_figures
+        )
+        yield GaugeMetricFamily(
+            "locquota_reconcile_drifted_tenants", "Tenants with drift in the last reconcile.", value=run.drifted_tenants
+        )
+        finished = _seconds_since_epoch(run.finished_at) if run.finished_at else 0.0
+        yield GaugeMetricFamily(
+            "locquota_reconcile_last_run_timestamp_seconds",
+            "Unix time the last reconcile finished (0: never).",
+            value=finished,
+        )
+
+    def _cache_up(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "locquota_cache_up", "1 if Redis answered a ping during this scrape.", value=int(self._cache.ping())
+        )
