@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from locations.models import Location, LocationStatus
@@ -49,6 +49,23 @@ class StoreTotal:
     size_bytes: int
 
 
+def by_store_query(now: datetime) -> Select:  # type: ignore[type-arg]
+    """One query on the pending_delete partial index: its cost follows the backlog, not the active locations."""
+    return (
+        select(
+            Location.store,
+            func.count(),
+            func.coalesce(func.sum(Location.size_bytes), 0),
+            func.coalesce(func.sum(case((Location.scrub_after <= now, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((Location.attempts > 0, 1), else_=0)), 0),
+            func.min(Location.pending_since),
+        )
+        .where(Location.status == LocationStatus.PENDING_DELETE)
+        .group_by(Location.store)
+        .order_by(Location.store)
+    )
+
+
 class BacklogService:
     """Reads of pending_delete locations; every query runs on the partial indexes of that status."""
 
@@ -87,24 +104,8 @@ class BacklogService:
         return entries, (entries[-1].location_id if len(rows) > limit else None)
 
     def by_store(self) -> list[StoreBacklog]:
-        """Everything monitoring wants, per store, in one query on the pending_delete partial index.
-
-        Its cost follows the backlog, not the number of active locations (metrics scrape it).
-        """
-        now = self._clock.now()
-        rows = self._db.execute(
-            select(
-                Location.store,
-                func.count(),
-                func.coalesce(func.sum(Location.size_bytes), 0),
-                func.coalesce(func.sum(case((Location.scrub_after <= now, 1), else_=0)), 0),
-                func.coalesce(func.sum(case((Location.attempts > 0, 1), else_=0)), 0),
-                func.min(Location.pending_since),
-            )
-            .where(Location.status == LocationStatus.PENDING_DELETE)
-            .group_by(Location.store)
-            .order_by(Location.store)
-        ).all()
+        """Everything monitoring wants, per store (metrics scrape it): see by_store_query."""
+        rows = self._db.execute(by_store_query(self._clock.now())).all()
         return [
             StoreBacklog(store, int(count), int(size), int(overdue), int(failing), oldest)
             for store, count, size, overdue, failing, oldest in rows
