@@ -291,3 +291,10 @@ def test_top_level_help_lists_the_commands(tmp_path, monkeypatch):
     assert "tokens" in result.output
     assert "db" in result.output
     assert "--config" in result.output
+
+
+def test_scrub_metrics_port_refuses_multiprocess_mode(ini, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli, ["--config", str(ini), "scrub", "--metrics-port", "9"])
+    assert result.exit_code == 2
+    assert "unset PROMETHEUS_MULTIPROC_DIR" in result.output

@@ -7,6 +7,7 @@ the processes are held at a table lock until all of them are queued on it, the k
 on a pipe the moment it is stuck, and the lease expiry is reached by a frozen clock.
 """
 
+import os
 import queue
 import re
 import signal
@@ -14,14 +15,17 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+import port_for
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert
 from sqlalchemy import select as sql_select
 
@@ -468,3 +472,47 @@ def assert_deleted_means_gone(rows: dict[str, Location]) -> None:
     for url, row in rows.items():
         if row.status == LocationStatus.DELETED:
             assert not Path(unquote(url.removeprefix("file://"))).exists(), url
+
+
+def scrape_port(port: int) -> dict[str, float]:
+    """The samples of the scrubber's own /metrics, by name and store (or {} while it is not listening yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        f"{sample.name}{sample.labels.get('store', '')}": sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def test_a_scrubber_daemon_serves_its_own_metrics(database_url, engine, store_root, tmp_path):
+    urls = [file_url(path) for path in make_store_files(store_root, 3)]
+    plant_backlog(engine, urls, wall_now())
+    ini = write_ini(tmp_path / "scrub.ini", scrub_settings(database_url, store_root, wakeup_time="3600"))
+    port = port_for.select_random()
+    environment = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    daemon = subprocess.Popen(
+        [LOCQUOTA, "--config", str(ini), "scrub", "--daemon", "--metrics-port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        samples = scrape_port(port)
+        while samples.get("locquota_scrubber_deletions_totalfile") != len(urls):
+            assert daemon.poll() is None, daemon.stderr.read()
+            assert time.monotonic() < deadline, f"the daemon's metrics never showed the deletions: {samples}"
+            time.sleep(0.05)  # polling an observed condition (a poll interval, not a synchronisation)
+            samples = scrape_port(port)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(PROCESS_TIMEOUT)
+        daemon.stderr.close()
+    assert daemon.returncode == 0
+    assert samples["locquota_scrubber_last_success_timestamp_seconds"] > 0
+    assert samples["locquota_scrubber_batch_duration_seconds_count"] >= 1
