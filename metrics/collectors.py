@@ -145,6 +145,8 @@ class ScrapeCollector:
         )
 
     def _cache_up(self) -> Iterator[Metric]:
+        if not self._cache.is_enabled:
+            return  # no Redis configured: "down" would be a false alarm
         yield GaugeMetricFamily(
             "locquota_cache_up", "1 if Redis answered a ping during this scrape.", value=int(self._cache.ping())
         )
