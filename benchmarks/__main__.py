@@ -5,8 +5,10 @@ app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?
 view on the same server. The scrubber part (benchmarks.scrubber) times 1, 2 and 4 `locquota scrub`
 processes on a pending_delete backlog and compares one scrubber's peak RSS at two backlog sizes. The quota
 part (benchmarks.quota) times usage reads against a recount and admissions as one tenant grows to 1M
-locations, and concurrent admissions on one tenant against the raw conditional UPDATE. All three run by
-default. Run it from the repository root (it imports `tests.servers`).
+locations, and concurrent admissions on one tenant against the raw conditional UPDATE. The import part
+(benchmarks.import_glance, `--only import`) times `locquota import-glance` of a synthetic Glance database
+and compares its peak RSS at 10k and 100k images. All run by default. Run it from the repository root (it
+imports `tests.servers`).
 """
 
 import random
@@ -19,7 +21,7 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import quota, report, scrubber
+from benchmarks import import_glance, quota, report, scrape, scrubber
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
 from benchmarks.timing import Client, Endpoint, measure
@@ -67,8 +69,8 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber", "quota"]),
-    help="Run one part only. [default: all three]",
+    type=click.Choice(["api", "scrubber", "quota", "scrape", "import"]),
+    help="Run one part only. [default: all]",
 )
 @click.option(
     "--sizes",
@@ -90,7 +92,15 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     help=f"Quota: tenant sizes in locations, grown in this order."
     f" [default: {','.join(map(str, quota.FULL_SIZES))}; --smoke {quota.SMOKE_SIZES[0]}]",
 )
-def main(
+@click.option(
+    "--import-sizes",
+    callback=_sizes,
+    help=f"Import: Glance database sizes in images; peak RSS compares the first with the last."
+    f" [default: {','.join(map(str, import_glance.FULL_SIZES))}; --smoke"
+    f" {','.join(map(str, import_glance.SMOKE_SIZES))}]",
+)
+def main(  # keyword-only: click passes every option by name
+    *,
     smoke: bool,
     only: str | None,
     sizes: tuple[int, ...] | None,
@@ -99,6 +109,7 @@ def main(
     seed: int,
     scrub_backlog: int | None,
     quota_sizes: tuple[int, ...] | None,
+    import_sizes: tuple[int, ...] | None,
 ) -> None:
     """Time the image read endpoints as one tenant grows, the scrubber's throughput and memory, and quota."""
     with postgresql_server() as admin_url:
@@ -113,6 +124,14 @@ def main(
             print()
         if only in (None, "quota"):
             quota.benchmark(admin_url, smoke=smoke, sizes=quota_sizes)
+        if only is None:
+            print()
+        if only in (None, "scrape"):
+            scrape.benchmark(admin_url, smoke=smoke)
+        if only is None:
+            print()
+        if only in (None, "import"):
+            import_glance.benchmark(admin_url, smoke=smoke, sizes=import_sizes)
 
 
 def _api(

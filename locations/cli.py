@@ -1,4 +1,4 @@
-"""Operator commands of the locations package: scrub, restore, purge."""
+"""Operator commands of the locations package: scrub, restore, purge, reconcile, import-glance."""
 
 import os
 import signal
@@ -10,10 +10,18 @@ from types import FrameType
 
 import click
 from prometheus_client import start_http_server
+from sqlalchemy.exc import SQLAlchemyError
 
 from locations.scrubber import Scrubber
 from locations.services.deletion import DeletionService
 from locations.services.factories import scrub_policy
+from locations.services.glance_import import (
+    GlanceImporter,
+    GlanceSource,
+    GlanceSourceError,
+    TargetNotReadyError,
+    describe_error,
+)
 from locations.services.purge import purge_deleted_locations
 from locations.services.recount import reconcile_batches
 from locations.stores.base import StoreRegistry
@@ -24,6 +32,7 @@ from quota.services.reconcile import Reconciler
 
 PURGE_BATCH = 1000
 RECONCILE_BATCH = 500
+IMPORT_BATCH = 500
 
 
 def serve_metrics(address: str, port: int) -> None:
@@ -136,3 +145,54 @@ def reconcile(app: LazyApp, fix: bool, batch_size: int) -> None:
         Reconciler(request.db, clock).finish_run(run_id, tenants=tenants, drifted_tenants=drifted, repaired=fix)
     outcome = "repaired" if fix else "found (run with --fix to repair)"
     click.echo(f"reconciled {tenants} tenants: {figures} drifted figures in {drifted} tenants {outcome}")
+
+
+@click.command("import-glance")
+@click.argument("url")
+@click.option("--dry-run", is_flag=True, help="Read, map and compare, and report; write nothing.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=10000),
+    default=IMPORT_BATCH,
+    show_default=True,
+    help="Images per transaction (and tenants per usage recount).",
+)
+@click.pass_obj
+def import_glance(app: LazyApp, url: str, dry_run: bool, batch_size: int) -> None:
+    """Import images and locations from the Glance database at URL (sqlite:///, postgresql://, mysql://).
+
+    Safe to run again: images keep Glance's ids, and rows already imported are updated, never doubled.
+    At the end every imported tenant's usage is recounted and set. See docs/import.md.
+    """
+    settings = app.registry["locquota.settings"]
+    with app.request() as request:
+        stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)
+    try:
+        source = GlanceSource(url)
+    except GlanceSourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    importer = GlanceImporter(
+        app.unit_of_work(), stores, clock,
+        scrub_delay=timedelta(seconds=settings.scrub_time_seconds), batch_size=batch_size, dry_run=dry_run,
+    )  # fmt: skip
+    kind = "usage from Glance's rows (dry run)" if dry_run else "usage"
+    try:
+        with source:
+            click.echo(f"importing from {source.display_url}{' (dry run)' if dry_run else ''}")
+            with click.progressbar(length=source.count_images(), label="images", file=sys.stderr) as bar:
+                report = importer.import_images(source, on_batch=bar.update)
+            with click.progressbar(length=source.count_owners(), label="usage", file=sys.stderr) as bar:
+                for lines in importer.settle_usage(source, report):
+                    for line in lines:
+                        click.echo(
+                            f"{kind}\t{line.tenant_id}\timage_size_total {line.image_size_total}"
+                            f"\timage_count_total {line.image_count_total}"
+                        )
+                    bar.update(len(lines))
+    except TargetNotReadyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        # A lost connection or a locked database: what is committed is whole batches; a re-run goes on from it.
+        raise click.ClickException(f"import stopped ({describe_error(exc)}); run it again to finish") from exc
+    for line in report.summary():
+        click.echo(line)

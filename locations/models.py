@@ -154,6 +154,9 @@ class Location(Base):
     last_error: Mapped[str | None] = mapped_column(String(1024))
     claimed_by: Mapped[str | None] = mapped_column(String(64))  # the scrubber deleting it now
     claim_expires_at: Mapped[datetime | None]  # a dead scrubber's claim returns to the pool after this
+    # The image_locations.id of the Glance row this was imported from (None: added in locquota); a re-run of
+    # `locquota import-glance` finds the row again by (image_id, glance_location_id), so nothing doubles.
+    glance_location_id: Mapped[int | None] = mapped_column(BigInteger)
     image: Mapped[Image] = relationship(back_populates="locations")
 
     @validates("url")
@@ -180,4 +183,6 @@ class Location(Base):
         ),
         # "Does any other live location reference this data?" before data is deleted or a URL is added.
         Index("ix_locations_url_hash", "url_hash"),
+        # One row per imported Glance location: a second import updates it instead of adding another.
+        Index("uq_locations_image_id_glance_location_id", "image_id", "glance_location_id", unique=True),
     )

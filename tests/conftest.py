@@ -45,6 +45,7 @@ redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgresql: needs PostgreSQL (row locks, SKIP LOCKED, concurrency)")
+    config.addinivalue_line("markers", "glance_dump: imports a Glance dump from a PostgreSQL or MariaDB it starts")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

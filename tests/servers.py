@@ -1,8 +1,9 @@
-"""Real PostgreSQL and Redis servers for the test suite, started on free ports in temporary directories.
+"""Real PostgreSQL, MariaDB and Redis servers for the test suite, started on free ports in temporary directories.
 
 pytest-postgresql cannot be used as is here: PostgreSQL refuses to run as root, and CI runs as root.
 So this starts `initdb`/`pg_ctl` from the PostgreSQL packages itself, as the `postgres` system user
-when the suite runs as root.
+when the suite runs as root. MariaDB (for Glance databases to import) is started the same way, from
+Debian's mariadb-server binaries, as the `mysql` system user when root; never the machine's own servers.
 """
 
 import glob
@@ -17,10 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import port_for
+import pymysql
 import pytest
 import redis
 
 REDIS_SERVER = "/usr/bin/redis-server"
+MARIADBD = "/usr/sbin/mariadbd"
+MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
 # Bounds for waits on a server process; reaching one is a failure, never a synchronisation.
 START_DEADLINE = 10
 STOP_DEADLINE = 10
@@ -88,6 +92,70 @@ def postgresql_server() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _mariadb_binary(name: str, default: str) -> str:
+    """A MariaDB server binary: on PATH, else where Debian's mariadb-server puts it (/usr/sbin is not on every PATH)."""
+    found = shutil.which(name) or (default if os.access(default, os.X_OK) else None)
+    if found is None:
+        raise RuntimeError(f"{name} not found: apt-get install mariadb-server (scripts/bootstrap --test)")
+    return found
+
+
+@contextmanager
+def mariadb_server() -> Iterator[str]:
+    """Run a throwaway MariaDB on 127.0.0.1 and yield its URL (root, no grant tables); stop and remove it afterwards."""
+    mariadbd = _mariadb_binary("mariadbd", MARIADBD)
+    install_db = _mariadb_binary("mariadb-install-db", MARIADB_INSTALL_DB)
+    workdir = Path(tempfile.mkdtemp(prefix="locquota-mariadb-"))
+    # As root, mariadbd must be told which user to become (it refuses to run as root otherwise).
+    as_user = []
+    if os.geteuid() == 0:
+        pwd.getpwnam("mysql")  # created by Debian's mariadb-server package
+        shutil.chown(workdir, "mysql")
+        as_user = ["--user=mysql"]
+    datadir = workdir / "data"
+    subprocess.run(
+        [install_db, "--no-defaults", f"--datadir={datadir}", *as_user, "--auth-root-authentication-method=normal",
+         "--skip-test-db", "--skip-name-resolve"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = port_for.select_random()
+    command = [
+        mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={workdir / 'mariadb.sock'}",
+        f"--pid-file={workdir / 'mariadb.pid'}", f"--port={port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
+        "--skip-grant-tables", "--innodb-buffer-pool-size=32M", *as_user,
+    ]  # fmt: skip
+    log_path = workdir / "mariadbd.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_mariadb(process, port, log_path)
+        yield f"mysql+pymysql://root@127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_DEADLINE)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_for_mariadb(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    """Return once the server accepts a connection; fail if it exits or the deadline passes."""
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"mariadbd exited ({process.returncode}): {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=1).close()
+            return
+        except pymysql.err.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)  # polling an observed condition (a poll interval, not a synchronisation)
 
 
 class RedisServer:
