@@ -1,4 +1,4 @@
-"""The Glance -> locquota mapping of locations/services/glance_import.py, row by row, without a database.
+"""The Glance -> locquota mapping of locations/services/glance_import/planner.py, row by row, without a database.
 
 The fixtures exercise what Glance 33 writes; this covers the statuses they lack (importing), and both schemas
 (with and without image_locations.status) for every image status, as SPEC section 8 and docs/import.md say.

@@ -1,0 +1,204 @@
+"""A batch of planned images compared with what locquota holds; only the difference is written.
+
+Images keep Glance's ids; locations are found again by (image id, Glance's image_locations.id), so a re-run
+updates what changed and adds nothing twice.
+"""
+
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Select, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from locations.models import LIVE_LOCATION_STATUSES, Image, ImageProperty, ImageTag, Location, LocationStatus
+from locations.services.glance_import.planner import PlannedImage
+from locations.services.glance_import.report import Finding, Tally
+from locquota.clock import Clock
+
+# Compared to decide whether an imported location changed; the bookkeeping follows the status.
+LOCATION_FIELDS = ("url", "url_hash", "store", "location_metadata", "status", "size_bytes")
+BOOKKEEPING = (
+    "pending_since", "scrub_after", "deleted_at", "attempts", "last_error", "claimed_by", "claim_expires_at",
+)  # fmt: skip
+
+
+class BatchWriter:
+    """Compares a batch of planned images with locquota's rows and writes the difference (unless dry)."""
+
+    def __init__(self, db: Session, clock: Clock, *, dry_run: bool) -> None:
+        self._db, self._clock, self._dry_run = db, clock, dry_run
+
+    def write(self, batch: list[PlannedImage]) -> Tally:
+        """Insert or update every image of the batch; the tally of what changed."""
+        tally = Tally()
+        ids = [planned.image_id for planned in batch]
+        images = self._existing_images(ids)
+        properties, tags, locations = self._existing_details(ids)
+        self._note_shared_urls(batch, tally)
+        writes: dict[str, list[dict[str, object]]] = defaultdict(list)
+        for planned in batch:
+            changed = self._diff_image(planned, images.get(planned.image_id), writes)
+            changed |= self._diff_details(planned, properties[planned.image_id], tags[planned.image_id], writes)
+            changed |= self._diff_locations(planned, locations, writes, tally)
+            outcome = "new" if planned.image_id not in images else "updated" if changed else "unchanged"
+            tally.counts[f"images.{outcome}"] += 1
+        if not self._dry_run:
+            self._apply(writes)
+        return tally
+
+    def _locked(self, query: Select[Any]) -> Select[Any]:
+        """Rows about to be rewritten are locked (PostgreSQL); a dry run locks nothing."""
+        return query if self._dry_run else query.with_for_update()
+
+    def _existing_images(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, object]]:
+        table = Image.__table__
+        query = self._locked(select(table).where(table.c.id.in_(ids)))
+        return {row.id: dict(row._mapping) for row in self._db.execute(query)}
+
+    def _existing_details(
+        self, ids: list[uuid.UUID]
+    ) -> tuple[
+        dict[uuid.UUID, dict[str, tuple[int, str]]],
+        dict[uuid.UUID, dict[str, int]],
+        dict[tuple[uuid.UUID, int], dict[str, object]],
+    ]:
+        properties: dict[uuid.UUID, dict[str, tuple[int, str]]] = defaultdict(dict)
+        for row in self._db.execute(
+            select(ImageProperty.id, ImageProperty.image_id, ImageProperty.name, ImageProperty.value).where(
+                ImageProperty.image_id.in_(ids)
+            )
+        ):
+            properties[row.image_id][row.name] = (row.id, row.value)
+        tags: dict[uuid.UUID, dict[str, int]] = defaultdict(dict)
+        for row in self._db.execute(
+            select(ImageTag.id, ImageTag.image_id, ImageTag.value).where(ImageTag.image_id.in_(ids))
+        ):
+            tags[row.image_id][row.value] = row.id
+        columns = [Location.id, Location.image_id, Location.glance_location_id]
+        columns += [getattr(Location, name) for name in (*LOCATION_FIELDS, *BOOKKEEPING)]
+        query = self._locked(
+            select(*columns).where(Location.image_id.in_(ids), Location.glance_location_id.is_not(None))
+        )
+        locations = {(row.image_id, row.glance_location_id): dict(row._mapping) for row in self._db.execute(query)}
+        return properties, tags, locations
+
+    def _diff_image(
+        self, planned: PlannedImage, existing: dict[str, object] | None, writes: dict[str, list[dict[str, object]]]
+    ) -> bool:
+        if existing is not None:
+            # The first import's stand-in times stay: a re-run must not see a change in them.
+            planned.values.update({name: existing[name] for name in planned.defaulted})
+        if existing is None:
+            writes["images.insert"].append(planned.values)
+            return True
+        if all(existing[name] == value for name, value in planned.values.items()):
+            return False
+        writes["images.update"].append(planned.values)
+        return True
+
+    def _diff_details(
+        self,
+        planned: PlannedImage,
+        properties: dict[str, tuple[int, str]],
+        tags: dict[str, int],
+        writes: dict[str, list[dict[str, object]]],
+    ) -> bool:
+        changed = False
+        for name, (row_id, value) in properties.items():
+            if name not in planned.properties:
+                writes["properties.delete"].append({"id": row_id})
+            elif planned.properties[name] != value:
+                writes["properties.update"].append({"id": row_id, "value": planned.properties[name]})
+            else:
+                continue
+            changed = True
+        for name, value in planned.properties.items():
+            if name not in properties:
+                writes["properties.insert"].append({"image_id": planned.image_id, "name": name, "value": value})
+                changed = True
+        for value, row_id in tags.items():
+            if value not in planned.tags:
+                writes["tags.delete"].append({"id": row_id})
+                changed = True
+        for value in sorted(planned.tags - tags.keys()):
+            writes["tags.insert"].append({"image_id": planned.image_id, "value": value})
+            changed = True
+        return changed
+
+    def _diff_locations(
+        self,
+        planned: PlannedImage,
+        existing: dict[tuple[uuid.UUID, int], dict[str, object]],
+        writes: dict[str, list[dict[str, object]]],
+        tally: Tally,
+    ) -> bool:
+        changed = False
+        tally.counts["locations.no_data"] += planned.no_data_locations
+        for location in planned.locations:
+            values = {name: value for name, value in location.values.items() if name != "retired_at"}
+            current = existing.get((planned.image_id, location.glance_id))
+            if current is None:
+                writes["locations.insert"].append(values)
+                outcome = "new"
+            elif current["status"] is LocationStatus.DELETED and location.status is not LocationStatus.DELETED:
+                tally.note(Finding.KEPT_DELETED, location.label)
+                outcome, location.status = "unchanged", LocationStatus.DELETED
+            elif all(current[name] == values[name] for name in LOCATION_FIELDS):
+                outcome = "unchanged"
+            else:
+                if current["status"] == location.status:
+                    values.update({name: current[name] for name in BOOKKEEPING})  # the scrubber's, untouched
+                writes["locations.update"].append({**values, "id": current["id"], "updated_at": self._clock.now()})
+                outcome = "updated"
+            changed |= outcome != "unchanged"
+            tally.counts[f"locations.{outcome}"] += 1
+            tally.counts[f"location.status.{location.status}"] += 1
+        return changed
+
+    def _note_shared_urls(self, batch: list[PlannedImage], tally: Tally) -> None:
+        """Flag each location whose URL a live location of another image already holds (counted once per pair)."""
+        live = [
+            (planned.image_id, location)
+            for planned in batch
+            for location in planned.locations
+            if location.status in LIVE_LOCATION_STATUSES
+        ]
+        if not live:
+            return
+        batch_ids = {planned.image_id for planned in batch}
+        holders: dict[str, set[uuid.UUID]] = defaultdict(set)
+        query = select(Location.image_id, Location.url, Location.glance_location_id).where(
+            Location.url_hash.in_({location.values["url_hash"] for _image, location in live}),
+            Location.status.in_(LIVE_LOCATION_STATUSES),
+        )
+        for row in self._db.execute(query):
+            if row.image_id not in batch_ids or row.glance_location_id is None:  # this batch's rows: as planned
+                holders[row.url].add(row.image_id)
+        for image_id, location in live:
+            url = str(location.values["url"])
+            others = holders[url] - {image_id}
+            if others:
+                tally.note(Finding.SHARED_URL, f"{location.label}: also in image {min(others)}")
+            holders[url].add(image_id)
+
+    def _apply(self, writes: dict[str, list[dict[str, object]]]) -> None:
+        """Bulk statements, parents first (images before their properties, tags and locations)."""
+        db = self._db
+        for name, model in (("properties", ImageProperty), ("tags", ImageTag)):
+            if writes[f"{name}.delete"]:
+                ids = [row["id"] for row in writes[f"{name}.delete"]]
+                db.execute(delete(model).where(model.id.in_(ids)).execution_options(synchronize_session=False))
+        if writes["images.insert"]:
+            db.execute(insert(Image), writes["images.insert"])
+        if writes["images.update"]:
+            db.execute(update(Image), writes["images.update"])
+        for name, model in (("properties", ImageProperty), ("tags", ImageTag)):
+            if writes[f"{name}.update"]:
+                db.execute(update(model), writes[f"{name}.update"])
+            if writes[f"{name}.insert"]:
+                db.execute(insert(model), writes[f"{name}.insert"])
+        if writes["locations.insert"]:
+            db.execute(insert(Location), writes["locations.insert"])
+        if writes["locations.update"]:
+            db.execute(update(Location), writes["locations.update"])
