@@ -1,11 +1,13 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota] [--sizes 1000,10000,100000]: API, scrubber, quota.
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import] [--sizes ...]: every part by default.
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
 view on the same server. The scrubber part (benchmarks.scrubber) times 1, 2 and 4 `locquota scrub`
 processes on a pending_delete backlog and compares one scrubber's peak RSS at two backlog sizes. The quota
 part (benchmarks.quota) times usage reads against a recount and admissions as one tenant grows to 1M
-locations, and concurrent admissions on one tenant against the raw conditional UPDATE. The import part
+locations, and concurrent admissions on one tenant against the raw conditional UPDATE. The scrape part
+(benchmarks.scrape) times GET /metrics with a fixed pending_delete backlog as active locations grow to 1M.
+The import part
 (benchmarks.import_glance, `--only import`) times `locquota import-glance` of a synthetic Glance database
 and compares its peak RSS at 10k and 100k images. All run by default. Run it from the repository root (it
 imports `tests.servers`).
@@ -111,7 +113,7 @@ def main(  # keyword-only: click passes every option by name
     quota_sizes: tuple[int, ...] | None,
     import_sizes: tuple[int, ...] | None,
 ) -> None:
-    """Time the image read endpoints as one tenant grows, the scrubber's throughput and memory, and quota."""
+    """Time the read endpoints, the scrubber, quota accounting, the /metrics scrape and the Glance import."""
     with postgresql_server() as admin_url:
         report.print_facts(report.machine_facts(_server_version(admin_url)))
         if only in (None, "api"):
