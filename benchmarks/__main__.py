@@ -1,4 +1,4 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import] [--sizes ...]: every part by default.
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption] [--sizes ...]: all by default.
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
@@ -9,8 +9,9 @@ locations, and concurrent admissions on one tenant against the raw conditional U
 (benchmarks.scrape) times GET /metrics with a fixed pending_delete backlog as active locations grow to 1M.
 The import part
 (benchmarks.import_glance, `--only import`) times `locquota import-glance` of a synthetic Glance database
-and compares its peak RSS at 10k and 100k images. All run by default. Run it from the repository root (it
-imports `tests.servers`).
+and compares its peak RSS at 10k and 100k images. The encryption part (benchmarks.encryption) compares adding
+a location and listing with location URLs sealed and not, and times key rotation. All run by default.
+Run it from the repository root (it imports `tests.servers`).
 """
 
 import random
@@ -23,7 +24,7 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import import_glance, quota, report, scrape, scrubber
+from benchmarks import encryption, import_glance, quota, report, scrape, scrubber
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
 from benchmarks.timing import Client, Endpoint, measure
@@ -71,7 +72,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber", "quota", "scrape", "import"]),
+    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption"]),
     help="Run one part only. [default: all]",
 )
 @click.option(
@@ -134,6 +135,10 @@ def main(  # keyword-only: click passes every option by name
             print()
         if only in (None, "import"):
             import_glance.benchmark(admin_url, smoke=smoke, sizes=import_sizes)
+        if only is None:
+            print()
+        if only in (None, "encryption"):
+            encryption.benchmark(admin_url, smoke=smoke)
 
 
 def _api(

@@ -1,4 +1,5 @@
 from pyramid.config import Configurator
+from sqlalchemy import event
 
 from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
@@ -12,6 +13,7 @@ from locations.services.factories import (
 )
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
+from locations.services.url_encryption import check_key_ring, refuse_plaintext
 from locations.stores.base import StoreRegistry, load_stores
 
 
@@ -19,6 +21,10 @@ def includeme(config: Configurator) -> None:
     """Glance image routes, the image and store services, and their views."""
     settings = config.registry["locquota.settings"]
     stores = StoreRegistry(load_stores(settings.enabled_stores, settings.store_options), settings.default_store)
+    vault, session_factory = config.registry["locquota.url_vault"], config.registry["locquota.session_factory"]
+    check_key_ring(session_factory, vault)  # a wrong or missing key refuses to start, naming the setting
+    if vault.is_enabled:
+        event.listen(session_factory, "before_flush", refuse_plaintext)
     config.include(".routes")
     config.register_service(stores, iface=StoreRegistry)
     config.register_service_factory(image_service_factory, iface=ImageService)

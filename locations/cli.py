@@ -1,4 +1,4 @@
-"""Operator commands of the locations package: scrub, restore, purge, reconcile, import-glance."""
+"""Operator commands of the locations package: scrub, restore, purge, reconcile, import-glance, locations."""
 
 import os
 import signal
@@ -24,15 +24,19 @@ from locations.services.glance_import import (
 )
 from locations.services.purge import purge_deleted_locations
 from locations.services.recount import reconcile_batches
+from locations.services.url_encryption import reseal_batches, rows_to_scan, scrub_old_copies
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import UrlVault
 from locquota.errors import LocquotaError
 from locquota.scripting import LazyApp
+from locquota.settings import SettingsError
 from quota.services.reconcile import Reconciler
 
 PURGE_BATCH = 1000
 RECONCILE_BATCH = 500
 IMPORT_BATCH = 500
+RESEAL_BATCH = 500
 
 
 def serve_metrics(address: str, port: int) -> None:
@@ -78,6 +82,7 @@ def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address:
     scrubber = Scrubber(
         app.unit_of_work(), stores, clock, scrub_policy(settings),
         batch_size=settings.scrub_batch_size, pool_size=settings.scrub_pool_size,
+        vault=app.registry["locquota.url_vault"],
     )  # fmt: skip
     stop = _stop_on_sigterm()
     if daemon:
@@ -174,6 +179,7 @@ def import_glance(app: LazyApp, url: str, dry_run: bool, batch_size: int) -> Non
     importer = GlanceImporter(
         app.unit_of_work(), stores, clock,
         scrub_delay=timedelta(seconds=settings.scrub_time_seconds), batch_size=batch_size, dry_run=dry_run,
+        vault=app.registry["locquota.url_vault"],
     )  # fmt: skip
     kind = "usage from Glance's rows (dry run)" if dry_run else "usage"
     try:
@@ -196,3 +202,58 @@ def import_glance(app: LazyApp, url: str, dry_run: bool, batch_size: int) -> Non
         raise click.ClickException(f"import stopped ({describe_error(exc)}); run it again to finish") from exc
     for line in report.summary():
         click.echo(line)
+
+
+@click.group()
+def locations() -> None:
+    """Location URLs at rest: encryption and key rotation (docs/encryption.md)."""
+
+
+def _reseal(app: LazyApp, batch_size: int, *, plaintext_only: bool, label: str) -> tuple[int, int]:
+    """Run one pass with a progress bar on stderr; (rows re-sealed, rows no key opens)."""
+    vault: UrlVault = app.registry["locquota.url_vault"]
+    if not vault.is_enabled:
+        raise click.ClickException(
+            "no location encryption key is configured: set LOCQUOTA_LOCATION_ENCRYPTION_KEYS "
+            "or locquota.location_encryption_key_file (see docs/encryption.md)"
+        )
+    unit_of_work = app.unit_of_work()
+    resealed = unreadable = 0
+    total = rows_to_scan(unit_of_work, plaintext_only=plaintext_only)
+    try:
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            for batch in reseal_batches(unit_of_work, vault, batch_size, plaintext_only=plaintext_only):
+                resealed, unreadable = resealed + batch.resealed, unreadable + batch.unreadable
+                bar.update(batch.scanned)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        # Whole batches are committed; a re-run picks up the rows still to do.
+        raise click.ClickException(f"stopped ({describe_error(exc)}); run it again to finish") from exc
+    return resealed, unreadable
+
+
+def _unreadable_note(unreadable: int) -> str:
+    return f"; {unreadable} rows no configured key opens (left as they are, see the log)" if unreadable else ""
+
+
+@locations.command()
+@click.option("--batch-size", type=click.IntRange(min=1, max=10000), default=RESEAL_BATCH, show_default=True)
+@click.pass_obj
+def encrypt(app: LazyApp, batch_size: int) -> None:
+    """Seal every plaintext location URL under the primary key (resumable; safe while the service runs)."""
+    resealed, unreadable = _reseal(app, batch_size, plaintext_only=True, label="encrypting")
+    scrub_old_copies(app.registry["locquota.engine"])
+    click.echo(f"encrypted {resealed} location URLs{_unreadable_note(unreadable)}")
+
+
+@locations.command("rotate-key")
+@click.option("--batch-size", type=click.IntRange(min=1, max=10000), default=RESEAL_BATCH, show_default=True)
+@click.pass_obj
+def rotate_key(app: LazyApp, batch_size: int) -> None:
+    """Re-seal every location URL not under the primary key (the first of the ring) and re-hash it."""
+    resealed, unreadable = _reseal(app, batch_size, plaintext_only=False, label="rotating")
+    scrub_old_copies(app.registry["locquota.engine"])
+    click.echo(f"re-sealed {resealed} location URLs under the primary key{_unreadable_note(unreadable)}")
+    if unreadable:
+        raise click.ClickException("some rows are unreadable: keep the old keys in the ring until they are dealt with")

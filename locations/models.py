@@ -1,6 +1,5 @@
 """Images and their locations. Location status is internal: the API never shows it and never accepts it."""
 
-import hashlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -8,6 +7,7 @@ from enum import StrEnum
 from sqlalchemy import JSON, BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
+from locquota.crypto import is_sealed, plain_digest
 from locquota.db import Base
 
 
@@ -44,8 +44,8 @@ LIVE_LOCATION_STATUSES = (LocationStatus.ACTIVE, LocationStatus.PENDING_DELETE) 
 
 
 def url_digest(url: str) -> str:
-    """The indexed form of a location URL, for "who else references this data?" lookups."""
-    return hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
+    """The indexed form of a plaintext location URL (no encryption keys), for "who else references this data?"."""
+    return plain_digest(url)
 
 
 def _enum(enum: type[StrEnum], length: int) -> Enum:
@@ -138,8 +138,9 @@ class Location(Base):
     __tablename__ = "locations"
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"), index=True)
-    url: Mapped[str] = mapped_column(Text)
-    url_hash: Mapped[str] = mapped_column(String(64))  # sha256 of url: URLs are too long for a btree index
+    url: Mapped[str] = mapped_column(Text)  # the URL, or "enc:" + its Fernet token (locquota.crypto)
+    # sha256 of the URL, or its HMAC-SHA256 under the encryption key: URLs are too long for a btree index.
+    url_hash: Mapped[str] = mapped_column(String(64))
     store: Mapped[str] = mapped_column(String(64))
     location_metadata: Mapped[dict[str, object]] = mapped_column("metadata", JSON, default=dict)
     status: Mapped[LocationStatus] = mapped_column(_enum(LocationStatus, 32))
@@ -161,7 +162,9 @@ class Location(Base):
 
     @validates("url")
     def _keep_url_hash(self, _key: str, url: str) -> str:
-        self.url_hash = url_digest(url)
+        # A sealed URL's hash is keyed: whoever seals it (UrlVault.digest) sets url_hash; the model cannot.
+        if not is_sealed(url):
+            self.url_hash = url_digest(url)
         return url
 
     __table_args__ = (

@@ -29,6 +29,7 @@ from locations.services.scrubbing import (
 )
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.scripting import UnitOfWork
 from metrics.instruments import SCRUB_BATCH_DURATION, SCRUB_LAST_SUCCESS
 
@@ -61,8 +62,10 @@ class Scrubber:
         batch_size: int,
         pool_size: int,
         worker: str | None = None,
+        vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._unit, self._stores, self._clock, self._policy = unit_of_work, stores, clock, policy
+        self._vault = vault
         self._batch_size, self._pool_size = batch_size, pool_size
         self.worker = worker or new_worker_id()
 
@@ -84,7 +87,7 @@ class Scrubber:
                     pool.map(lambda item: delete_data(self._stores, self._clock, self._policy, item), claims)
                 )
                 with self._unit() as db:
-                    lifecycle = LocationLifecycle(db, self._clock)
+                    lifecycle = LocationLifecycle(db, self._clock, vault=self._vault)
                     # A batch spans tenants: lock their usage in one order, or two scrubbers could deadlock.
                     lifecycle.lock_owners([item.location_id for item in claims])
                     recorded = [
@@ -118,7 +121,7 @@ class Scrubber:
         while not stop.is_set():
             with self._unit() as db:
                 claims = claim(
-                    db, self._clock, LocationLifecycle(db, self._clock), self.worker, self._policy,
+                    db, self._clock, LocationLifecycle(db, self._clock, vault=self._vault), self.worker, self._policy,
                     limit=self._batch_size,
                 )  # fmt: skip
             if not claims:

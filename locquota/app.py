@@ -38,6 +38,7 @@ def configure(raw: Mapping[str, str]) -> Configurator:
     config.include("locquota.settings")
     for name in (
         "pyramid_services",
+        "locquota.crypto",
         "pyramid_retry",
         "pyramid_tm",
         "locquota.clock",

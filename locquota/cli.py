@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import click
 
-from locations.cli import import_glance, purge, reconcile, restore, scrub
+from locations.cli import import_glance, locations, purge, reconcile, restore, scrub
 from locquota.clock import Clock
 from locquota.db import upgrade_to_head
 from locquota.scripting import LazyApp
@@ -68,5 +68,5 @@ def tokens_create(app: LazyApp, project: str, roles: str, description: str, expi
     click.echo(token)
 
 
-for command in (scrub, restore, purge, reconcile, import_glance, limits):
+for command in (scrub, restore, purge, reconcile, import_glance, locations, limits):
     cli.add_command(command)

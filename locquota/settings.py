@@ -15,12 +15,16 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.settings import asbool, aslist
 
+from locquota.crypto import parse_key
+
 PREFIX = "locquota."
 # .ini names kept as Glance spells them, mapped to fields that carry their unit.
 RENAMED = {"scrub_time": "scrub_time_seconds", "wakeup_time": "wakeup_time_seconds"}
 STORE_PREFIX = "locquota.store."
 ENV_PREFIX = "LOCQUOTA_"
 QUOTA_PREFIX = "locquota.quota."
+# Settings whose values are secrets: an error names the key, never the value.
+SECRET_SETTINGS = frozenset({"location_encryption_keys"})
 # Default limit per quota resource (SPEC section 5); -1 is unlimited. Sizes in MiB, as Glance's unified limits.
 DEFAULT_LIMITS = {
     "image_size_total": -1,
@@ -85,6 +89,30 @@ def _positive_seconds(value: str) -> float:
 def _names(value: str) -> tuple[str, ...]:
     """A list of names separated by commas and/or white space (Glance writes `file, http`)."""
     return tuple(aslist(value.replace(",", " ")))
+
+
+def _key_ring(value: str) -> tuple[str, ...]:
+    """Fernet keys separated by commas and/or white space, primary first; each checked, none echoed."""
+    keys = _names(value)
+    for number, key in enumerate(keys, start=1):
+        try:
+            parse_key(key)
+        except ValueError as exc:
+            raise ValueError(f"key #{number} is {exc}") from None
+    return keys
+
+
+def _read_key_file(path: str) -> str:
+    """The keys in a file only the service may read (one a line; blank lines and # comments skipped)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror})") from None
+    if mode & 0o077:
+        raise ValueError(f"readable or writable by group or others (mode {mode & 0o777:o}); chmod 600 it")
+    with open(path, encoding="ascii", errors="replace") as file:
+        lines = [line.split("#", 1)[0].strip() for line in file]
+    return " ".join(line for line in lines if line)
 
 
 def _default_limits(raw: Mapping[str, str]) -> dict[str, int]:
@@ -163,6 +191,9 @@ class Settings:
     redis_sentinel_service: str = "mymaster"
     metrics_query_timeout_seconds: float = 2.0
     metrics_top_tenants: int = 50
+    # The key ring of location URL encryption (primary first); kept out of repr, so never printed or logged.
+    location_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    location_encryption_key_file: str = ""
 
     @classmethod
     def from_ini(cls, raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Self:
@@ -200,6 +231,8 @@ class Settings:
             "redis_sentinel_service": str.strip,
             "metrics_query_timeout_seconds": _positive_seconds,
             "metrics_top_tenants": _non_negative_int,
+            "location_encryption_keys": _key_ring,
+            "location_encryption_key_file": str.strip,
         }
         raw = {**raw, **_from_environment(environ or {}, parsers)}
         values: dict[str, object] = {}
@@ -212,7 +245,18 @@ class Settings:
             try:
                 values[RENAMED.get(name, name)] = parsers[name](value)
             except ValueError as exc:
-                raise SettingsError(f"{key} = {value!r}: {exc}") from exc
+                shown = key if name in SECRET_SETTINGS else f"{key} = {value!r}"
+                raise SettingsError(f"{shown}: {exc}") from None if name in SECRET_SETTINGS else exc
+        key_file = values.get("location_encryption_key_file")
+        if key_file:
+            if values.get("location_encryption_keys"):
+                raise SettingsError(
+                    "locquota.location_encryption_key_file: set it or locquota.location_encryption_keys, not both"
+                )
+            try:
+                values["location_encryption_keys"] = _key_ring(_read_key_file(str(key_file)))
+            except ValueError as exc:
+                raise SettingsError(f"locquota.location_encryption_key_file = {key_file!r}: {exc}") from None
         settings = cls(
             **values,  # type: ignore[arg-type]
             store_options=_store_options(raw),

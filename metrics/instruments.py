@@ -53,3 +53,8 @@ CACHE_ERRORS = Counter(
     "Redis calls that failed (the caller fell back to the database), by operation.",
     ["operation"],
 )
+LOCATION_DECRYPT_ERRORS = Counter(
+    "locquota_location_decrypt_errors_total",
+    "Sealed location URLs that no configured key opened (tampered, or a key missing), by where they were read.",
+    ["reader"],
+)

@@ -5,8 +5,9 @@ with their properties, tags and (when shown) active locations aggregated as JSON
 round trip whatever its size, and location status stays in SQL, never reaching a response.
 """
 
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,8 +17,12 @@ from sqlalchemy.orm import Session
 from locations.models import HIDDEN_IMAGE_STATUSES, Image, ImageProperty, ImageTag, Location, LocationStatus
 from locations.schemas import ImageQuery
 from locations.services.sqljson import json_document, json_rows
+from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import ImageNotFound, InvalidMarker, InvalidQueryParameter
 from locquota.identity import Identity
+from metrics.instruments import LOCATION_DECRYPT_ERRORS
+
+log = logging.getLogger(__name__)
 
 SORT_COLUMNS: dict[str, ColumnElement[object]] = {
     # Nullable keys sort through coalesce so NULLs order the same way on PostgreSQL and SQLite,
@@ -69,26 +74,44 @@ class ImageView:
     locations: list[tuple[str, dict[str, object]]]
 
     @classmethod
-    def from_record(cls, image: Image) -> "ImageView":
+    def from_record(cls, image: Image, vault: UrlVault = PLAINTEXT, *, with_locations: bool = True) -> "ImageView":
         """The view of an ORM image just written (create, patch), without another query."""
+        stored = [(loc.id, loc.url, loc.location_metadata) for loc in image.active_locations] if with_locations else []
         return cls(
             **{column.key: getattr(image, column.key) for column in IMAGE_COLUMNS},
             properties={prop.name: prop.value for prop in image.properties},
             tags=sorted(tag.value for tag in image.tags),
-            locations=[(loc.url, loc.location_metadata) for loc in image.active_locations],
+            locations=open_locations(vault, stored),
         )
 
     @classmethod
-    def from_row(cls, row: Row[tuple[object, ...]]) -> "ImageView":
-        """The view of a row selected with view_columns()."""
+    def from_row(cls, row: Row[tuple[object, ...]], vault: UrlVault = PLAINTEXT) -> "ImageView":
+        """The view of a row selected with view_columns(); sealed URLs are opened here, not in SQL."""
         mapping = row._mapping
         locations = sorted(mapping.get("locations_json") or [], key=lambda entry: entry[0])
         return cls(
             **{column.key: mapping[column.key] for column in IMAGE_COLUMNS},
             properties=dict(mapping["properties_json"] or []),
             tags=sorted(tag for (tag,) in mapping["tags_json"] or []),
-            locations=[(url, metadata or {}) for _, url, metadata in locations],
+            locations=open_locations(vault, locations),
         )
+
+
+def open_locations(
+    vault: UrlVault, stored: Iterable[tuple[int, str, dict[str, object] | None]]
+) -> list[tuple[str, dict[str, object]]]:
+    """(url, metadata) of each (id, stored url, metadata); one whose sealed URL no key opens is left out.
+
+    A tampered row is logged (its id, never its URL) and counted: the rest of the image or page still shows.
+    """
+    opened = []
+    for location_id, url, metadata in stored:
+        try:
+            opened.append((vault.open(url), metadata or {}))
+        except UrlNotReadableError:
+            LOCATION_DECRYPT_ERRORS.labels("api").inc()
+            log.error("location %s: its sealed URL cannot be opened (tampered, or its key is missing)", location_id)
+    return opened
 
 
 def visible_to(caller: Identity) -> ColumnElement[bool]:
@@ -121,8 +144,12 @@ VIEW_SELECTS = {shown: select(*view_columns(with_locations=shown)) for shown in 
 class ImageCatalog:
     """Reads images as the API shows them."""
 
-    def __init__(self, db: Session, *, with_locations: bool) -> None:
-        self._db, self._with_locations = db, with_locations
+    def __init__(self, db: Session, *, with_locations: bool, vault: UrlVault = PLAINTEXT) -> None:
+        self._db, self._with_locations, self._vault = db, with_locations, vault
+
+    def view_of(self, image: Image) -> ImageView:
+        """The view of an image just written through the ORM (create, patch, restore)."""
+        return ImageView.from_record(image, self._vault, with_locations=self._with_locations)
 
     def _select(self) -> Select[tuple[object, ...]]:
         return VIEW_SELECTS[self._with_locations]
@@ -132,7 +159,7 @@ class ImageCatalog:
         row = self._db.execute(self._select().where(Image.id == image_id, visible_to(caller))).first()
         if row is None:
             raise ImageNotFound("No image found with this id.")
-        return ImageView.from_row(row)
+        return ImageView.from_row(row, self._vault)
 
     def page(self, caller: Identity, query: ImageQuery) -> tuple[list[ImageView], str | None]:
         """One page and the marker of the next one (None on the last page)."""
@@ -148,7 +175,7 @@ class ImageCatalog:
             # PostgreSQL cannot walk the all-tenants index and filter out other tenants' newer images.
             order.insert(0, Image.owner.desc() if keys[0][1] else Image.owner.asc())
         rows = self._db.execute(statement.order_by(*order).limit(query.limit + 1)).all()
-        views = [ImageView.from_row(row) for row in rows[: query.limit]]
+        views = [ImageView.from_row(row, self._vault) for row in rows[: query.limit]]
         return views, (str(views[-1].id) if len(rows) > query.limit else None)
 
     def _scope(self, caller: Identity) -> list[ColumnElement[bool]]:

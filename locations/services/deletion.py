@@ -13,6 +13,7 @@ from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import ImageNotFound, ImageProtected, InvalidImageStatus, ScrubInProgress
 from locquota.identity import Identity
 
@@ -20,7 +21,7 @@ from locquota.identity import Identity
 class DeletionService:
     """Image deletion as Glance's delayed_delete describes it, and the operator's restore."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the URL vault is one collaborator more than the usual eight
         self,
         db: Session,
         images: ImageService,
@@ -31,11 +32,13 @@ class DeletionService:
         *,
         delayed_delete: bool,
         scrub_delay: timedelta,
+        vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._db, self._images, self._stores, self._clock = db, images, stores, clock
+        self._vault = vault
         self._checkpoint, self._policy = checkpoint, policy
         self._delayed, self._scrub_delay = delayed_delete, scrub_delay
-        self._lifecycle = LocationLifecycle(db, clock)
+        self._lifecycle = LocationLifecycle(db, clock, vault=vault)
 
     def delete_image(self, caller: Identity, image_id: uuid.UUID) -> None:
         """Retire every active location; with delayed_delete the scrubber deletes the data later.
@@ -55,7 +58,7 @@ class DeletionService:
         self._db.flush()
         if live and not self._delayed:
             ids = [location.id for location in live]
-            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids)
+            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids, vault=self._vault)
 
     def restore(self, image_id: uuid.UUID) -> Image:
         """Return a pending_delete image and its pending_delete locations to active (operators only).

@@ -13,6 +13,7 @@ from locations.services.scrubbing import ScrubPolicy
 from locations.services.upload import ImageDataService
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import UrlVault
 from locquota.db import commit_and_begin
 from locquota.settings import Settings
 from quota.services.limits import LimitService
@@ -30,6 +31,7 @@ def image_service_factory(_context: object, request: Request) -> ImageService:
         request.find_service(LimitService),
         delayed_delete=settings.delayed_delete,
         scrub_delay=timedelta(seconds=settings.scrub_time_seconds),
+        vault=request.find_service(UrlVault),
     )
     return ImageService(request.db, clock, locations, request.find_service(LimitService))
 
@@ -55,6 +57,7 @@ def deletion_service_factory(_context: object, request: Request) -> DeletionServ
         scrub_policy(settings),
         delayed_delete=settings.delayed_delete,
         scrub_delay=timedelta(seconds=settings.scrub_time_seconds),
+        vault=request.find_service(UrlVault),
     )
 
 
@@ -67,7 +70,7 @@ def image_catalog_factory(_context: object, request: Request) -> ImageCatalog:
     """The read path; it aggregates locations only when the deployment shows them."""
     settings = request.settings
     with_locations = settings.show_multiple_locations or settings.show_image_direct_url
-    return ImageCatalog(request.db, with_locations=with_locations)
+    return ImageCatalog(request.db, with_locations=with_locations, vault=request.find_service(UrlVault))
 
 
 def image_data_service_factory(_context: object, request: Request) -> ImageDataService:
@@ -82,4 +85,5 @@ def image_data_service_factory(_context: object, request: Request) -> ImageDataS
         request.find_service(LimitService),
         chunk_bytes=settings.upload_chunk_bytes,
         size_cap_bytes=settings.image_size_cap_bytes,
+        vault=request.find_service(UrlVault),
     )

@@ -21,8 +21,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus, url_digest
+from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import InvalidImageStatus, InvalidLocationTransition, LocationLimitExceeded
 from metrics.instruments import ADMISSIONS_REFUSED
 from quota.models import UNLIMITED, Resource, SpaceState
@@ -69,8 +70,8 @@ def check_transition(source: LocationStatus | None, target: LocationStatus) -> N
 class LocationLifecycle:
     """Status changes of locations and images, and their charges, in the caller's transaction."""
 
-    def __init__(self, db: Session, clock: Clock) -> None:
-        self._db, self._clock = db, clock
+    def __init__(self, db: Session, clock: Clock, *, vault: UrlVault = PLAINTEXT) -> None:
+        self._db, self._clock, self.vault = db, clock, vault
         self._ledger = UsageLedger(db, clock)
 
     def create_image(self, image: Image, limits: Limits) -> None:
@@ -125,7 +126,8 @@ class LocationLifecycle:
         # Set from the location's side: the image's list of locations is not loaded just to append to it.
         location = Location(
             image=image,
-            url=url,
+            url=self.vault.seal(url),  # sealed when keys are configured: plaintext is never written then
+            url_hash=self.vault.digest(url),
             store=store,
             location_metadata=metadata,
             status=LocationStatus.ACTIVE,
@@ -211,22 +213,28 @@ class LocationLifecycle:
         self._ledger.lock(owners)
 
     def lock_references(self, url: str) -> None:
-        """Lock every location of this data, in id order, so concurrent decisions about it serialize."""
+        """Lock every location of this data, in id order, so concurrent decisions about it serialize.
+
+        Found by url_hash alone (under every key of the ring): sealed URLs differ even for the same URL.
+        """
         self._db.execute(
             select(Location.id)
-            .where(Location.url_hash == url_digest(url), Location.url == url)
+            .where(Location.url_hash.in_(self.vault.digests(url)))
             .order_by(Location.id)
             .with_for_update()
         ).all()
 
     def is_data_shared(self, location: Location) -> bool:
-        """Whether another live location (any image, any tenant) references the same data."""
+        """Whether another live location (any image, any tenant) references the same data.
+
+        Raises UrlNotReadableError if the location's own URL cannot be opened (tampered, or a key is missing).
+        """
+        url = self.vault.open(location.url)
         return bool(
             self._db.scalar(
                 select(
                     exists().where(
-                        Location.url_hash == url_digest(location.url),
-                        Location.url == location.url,
+                        Location.url_hash.in_(self.vault.digests(url)),
                         Location.id != location.id,
                         Location.status.in_(LIVE_LOCATION_STATUSES),
                     )

@@ -16,12 +16,13 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus, url_digest
+from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus
 from locations.schemas import LocationChange, LocationSpec
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
 from locations.stores.base import StoreError, StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import (
     DuplicateLocation,
     Forbidden,
@@ -40,7 +41,7 @@ CHANGEABLE_IMAGE_STATUSES = (ImageStatus.QUEUED, ImageStatus.ACTIVE)
 class LocationChanges:
     """Applies location changes to one image in the caller's transaction."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the URL vault is one collaborator more than the usual eight
         self,
         db: Session,
         stores: StoreRegistry,
@@ -51,11 +52,12 @@ class LocationChanges:
         *,
         delayed_delete: bool,
         scrub_delay: timedelta,
+        vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._db, self._stores, self._clock, self._checkpoint = db, stores, clock, checkpoint
-        self._policy, self._limits = policy, limits
+        self._policy, self._limits, self._vault = policy, limits, vault
         self._delay = scrub_delay if delayed_delete else None
-        self._lifecycle = LocationLifecycle(db, clock)
+        self._lifecycle = LocationLifecycle(db, clock, vault=vault)
 
     def apply(self, caller: Identity, image: Image, changes: list[LocationChange]) -> None:
         """Apply every change or none; data of removed locations is deleted last (after a commit)."""
@@ -78,21 +80,33 @@ class LocationChanges:
         self._db.flush()
         if retired and self._delay is None:
             ids = [location.id for location in retired]
-            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids)
+            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids, vault=self._vault)
 
     def _replace(
         self, caller: Identity, image: Image, wanted: tuple[LocationSpec, ...], limits: Limits
     ) -> list[Location]:
         wanted_urls = {spec.url for spec in wanted}
-        current = {location.url: location for location in image.active_locations}
+        # By id: a location whose URL cannot be opened (tampered) is not wanted, so a replace retires it.
+        current = {location.id: self._readable_url(location) for location in image.active_locations}
         for spec in wanted:
-            if spec.url not in current:
+            if spec.url not in current.values():
                 self._add(image, spec, limits)
-        return [self._remove(caller, image, location) for url, location in current.items() if url not in wanted_urls]
+        return [
+            self._remove(caller, image, location)
+            for location in image.active_locations
+            if location.id in current and current[location.id] not in wanted_urls
+        ]
+
+    def _readable_url(self, location: Location) -> str | None:
+        try:
+            return self._vault.open(location.url)
+        except UrlNotReadableError:
+            return None
 
     def _add(self, image: Image, spec: LocationSpec, limits: Limits) -> None:
         store = self._stores.for_url(spec.url)
-        if any(location.url == spec.url for location in image.active_locations):
+        digests = set(self._vault.digests(spec.url))
+        if any(location.url_hash in digests for location in image.active_locations):
             raise DuplicateLocation("The image already has this location.")
         self._check_data_is_free(image, spec.url)
         try:
@@ -113,7 +127,7 @@ class LocationChanges:
         others = self._db.execute(
             select(Image.owner, Location.status, Location.claim_expires_at)
             .join(Location.image)
-            .where(Location.url_hash == url_digest(url), Location.url == url)
+            .where(Location.url_hash.in_(self._vault.digests(url)))  # never the url column: tokens differ
             .where(Location.status.in_(LIVE_LOCATION_STATUSES))
         ).all()
         for owner, status, claim_expires_at in others:

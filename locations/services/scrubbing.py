@@ -27,8 +27,9 @@ from locations.models import Location, LocationStatus
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import StoreError, StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
-from metrics.instruments import SCRUB_DELETIONS, SCRUB_FAILURES
+from metrics.instruments import LOCATION_DECRYPT_ERRORS, SCRUB_DELETIONS, SCRUB_FAILURES
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000
@@ -59,10 +60,13 @@ class ScrubPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A location this worker may delete the data of until expires_at."""
+    """A location this worker may delete the data of until expires_at.
+
+    url is the opened URL (None: its sealed URL could not be opened; the deletion fails and is retried).
+    """
 
     location_id: int
-    url: str
+    url: str | None
     store: str
     size_bytes: int | None
     is_shared: bool
@@ -119,9 +123,17 @@ def claim(
     rows = db.scalars(
         select(Location).where(Location.id.in_(ids), Location.claimed_by == worker).order_by(Location.id)
     ).all()
-    return [
-        Claim(row.id, row.url, row.store, row.size_bytes, lifecycle.is_data_shared(row), expires_at) for row in rows
-    ]
+    return [_claim_of(lifecycle, row, expires_at) for row in rows]
+
+
+def _claim_of(lifecycle: LocationLifecycle, row: Location, expires_at: datetime) -> Claim:
+    try:
+        url = lifecycle.vault.open(row.url)
+    except UrlNotReadableError:
+        LOCATION_DECRYPT_ERRORS.labels("scrubber").inc()
+        log.error("location %s: its sealed URL cannot be opened (tampered, or its key is missing)", row.id)
+        return Claim(row.id, None, row.store, row.size_bytes, False, expires_at)
+    return Claim(row.id, url, row.store, row.size_bytes, lifecycle.is_data_shared(row), expires_at)
 
 
 class Deletion(NamedTuple):
@@ -138,6 +150,8 @@ def delete_data(stores: StoreRegistry, clock: Clock, policy: ScrubPolicy, item: 
         return Deletion(Outcome.SHARED)
     if clock.now() >= item.expires_at - policy.safety_margin:
         return Deletion(Outcome.EXPIRED)
+    if item.url is None:
+        return Deletion(Outcome.FAILED, "the location's sealed URL cannot be opened", "UrlNotReadableError")
     try:
         stores[item.store].delete(item.url)
     except KeyError:
@@ -171,7 +185,7 @@ def record(
     holds the data now; if the others went meanwhile (two references scrubbed together), it is
     released, due at once, so the next claim deletes the data instead of leaking it.
     """
-    if outcome is Outcome.SHARED:
+    if outcome is Outcome.SHARED and item.url is not None:
         lifecycle.lock_references(item.url)  # the whole group, in id order, before any single row
     location = db.scalar(
         select(Location)
@@ -212,13 +226,15 @@ def delete_now(
     policy: ScrubPolicy,
     checkpoint: Callable[[], None],
     location_ids: list[int],
+    *,
+    vault: UrlVault = PLAINTEXT,
 ) -> None:
     """Delete just-retired locations' data within a request, as the scrubber would.
 
     The claims and the pending_delete status are committed first (checkpoint): a crash or a store
     error then leaves work for the scrubber, so data is never leaked or lost track of.
     """
-    lifecycle = LocationLifecycle(db, clock)
+    lifecycle = LocationLifecycle(db, clock, vault=vault)
     worker = new_worker_id("api")
     claims = claim(db, clock, lifecycle, worker, policy, limit=len(location_ids), location_ids=location_ids)
     checkpoint()

@@ -5,7 +5,7 @@ from pyramid.view import view_config
 
 from locations import presenters, schemas
 from locations.services.backlog import BacklogService
-from locations.services.catalog import ImageView
+from locations.services.catalog import ImageCatalog
 from locations.services.deletion import DeletionService
 
 
@@ -14,7 +14,7 @@ def restore_image(request: Request) -> dict[str, object]:
     """Return a pending_delete image and its pending_delete locations to active; 409 if scrubbing began."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
     image = request.find_service(DeletionService).restore(image_id)
-    return presenters.image(ImageView.from_record(image))
+    return presenters.image(request.find_service(ImageCatalog).view_of(image))
 
 
 @view_config(route_name="admin.backlog", request_method="GET", renderer="json", permission="admin")

@@ -43,7 +43,7 @@ def create_image(request: Request) -> dict[str, object]:
     image = request.find_service(ImageService).create(request.identity, body)
     request.response.status_code = 201
     request.response.location = request.route_url("images.item", image_id=str(image.id))
-    return _present(request, ImageView.from_record(image))
+    return _present(request, request.find_service(ImageCatalog).view_of(image))
 
 
 @view_config(route_name="images.item", request_method="GET", renderer="json")
@@ -59,7 +59,7 @@ def patch_image(request: Request) -> dict[str, object]:
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
     changes = schemas.image_patch(request, request.settings)
     image = request.find_service(ImageService).apply_patch(request.identity, image_id, changes)
-    return _present(request, ImageView.from_record(image))
+    return _present(request, request.find_service(ImageCatalog).view_of(image))
 
 
 @view_config(route_name="images.item", request_method="DELETE")

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from locquota.app import configure
 from locquota.settings import AuthStrategy, Settings, SettingsError
@@ -248,3 +249,50 @@ def test_production_ini_boots_from_the_environment_and_refuses_without_it(monkey
     settings = Settings.from_ini(raw, {"LOCQUOTA_DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"})
     assert settings.delayed_delete is True
     assert settings.default_limits["image_count_total"] == 1000
+
+
+# --- location encryption keys (docs/encryption.md) ---------------------------------------------------------
+
+
+def test_encryption_keys_come_from_the_environment_primary_first():
+    new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings = Settings.from_ini({}, {"LOCQUOTA_LOCATION_ENCRYPTION_KEYS": f"{new}, {old}"})
+    assert settings.location_encryption_keys == (new, old)
+    assert new not in repr(settings)
+
+
+def test_a_bad_encryption_key_names_the_setting_but_never_the_value():
+    secret = "not-a-key-but-maybe-a-password"  # noqa: S105 - a value the error must not echo
+    with pytest.raises(SettingsError, match=re.escape("locquota.location_encryption_keys")) as caught:
+        Settings.from_ini({"locquota.location_encryption_keys": secret})
+    assert secret not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+def test_a_key_file_readable_by_others_is_refused(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text(Fernet.generate_key().decode() + "\n")
+    path.chmod(0o644)
+    with pytest.raises(SettingsError, match="group or others"):
+        Settings.from_ini({"locquota.location_encryption_key_file": str(path)})
+
+
+def test_a_key_file_only_the_service_reads_gives_the_ring(tmp_path):
+    new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    path = tmp_path / "keys"
+    path.write_text(f"# primary first\n{new}\n\n{old}  # the previous one, until rotate-key is done\n")
+    path.chmod(0o600)
+    settings = Settings.from_ini({"locquota.location_encryption_key_file": str(path)})
+    assert settings.location_encryption_keys == (new, old)
+
+
+def test_keys_and_a_key_file_together_are_refused(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text(Fernet.generate_key().decode())
+    path.chmod(0o600)
+    raw = {
+        "locquota.location_encryption_key_file": str(path),
+        "locquota.location_encryption_keys": Fernet.generate_key().decode(),
+    }
+    with pytest.raises(SettingsError, match="not both"):
+        Settings.from_ini(raw)

@@ -21,6 +21,7 @@ from locations.services.lifecycle import image_counts
 from locations.services.recount import recount
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.scripting import UnitOfWork
 from quota.models import Resource, UsageDrift
 from quota.services.reconcile import Reconciler
@@ -45,8 +46,9 @@ class GlanceImporter:
         scrub_delay: timedelta,
         batch_size: int,
         dry_run: bool,
+        vault: UrlVault = PLAINTEXT,
     ) -> None:
-        self._unit_of_work, self._stores, self._clock = unit_of_work, stores, clock
+        self._unit_of_work, self._stores, self._clock, self._vault = unit_of_work, stores, clock, vault
         self._scrub_delay, self._batch_size, self._dry_run = scrub_delay, batch_size, dry_run
         self._started = time.monotonic()
         self._dry_usage: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -132,7 +134,7 @@ class GlanceImporter:
         if not planned:
             return tally
         with self._unit_of_work() as db:
-            tally.merge(BatchWriter(db, self._clock, dry_run=self._dry_run).write(planned))
+            tally.merge(BatchWriter(db, self._clock, dry_run=self._dry_run, vault=self._vault).write(planned))
         for image in planned:
             tally.merge(image.tally)
             tally.counts["locations.skipped"] += image.skipped_locations

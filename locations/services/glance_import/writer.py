@@ -15,6 +15,7 @@ from locations.models import LIVE_LOCATION_STATUSES, Image, ImageProperty, Image
 from locations.services.glance_import.planner import PlannedImage
 from locations.services.glance_import.report import Finding, Tally
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 
 # Compared to decide whether an imported location changed; the bookkeeping follows the status.
 LOCATION_FIELDS = ("url", "url_hash", "store", "location_metadata", "status", "size_bytes")
@@ -26,8 +27,15 @@ BOOKKEEPING = (
 class BatchWriter:
     """Compares a batch of planned images with locquota's rows and writes the difference (unless dry)."""
 
-    def __init__(self, db: Session, clock: Clock, *, dry_run: bool) -> None:
-        self._db, self._clock, self._dry_run = db, clock, dry_run
+    def __init__(self, db: Session, clock: Clock, *, dry_run: bool, vault: UrlVault = PLAINTEXT) -> None:
+        self._db, self._clock, self._dry_run, self._vault = db, clock, dry_run, vault
+
+    def _opened(self, stored: str) -> str | None:
+        """The URL a stored row holds (None: unreadable; the import then rewrites it from Glance's)."""
+        try:
+            return self._vault.open(stored)
+        except UrlNotReadableError:
+            return None
 
     def write(self, batch: list[PlannedImage]) -> Tally:
         """Insert or update every image of the batch; the tally of what changed."""
@@ -137,9 +145,14 @@ class BatchWriter:
         tally.counts["locations.no_data"] += planned.no_data_locations
         for location in planned.locations:
             values = {name: value for name, value in location.values.items() if name != "retired_at"}
+            url = str(values["url"])
+            values["url_hash"] = self._vault.digest(url)
             current = existing.get((planned.image_id, location.glance_id))
+            if current is not None:
+                # Compared as URLs: a sealed URL differs from its plaintext, and from itself sealed again.
+                current = {**current, "url": self._opened(str(current["url"]))}
             if current is None:
-                writes["locations.insert"].append(values)
+                writes["locations.insert"].append({**values, "url": self._vault.seal(url)})  # never plaintext with keys
                 outcome = "new"
             elif current["status"] is LocationStatus.DELETED and location.status is not LocationStatus.DELETED:
                 tally.note(Finding.KEPT_DELETED, location.label)
@@ -149,7 +162,8 @@ class BatchWriter:
             else:
                 if current["status"] == location.status:
                     values.update({name: current[name] for name in BOOKKEEPING})  # the scrubber's, untouched
-                writes["locations.update"].append({**values, "id": current["id"], "updated_at": self._clock.now()})
+                sealed = {**values, "url": self._vault.seal(url)}
+                writes["locations.update"].append({**sealed, "id": current["id"], "updated_at": self._clock.now()})
                 outcome = "updated"
             changed |= outcome != "unchanged"
             tally.counts[f"locations.{outcome}"] += 1
@@ -168,13 +182,16 @@ class BatchWriter:
             return
         batch_ids = {planned.image_id for planned in batch}
         holders: dict[str, set[uuid.UUID]] = defaultdict(set)
+        digests = {digest for _image, location in live for digest in self._vault.digests(str(location.values["url"]))}
         query = select(Location.image_id, Location.url, Location.glance_location_id).where(
-            Location.url_hash.in_({location.values["url_hash"] for _image, location in live}),
+            Location.url_hash.in_(digests),
             Location.status.in_(LIVE_LOCATION_STATUSES),
         )
         for row in self._db.execute(query):
-            if row.image_id not in batch_ids or row.glance_location_id is None:  # this batch's rows: as planned
-                holders[row.url].add(row.image_id)
+            url = self._opened(row.url)
+            # This batch's rows: as planned. An unreadable row is counted by the API and the scrubber.
+            if url is not None and (row.image_id not in batch_ids or row.glance_location_id is None):
+                holders[url].add(row.image_id)
         for image_id, location in live:
             url = str(location.values["url"])
             others = holders[url] - {image_id}
