@@ -488,6 +488,14 @@ def scrape_port(port: int) -> dict[str, float]:
     }
 
 
+def pass_finished(samples: dict[str, float], deletions: int) -> bool:
+    """Whether a scrape shows the deletions counted and the pass over (its last success set after them)."""
+    return (
+        samples.get("locquota_scrubber_deletions_totalfile") == deletions
+        and samples.get("locquota_scrubber_last_success_timestamp_seconds", 0) > 0
+    )
+
+
 def test_a_scrubber_daemon_serves_its_own_metrics(database_url, engine, store_root, tmp_path):
     urls = [file_url(path) for path in make_store_files(store_root, 3)]
     plant_backlog(engine, urls, wall_now())
@@ -504,9 +512,9 @@ def test_a_scrubber_daemon_serves_its_own_metrics(database_url, engine, store_ro
     try:
         deadline = time.monotonic() + PROCESS_TIMEOUT
         samples = scrape_port(port)
-        while samples.get("locquota_scrubber_deletions_totalfile") != len(urls):
+        while not pass_finished(samples, len(urls)):
             assert daemon.poll() is None, daemon.stderr.read()
-            assert time.monotonic() < deadline, f"the daemon's metrics never showed the deletions: {samples}"
+            assert time.monotonic() < deadline, f"the daemon's metrics never showed the finished pass: {samples}"
             time.sleep(0.05)  # polling an observed condition (a poll interval, not a synchronisation)
             samples = scrape_port(port)
     finally:
