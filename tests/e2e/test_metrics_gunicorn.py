@@ -8,6 +8,7 @@ PROMETHEUS_MULTIPROC_DIR, named after its pid.
 import http.client
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import SHUTDOWN_SECONDS, VENV_BIN
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-REQUESTS = 40
+MIN_REQUESTS, MAX_REQUESTS = 40, 1000
 TIMEOUT = 30
 
 
@@ -83,17 +86,41 @@ def get(address: tuple[str, int], path: str) -> tuple[int, str]:
         connection.close()
 
 
-def worker_pids(multiproc_dir: Path) -> set[str]:
-    return {match.group(1) for path in multiproc_dir.iterdir() if (match := re.search(r"_(\d+)\.db$", path.name))}
+def served_by_worker(multiproc_dir: Path, scratch: Path) -> dict[str, float]:
+    """GET /versions requests each worker counted, read from its own files alone (pid -> count).
+
+    Every worker writes its files at start, so their presence proves nothing; their counts do.
+    """
+    pids = {match.group(1) for path in multiproc_dir.iterdir() if (match := re.search(r"_(\d+)\.db$", path.name))}
+    counts = {}
+    for pid in pids:
+        alone = scratch / pid
+        alone.mkdir(parents=True, exist_ok=True)
+        for path in multiproc_dir.glob(f"*_{pid}.db"):
+            shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counts[pid] = (
+            registry.get_sample_value(
+                "locquota_http_request_duration_seconds_count",
+                {"route": "versions.list", "method": "GET", "status": "200"},
+            )
+            or 0.0
+        )
+    return counts
 
 
-def test_one_scrape_sums_the_counters_of_every_worker(two_workers, multiproc_dir):
-    pids: set[str] = set()
-    for _ in range(REQUESTS):
+def test_one_scrape_sums_the_counters_of_every_worker(two_workers, multiproc_dir, tmp_path):
+    sent, served = 0, {}
+    # The kernel picks which worker accepts each connection: go on until both have served (bounded).
+    while sent < MIN_REQUESTS or (sum(count > 0 for count in served.values()) < 2 and sent < MAX_REQUESTS):
         status, _body = get(two_workers, "/versions")
         assert status == 200
-        pids = worker_pids(multiproc_dir)
-    assert len(pids) == 2, f"the requests did not reach both workers: {pids}"
+        sent += 1
+        if sent >= MIN_REQUESTS:
+            served = served_by_worker(multiproc_dir, tmp_path / "by-worker")
+    assert sorted(count > 0 for count in served.values()) == [True, True], f"after {sent} requests: {served}"
+    assert sum(served.values()) == sent
 
     status, body = get(two_workers, "/metrics")
 
@@ -104,7 +131,7 @@ def test_one_scrape_sums_the_counters_of_every_worker(two_workers, multiproc_dir
         for sample in family.samples
         if sample.name == "locquota_http_request_duration_seconds_count"
     }
-    assert counts[(("method", "GET"), ("route", "versions.list"), ("status", "200"))] == REQUESTS
+    assert counts[(("method", "GET"), ("route", "versions.list"), ("status", "200"))] == sent
     for family in text_string_to_metric_families(body):
         if family.name == "locquota_collector_up":
             assert {sample.labels["collector"]: sample.value for sample in family.samples} == {
