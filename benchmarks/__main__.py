@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 
 from benchmarks import encryption, import_glance, quota, report, scrape, scrubber
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
+from benchmarks.deployment import fresh_database
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
 from benchmarks.timing import Client, Endpoint, measure
 from locquota.db import make_engine, upgrade_to_head
@@ -154,7 +155,7 @@ def _api(
     rounds = rounds or (SMOKE_ROUNDS if smoke else FULL_ROUNDS)
     warmup = (SMOKE_WARMUP if smoke else FULL_WARMUP) if warmup is None else warmup
     with tempfile.TemporaryDirectory(prefix="locquota-bench-") as store_root:
-        url = _create_database(admin_url)
+        url = fresh_database(admin_url, DATABASE)
         engine = make_engine(url)
         upgrade_to_head(engine)
         print(f"{'workload':<10}  {rounds} timed + {warmup} warm-up requests per endpoint and size, interleaved;")
@@ -212,12 +213,6 @@ def _load(engine: Engine, dataset: Dataset, size: int) -> None:
         added = dataset.grow_to(engine, size, progress=bar.update)
     elapsed = time.perf_counter() - started
     click.echo(f"loaded {added} rows in {elapsed:.1f} s ({added / elapsed:.0f} rows/s), then ANALYZE")
-
-
-def _create_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return f"{admin_url}/{DATABASE}"
 
 
 def _server_version(admin_url: str) -> str:

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import psycopg
 from sqlalchemy import Engine, text
 
+from benchmarks.deployment import fresh_database, write_ini
 from benchmarks.report import load_average, print_rows
+from benchmarks.server import settings
 from locquota.db import make_engine, upgrade_to_head
 
 DATABASE = "locquota_import_bench"
@@ -122,12 +123,15 @@ class Run:
 def benchmark(admin_url: str, *, smoke: bool, sizes: tuple[int, ...] | None = None) -> None:
     """Run the import benchmark on the PostgreSQL server at admin_url and print the results."""
     sizes = sizes or (SMOKE_SIZES if smoke else FULL_SIZES)
-    url = _create_database(admin_url)
+    url = fresh_database(admin_url, DATABASE)
     engine = make_engine(url)
     upgrade_to_head(engine)
     with tempfile.TemporaryDirectory(prefix="locquota-import-bench-") as workdir:
         work = Path(workdir)
-        ini = _write_ini(work / "import.ini", url, work / "store")
+        ini = write_ini(
+            work / "import.ini",
+            {**settings(url, work / "store"), "locquota.scrub_time": "3600"},  # the import does not read the cache
+        )
         _print_workload(sizes)
         runs = [_run(engine, ini, _glance(work, 0), "start-up (empty Glance)", 0)]
         for size in sizes:
@@ -139,28 +143,6 @@ def benchmark(admin_url: str, *, smoke: bool, sizes: tuple[int, ...] | None = No
     print()
     _print_targets(runs, sizes)
     print(f"load avg at the end: {load_average()}")
-
-
-def _create_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return f"{admin_url}/{DATABASE}"
-
-
-def _write_ini(path: Path, database_url: str, store_root: Path) -> Path:
-    settings = {
-        "locquota.database_url": database_url,
-        "locquota.redis_url": "",  # the import does not read the cache
-        "locquota.auth_strategy": "keystone",
-        "locquota.enabled_stores": "file",
-        "locquota.default_store": "file",
-        "locquota.store.file.datadir": str(store_root),
-        "locquota.scrub_time": "3600",
-    }
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _glance(work: Path, images: int) -> Path:

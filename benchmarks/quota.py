@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-import psycopg
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from benchmarks import cpu, quota_concurrency, quota_dataset
+from benchmarks.deployment import fresh_database
 from benchmarks.quota_report import SizeResult, print_concurrency, print_sizes
 from benchmarks.quota_requests import Answer, Operation, QuotaClient, measure
 from benchmarks.quota_server import (
@@ -67,7 +67,7 @@ def benchmark(admin_url: str, *, smoke: bool, sizes: tuple[int, ...] | None = No
     rounds, warmup = (SMOKE_ROUNDS, SMOKE_WARMUP) if smoke else (FULL_ROUNDS, FULL_WARMUP)
     clients = SMOKE_CLIENTS if smoke else FULL_CLIENTS
     requests = SMOKE_CONCURRENT_REQUESTS if smoke else FULL_CONCURRENT_REQUESTS
-    url = _create_database(admin_url)
+    url = fresh_database(admin_url, DATABASE)
     engine = make_engine(url)
     upgrade_to_head(engine)
     with tempfile.TemporaryDirectory(prefix="locquota-quota-bench-") as workdir, redis_server() as redis_url:
@@ -254,10 +254,3 @@ def _concurrent(
         finally:
             admin.close()
     return runs
-
-
-def _create_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return f"{admin_url}/{DATABASE}"

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
+from benchmarks.deployment import fresh_database
 from benchmarks.report import load_average, print_rows
 from benchmarks.scrape_dataset import (
     FAILING_EVERY,
@@ -109,7 +109,7 @@ def benchmark(admin_url: str, *, smoke: bool) -> None:
     """Run the scrape benchmark on the PostgreSQL server at admin_url and print the results."""
     sizes = SMOKE_SIZES if smoke else FULL_SIZES
     rounds, warmup = (SMOKE_ROUNDS, SMOKE_WARMUP) if smoke else (FULL_ROUNDS, FULL_WARMUP)
-    url = _create_database(admin_url)
+    url = fresh_database(admin_url, DATABASE)
     engine = make_engine(url)
     upgrade_to_head(engine)
     dataset = ScrapeDataset(engine)
@@ -424,10 +424,3 @@ def _print_plan(result: SizeResult) -> None:
 
 def _verdict(met: bool) -> str:
     return "ok" if met else "MISS"
-
-
-def _create_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return f"{admin_url}/{DATABASE}"

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import psycopg
 from sqlalchemy import Engine
 
 from benchmarks import backlog, cpu
+from benchmarks.deployment import fresh_database, write_ini
 from benchmarks.report import load_average, print_rows
+from benchmarks.server import settings
 from locquota.db import make_engine, upgrade_to_head
 
 DATABASE = "locquota_scrub_bench"
@@ -74,13 +75,20 @@ def benchmark(admin_url: str, *, smoke: bool, backlog_size: int | None = None) -
     """Run the scrubber benchmark on the PostgreSQL server at admin_url and print the results."""
     size = backlog_size or (SMOKE_BACKLOG if smoke else FULL_BACKLOG)
     rss_sizes = (max(size // 10, 1), size) if backlog_size else (SMOKE_RSS_BACKLOGS if smoke else FULL_RSS_BACKLOGS)
-    url = _create_database(admin_url)
+    url = fresh_database(admin_url, DATABASE)
     engine = make_engine(url)
     upgrade_to_head(engine)
     with tempfile.TemporaryDirectory(prefix="locquota-scrub-bench-") as workdir:
         work = Path(workdir)
         store_root = (work / "store").resolve()
-        ini = _write_ini(work / "scrub.ini", url, store_root)
+        ini = write_ini(
+            work / "scrub.ini",
+            {
+                **settings(url, store_root),  # no Redis: the scrubber does not read the cache
+                "locquota.scrub_batch_size": str(SCRUB_BATCH_SIZE),
+                "locquota.scrub_pool_size": str(SCRUB_POOL_SIZE),
+            },
+        )
         _print_workload(size, rss_sizes, store_root)
         plan = [("start-up (nothing due)", 0, 1)]
         plan += [("memory", rss, 1) for rss in rss_sizes if rss != size]
@@ -95,29 +103,6 @@ def benchmark(admin_url: str, *, smoke: bool, backlog_size: int | None = None) -
     print()
     _print_targets(runs, size, rss_sizes)
     print(f"load avg at the end: {load_average()}")
-
-
-def _create_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return f"{admin_url}/{DATABASE}"
-
-
-def _write_ini(path: Path, database_url: str, store_root: Path) -> Path:
-    settings = {
-        "locquota.database_url": database_url,
-        "locquota.redis_url": "",  # the scrubber does not read the cache
-        "locquota.auth_strategy": "keystone",
-        "locquota.enabled_stores": "file",
-        "locquota.default_store": "file",
-        "locquota.store.file.datadir": str(store_root),
-        "locquota.scrub_batch_size": str(SCRUB_BATCH_SIZE),
-        "locquota.scrub_pool_size": str(SCRUB_POOL_SIZE),
-    }
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _print_workload(size: int, rss_sizes: tuple[int, ...], store_root: Path) -> None:

@@ -181,6 +181,19 @@ def db(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+def write_ini(path: Path, settings: dict[str, str]) -> Path:
+    """A PasteDeploy .ini of these settings, for the `locquota` command (CliRunner or a real process)."""
+    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def ini(settings: dict[str, str], tmp_path: Path) -> Path:
+    """The test deployment as an .ini: the same database and store the app fixture uses."""
+    return write_ini(tmp_path / "locquota.ini", settings)
+
+
 def identity(tenant: str, *roles: str) -> dict[str, str]:
     """The headers keystonemiddleware's auth_token filter sets for an authenticated caller."""
     return {"X-Identity-Status": "Confirmed", "X-Project-Id": tenant, "X-Roles": ",".join(roles or ("member",))}

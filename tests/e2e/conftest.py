@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,39 +183,32 @@ def other_token(issue_token: Callable[..., str]) -> str:
     return issue_token("p2")
 
 
-@pytest.fixture
-def gunicorn_url(deployment_ini: Path, tmp_path: Path) -> Iterator[str]:
-    """The app under gunicorn (the production server), which passes chunked bodies through un-buffered.
+@contextmanager
+def gunicorn(
+    deployment_ini: Path, workdir: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """gunicorn --paste deployment_ini [options] on a socket bound here; yields its (host, port).
 
     The test binds and listens first and hands gunicorn the socket (fd://): connections queue in the
-    backlog until the worker accepts them, so no readiness polling is needed.
+    backlog until a worker accepts them, so no readiness polling is needed. The log goes to stderr at the end.
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener.listen(64)
     listener.set_inheritable(True)
-    port = listener.getsockname()[1]
-    log_path = tmp_path / "gunicorn.log"
+    log_path = workdir / "gunicorn.log"
+    command = [str(VENV_BIN / "gunicorn"), "--paste", str(deployment_ini), "--bind", f"fd://{listener.fileno()}"]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "--paste",
-                str(deployment_ini),
-                "--bind",
-                f"fd://{listener.fileno()}",
-                "--workers",
-                "1",
-                "--timeout",
-                "30",
-            ],
-            cwd=tmp_path,
+            [*command, *options],
+            cwd=workdir,
+            env=env,
             pass_fds=(listener.fileno(),),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield "127.0.0.1", listener.getsockname()[1]
     finally:
         process.terminate()
         try:
@@ -224,3 +218,10 @@ def gunicorn_url(deployment_ini: Path, tmp_path: Path) -> Iterator[str]:
             process.wait(SHUTDOWN_SECONDS)
         listener.close()
         sys.stderr.write(log_path.read_text(errors="replace"))
+
+
+@pytest.fixture
+def gunicorn_url(deployment_ini: Path, tmp_path: Path) -> Iterator[str]:
+    """The app under gunicorn (the production server), which passes chunked bodies through un-buffered."""
+    with gunicorn(deployment_ini, tmp_path, "--workers", "1", "--timeout", "30") as (host, port):
+        yield f"http://{host}:{port}"

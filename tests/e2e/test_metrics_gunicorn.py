@@ -9,9 +9,6 @@ import http.client
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import SHUTDOWN_SECONDS, VENV_BIN
+from tests.e2e.conftest import gunicorn
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MIN_REQUESTS, MAX_REQUESTS = 40, 1000
@@ -36,43 +33,11 @@ def multiproc_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def two_workers(deployment_ini: Path, tmp_path: Path, multiproc_dir: Path) -> Iterator[tuple[str, int]]:
-    """gunicorn --paste <ini> --config deploy/gunicorn.conf.py with 2 workers on a socket bound here."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.set_inheritable(True)
-    log_path = tmp_path / "gunicorn.log"
+    """gunicorn --paste <ini> --config deploy/gunicorn.conf.py with 2 workers."""
+    config = str(REPOSITORY / "deploy" / "gunicorn.conf.py")
     environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "--paste",
-                str(deployment_ini),
-                "--config",
-                str(REPOSITORY / "deploy" / "gunicorn.conf.py"),
-                "--bind",
-                f"fd://{listener.fileno()}",
-                "--workers",
-                "2",
-            ],
-            cwd=tmp_path,
-            env=environment,
-            pass_fds=(listener.fileno(),),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield "127.0.0.1", listener.getsockname()[1]
-    finally:
-        process.terminate()
-        try:
-            process.wait(SHUTDOWN_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(SHUTDOWN_SECONDS)
-        listener.close()
-        sys.stderr.write(log_path.read_text(errors="replace"))
+    with gunicorn(deployment_ini, tmp_path, "--config", config, "--workers", "2", env=environment) as address:
+        yield address
 
 
 def get(address: tuple[str, int], path: str) -> tuple[int, str]:

@@ -16,15 +16,11 @@ from locquota.app import configure
 from locquota.cli import cli
 from locquota.db import Base, make_engine
 from locquota.tokens import Token
+from tests.conftest import write_ini as write_ini_file
 
 IMAGE = {"name": "cirros", "disk_format": "qcow2", "container_format": "bare"}
 
 WriteIni = Callable[..., Path]
-
-
-def ini_text(settings: dict[str, str]) -> str:
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -40,9 +36,7 @@ def cli_settings(settings: dict[str, str], tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def write_ini(tmp_path: Path) -> WriteIni:
     def write(settings: dict[str, str], name: str = "locquota.ini") -> Path:
-        path = tmp_path / name
-        path.write_text(ini_text(settings))
-        return path
+        return write_ini_file(tmp_path / name, settings)
 
     return write
 

@@ -33,6 +33,7 @@ from locations.services.recount import recount
 from locquota.cli import cli
 from locquota.db import alembic_config, make_engine
 from quota.models import StoreUsage, TenantUsage, UsageDrift
+from tests.conftest import write_ini
 from tests.servers import mariadb_server
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "glance"
@@ -88,11 +89,7 @@ def expected_location_statuses(expected: dict[str, object], *, pre_juno: bool) -
 
 @pytest.fixture
 def ini(settings: dict[str, str], tmp_path: Path) -> Path:
-    path = tmp_path / "locquota.ini"
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    lines.append(f"locquota.scrub_time = {SCRUB_TIME_SECONDS}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_ini(tmp_path / "locquota.ini", {**settings, "locquota.scrub_time": str(SCRUB_TIME_SECONDS)})
 
 
 @pytest.fixture
@@ -627,9 +624,8 @@ def test_an_unmigrated_locquota_database_is_refused_before_any_write(tmp_path, s
     engine = make_engine(database_url)
     command.upgrade(alembic_config(engine), "0003")
     engine.dispose()
-    ini = tmp_path / "old.ini"
     settings = {"database_url": database_url, "redis_url": "", "store.file.datadir": str(store_root)}
-    ini.write_text("[app:main]\nuse = egg:locquota\n" + "".join(f"locquota.{k} = {v}\n" for k, v in settings.items()))
+    ini = write_ini(tmp_path / "old.ini", {f"locquota.{key}": value for key, value in settings.items()})
     result = CliRunner().invoke(cli, ["--config", str(ini), "import-glance", sqlite_url(FIXTURES / JUNO)])
     assert result.exit_code == 1
     assert "run `locquota db upgrade`" in result.output

@@ -18,7 +18,7 @@ from locquota.app import configure
 from locquota.cli import cli
 from locquota.crypto import UrlVault
 from locquota.settings import SettingsError
-from tests.conftest import T0, identity
+from tests.conftest import T0, identity, write_ini
 from tests.fakes import POLICY, FakeFailingStore, registry_of, unit_of_work_on
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
@@ -270,11 +270,8 @@ def seed_plaintext_rows(engine: Engine, count: int, store_root: Path) -> list[st
     return urls
 
 
-def write_ini(tmp_path: Path, settings: dict[str, str]) -> Path:
-    path = tmp_path / "locquota.ini"
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def ini_of(tmp_path: Path, settings: dict[str, str]) -> Path:
+    return write_ini(tmp_path / "locquota.ini", settings)
 
 
 def run_cli(ini: Path, keys: str, *args: str):
@@ -295,7 +292,7 @@ def test_encrypt_seals_thousands_of_existing_rows_leaving_no_plaintext(
     urls = seed_plaintext_rows(engine, MANY_ROWS, store_root)
     engine.dispose()
 
-    result = run_cli(write_ini(tmp_path, plain_settings), NEW_KEY, "locations", "encrypt", "--batch-size", "300")
+    result = run_cli(ini_of(tmp_path, plain_settings), NEW_KEY, "locations", "encrypt", "--batch-size", "300")
 
     assert result.exit_code == 0, result.output
     assert f"encrypted {MANY_ROWS} location URLs" in result.output
@@ -317,7 +314,7 @@ def test_encrypt_seals_thousands_of_existing_rows_leaving_no_plaintext(
 def test_encrypt_again_is_a_no_op(make_app, sealed_settings, tmp_path, store_root):
     engine = make_app(sealed_settings).app.registry["locquota.engine"]
     seed_plaintext_rows(engine, 5, store_root)
-    ini = write_ini(tmp_path, {k: v for k, v in sealed_settings.items() if "encryption" not in k})
+    ini = ini_of(tmp_path, {k: v for k, v in sealed_settings.items() if "encryption" not in k})
     assert run_cli(ini, NEW_KEY, "locations", "encrypt").exit_code == 0
     before = stored_rows(engine)
 
@@ -330,7 +327,7 @@ def test_encrypt_again_is_a_no_op(make_app, sealed_settings, tmp_path, store_roo
 
 def test_encrypt_without_a_key_fails_clearly(make_app, plain_settings, tmp_path):
     make_app(plain_settings)
-    result = CliRunner().invoke(cli, ["--config", str(write_ini(tmp_path, plain_settings)), "locations", "encrypt"])
+    result = CliRunner().invoke(cli, ["--config", str(ini_of(tmp_path, plain_settings)), "locations", "encrypt"])
     assert result.exit_code == 1
     assert "no location encryption key is configured" in result.output
 
@@ -341,7 +338,7 @@ def test_rotation_while_requests_run_never_errs_and_every_url_stays_right(
     old_api = make_app({**plain_settings, "locquota.location_encryption_keys": OLD_KEY})
     engine = old_api.app.registry["locquota.engine"]
     seed_plaintext_rows(engine, 120, store_root)
-    ini = write_ini(tmp_path, plain_settings)
+    ini = ini_of(tmp_path, plain_settings)
     assert run_cli(ini, OLD_KEY, "locations", "encrypt").exit_code == 0
     ring = f"{NEW_KEY},{OLD_KEY}"
     reader = make_app({**plain_settings, "locquota.location_encryption_keys": ring})

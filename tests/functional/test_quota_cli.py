@@ -4,8 +4,6 @@ Drift is made the way it happens in life: rows written behind the ledger's back 
 a restored backup), then found and repaired by the command, while the API keeps answering.
 """
 
-from pathlib import Path
-
 import pytest
 import redis
 from click.testing import CliRunner
@@ -19,14 +17,6 @@ from quota.models import ReconcileRun, StoreUsage, TenantUsage, UsageDrift
 from tests.conftest import T0, identity
 
 IMAGE = {"name": "img", "disk_format": "raw", "container_format": "bare"}
-
-
-@pytest.fixture
-def ini(settings, tmp_path: Path) -> Path:
-    path = tmp_path / "locquota.ini"
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture

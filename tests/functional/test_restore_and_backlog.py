@@ -230,15 +230,6 @@ def wall_now() -> datetime:
 
 
 @pytest.fixture
-def ini(settings, tmp_path: Path) -> Path:
-    """A deployment .ini on the test database and the same store directory."""
-    path = tmp_path / "locquota.ini"
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture
 def locquota(ini) -> Iterator:
     """Run `locquota --config <ini> ...`; the signal handlers the command installs are put back after."""
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -37,6 +37,7 @@ from locations.stores.file import FileStore
 from locquota.clock import Clock, FrozenClock
 from locquota.db import make_engine
 from locquota.scripting import LazyApp
+from tests.conftest import write_ini
 
 pytestmark = pytest.mark.postgresql
 
@@ -84,12 +85,6 @@ def scrub_settings(database_url: str, store_root: Path, **overrides: str) -> dic
         "locquota.store.file.datadir": str(store_root),
         **{f"locquota.{key}": value for key, value in overrides.items()},
     }
-
-
-def write_ini(path: Path, settings: dict[str, str]) -> Path:
-    lines = ["[app:main]", "use = egg:locquota", *(f"{key} = {value}" for key, value in settings.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def file_url(path: Path) -> str:
