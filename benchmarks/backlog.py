@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, insert, text
 
-from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, url_digest
+from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, data_key_digest
 from locquota.clock import Clock
 
 OWNER = "bench-scrub-tenant"
@@ -55,7 +55,7 @@ def load(engine: Engine, store_root: Path, count: int, progress: ProgressCallbac
                 {
                     "image_id": image_id,
                     "url": url,
-                    "url_hash": url_digest(url),
+                    "data_key_hash": data_key_digest(url),
                     "store": "file",
                     "metadata": {},
                     "status": LocationStatus.PENDING_DELETE,

@@ -27,7 +27,7 @@ from locations.models import (
     Location,
     LocationStatus,
     Visibility,
-    url_digest,
+    data_key_digest,
 )
 
 TENANT = "bench-tenant"
@@ -159,7 +159,7 @@ def _location_row(image_id: uuid.UUID, status: ImageStatus, size: int, created: 
     return {
         "image_id": image_id,
         "url": url,
-        "url_hash": url_digest(url),
+        "data_key_hash": data_key_digest(url),
         "attempts": 0,
         "store": "file",
         "metadata": {},

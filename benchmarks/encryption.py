@@ -194,7 +194,7 @@ def _load_sealed(engine: Engine, vault: UrlVault, rows: int) -> None:
             for n in range(start, min(rows, start + 10_000)):
                 url = f"swift://glance:secret@swift.example.com/v1/AUTH_a/glance/{n}"
                 batch.append(
-                    {"image_id": image_id, "url": vault.seal(url), "url_hash": vault.digest(url), "store": "file",
+                    {"image_id": image_id, "url": vault.seal(url), "data_key_hash": vault.digest(url), "store": "file",
                      "location_metadata": {}, "status": LocationStatus.DELETED, "size_bytes": 1,
                      "created_at": now, "updated_at": now, "attempts": 0}
                 )  # fmt: skip

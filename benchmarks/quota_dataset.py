@@ -3,7 +3,7 @@
 The rows are made inside PostgreSQL, a batch of BATCH_LOCATIONS per transaction, so a million images and
 their locations load in well under a minute and nothing of them is held in Python. Image n of the tenant
 has the id md5('<tenant>:<n>')::uuid (so the client can name any of them without reading them back) and one
-location, `file:///var/lib/glance/images/<id>` with url_hash = sha256 of the URL, as url_digest computes it.
+location, `file:///var/lib/glance/images/<id>` with data_key_hash = sha256 of the URL, as data_key_digest computes it.
 n % 100 decides the status: DELETED_PERCENT of the images are deleted (their location too), the next
 PENDING_PERCENT pending_delete (their location pending_delete), the rest active.
 
@@ -20,7 +20,7 @@ from urllib.parse import quote
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from locations.models import url_digest
+from locations.models import data_key_digest
 from locations.services.recount import recount
 from locquota.clock import Clock
 from quota.services.reconcile import Drift, Reconciler
@@ -47,7 +47,7 @@ IMAGES = text(
 # The batch's images are found by their creation times through ix_images_owner_created_at_id.
 LOCATIONS = text(
     """
-    INSERT INTO locations (image_id, url, url_hash, store, metadata, status, size_bytes, created_at, updated_at,
+    INSERT INTO locations (image_id, url, data_key_hash, store, metadata, status, size_bytes, created_at, updated_at,
                            deleted_at, pending_since, scrub_after, attempts)
     SELECT id, url, encode(sha256(convert_to(url, 'UTF8')), 'hex'), 'file', '{}', status, size,
            created_at, updated_at,
@@ -89,17 +89,17 @@ def grow(engine: Engine, tenant: str, start: int, stop: int, progress: ProgressC
         # A table that grew over months has been vacuumed (visibility map, hint bits) and analyzed by
         # autovacuum; without this the first recount would pay for setting hint bits on every row.
         connection.execute(text("VACUUM ANALYZE images, locations"))
-    _check_url_hash(engine, tenant, stop - 1)
+    _check_data_key_hash(engine, tenant, stop - 1)
 
 
-def _check_url_hash(engine: Engine, tenant: str, n: int) -> None:
-    """The SQL-made url_hash must be what the product computes, or the url_hash index lookups find nothing."""
+def _check_data_key_hash(engine: Engine, tenant: str, n: int) -> None:
+    """The SQL-made data_key_hash must be what the product computes, or the data_key_hash index lookups find nothing."""
     with engine.connect() as connection:
         url, digest = connection.execute(
-            text("SELECT url, url_hash FROM locations WHERE image_id = :id"), {"id": image_id(tenant, n)}
+            text("SELECT url, data_key_hash FROM locations WHERE image_id = :id"), {"id": image_id(tenant, n)}
         ).one()
-    if digest != url_digest(url):
-        raise RuntimeError(f"loaded url_hash {digest} differs from url_digest {url_digest(url)}")
+    if digest != data_key_digest(url):
+        raise RuntimeError(f"loaded data_key_hash {digest} differs from data_key_digest {data_key_digest(url)}")
 
 
 def repair_usage(engine: Engine, tenant: str) -> list[Drift]:

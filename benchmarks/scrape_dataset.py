@@ -72,8 +72,8 @@ ACTIVE_IMAGES = text(
 # positions falls in the batch, inserted in position order so each pending row lands among active ones.
 LOCATIONS = text(
     """
-    INSERT INTO locations (id, image_id, url, url_hash, store, metadata, status, size_bytes, created_at, updated_at,
-                           deleted_at, pending_since, scrub_after, attempts, last_error)
+    INSERT INTO locations (id, image_id, url, data_key_hash, store, metadata, status, size_bytes, created_at,
+                           updated_at, deleted_at, pending_since, scrub_after, attempts, last_error)
     SELECT id, image_id, url, encode(sha256(convert_to(url, 'UTF8')), 'hex'), store, '{}', status, size_bytes,
            created_at, updated_at, NULL, pending_since, scrub_after, attempts, last_error
     FROM (

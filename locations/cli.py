@@ -13,6 +13,8 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from locations.scrubber import Scrubber
+from locations.services.data_references import DataKeys
+from locations.services.data_rekey import record_collisions, rekey_batches, rows_to_rekey
 from locations.services.deletion import DeletionService
 from locations.services.factories import scrub_policy
 from locations.services.glance_import import (
@@ -37,6 +39,7 @@ PURGE_BATCH = 1000
 RECONCILE_BATCH = 500
 IMPORT_BATCH = 500
 RESEAL_BATCH = 500
+REKEY_BATCH = 500
 
 
 def serve_metrics(address: str, port: int) -> None:
@@ -206,7 +209,53 @@ def import_glance(app: LazyApp, url: str, dry_run: bool, batch_size: int) -> Non
 
 @click.group()
 def locations() -> None:
-    """Location URLs at rest: encryption and key rotation (docs/encryption.md)."""
+    """Location rows: data keys (docs/lifecycle.md), URL encryption and key rotation (docs/encryption.md)."""
+
+
+def data_keys(app: LazyApp) -> DataKeys:
+    """The deployment's stores and URL key ring, as the re-keying and re-sealing passes need them."""
+    with app.request() as request:
+        return DataKeys(request.find_service(StoreRegistry), app.registry["locquota.url_vault"])
+
+
+def rekey_all(app: LazyApp, batch_size: int, *, everything: bool) -> None:
+    """Re-key rows from their stores' canonical keys (progress on stderr), then report data shared across tenants."""
+    unit_of_work, keys = app.unit_of_work(), data_keys(app)
+    changed = unkeyed = 0
+    try:
+        with click.progressbar(
+            length=rows_to_rekey(unit_of_work, everything=everything), label="re-keying", file=sys.stderr
+        ) as bar:
+            for batch in rekey_batches(unit_of_work, keys, batch_size, everything=everything):
+                changed, unkeyed = changed + batch.changed, unkeyed + batch.unkeyed
+                bar.update(batch.scanned)
+        with app.request() as request, request.tm:
+            collisions = record_collisions(request.db, request.find_service(Clock))
+    except SQLAlchemyError as exc:
+        # Whole batches are committed; a re-run picks up the rows still to do.
+        raise click.ClickException(f"stopped ({describe_error(exc)}); run it again to finish") from exc
+    for collision in collisions:
+        ids = ",".join(str(location_id) for location_id in collision.location_ids)
+        click.echo(f"collision\t{collision.data_key_hash[:16]}\ttenants {','.join(collision.tenants)}\tlocations {ids}")
+    unkeyed_note = f"; {unkeyed} rows keep their URL's text as key (see the log)" if unkeyed else ""
+    click.echo(
+        f"re-keyed {changed} locations{unkeyed_note}; "
+        f"{len(collisions)} pieces of data are referenced by more than one tenant"
+    )
+
+
+@locations.command()
+@click.option(
+    "--all", "everything", is_flag=True, help="Every row, not only those not keyed yet (after a store moves)."
+)
+@click.option("--batch-size", type=click.IntRange(min=1, max=10000), default=REKEY_BATCH, show_default=True)
+@click.pass_obj
+def rekey(app: LazyApp, everything: bool, batch_size: int) -> None:
+    """Key every location by its store's canonical data key, and report data shared across tenants.
+
+    Resumable and safe while the service runs; `locquota db upgrade` runs it after the schema migration.
+    """
+    rekey_all(app, batch_size, everything=everything)
 
 
 def _reseal(app: LazyApp, batch_size: int, *, plaintext_only: bool, label: str) -> tuple[int, int]:
@@ -222,7 +271,7 @@ def _reseal(app: LazyApp, batch_size: int, *, plaintext_only: bool, label: str) 
     total = rows_to_scan(unit_of_work, plaintext_only=plaintext_only)
     try:
         with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-            for batch in reseal_batches(unit_of_work, vault, batch_size, plaintext_only=plaintext_only):
+            for batch in reseal_batches(unit_of_work, data_keys(app), batch_size, plaintext_only=plaintext_only):
                 resealed, unreadable = resealed + batch.resealed, unreadable + batch.unreadable
                 bar.update(batch.scanned)
     except SettingsError as exc:

@@ -4,10 +4,23 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
-from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from locquota.crypto import is_sealed, plain_digest
+from locquota.crypto import plain_digest
 from locquota.db import Base
 
 
@@ -43,9 +56,15 @@ HIDDEN_IMAGE_STATUSES = (ImageStatus.PENDING_DELETE, ImageStatus.DELETED)
 LIVE_LOCATION_STATUSES = (LocationStatus.ACTIVE, LocationStatus.PENDING_DELETE)  # their data is in a store
 
 
-def url_digest(url: str) -> str:
-    """The indexed form of a plaintext location URL (no encryption keys), for "who else references this data?"."""
-    return plain_digest(url)
+# locations.data_key_version: 1, data_key_hash is the hash of the store's canonical key of the data (SPEC
+# section 6); 0, of the URL's text (rows written before migration 0006, until `locquota locations rekey`).
+DATA_KEY_VERSION = 1
+TEXT_KEY_VERSION = 0
+
+
+def data_key_digest(key: str) -> str:
+    """The data_key_hash of a canonical data key without encryption keys (a canonical file URL is its own key)."""
+    return plain_digest(key)
 
 
 def _enum(enum: type[StrEnum], length: int) -> Enum:
@@ -138,9 +157,15 @@ class Location(Base):
     __tablename__ = "locations"
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"), index=True)
-    url: Mapped[str] = mapped_column(Text)  # the URL, or "enc:" + its Fernet token (locquota.crypto)
-    # sha256 of the URL, or its HMAC-SHA256 under the encryption key: URLs are too long for a btree index.
-    url_hash: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)  # the URL as given, or "enc:" + its Fernet token (locquota.crypto)
+    # What the URL reaches, whatever its spelling: sha256 of the store's canonical data key, or its HMAC-SHA256
+    # under the encryption key (locations.services.data_references decides "in use" by it, never by URL text).
+    data_key_hash: Mapped[str] = mapped_column(String(64))
+    data_key_version: Mapped[int] = mapped_column(
+        SmallInteger, default=DATA_KEY_VERSION, server_default=text(str(DATA_KEY_VERSION))
+    )
+    # "device:inode" of a file store's data when the location was written: a second name (a hard link) of it.
+    data_inode: Mapped[str | None] = mapped_column(String(64))
     store: Mapped[str] = mapped_column(String(64))
     location_metadata: Mapped[dict[str, object]] = mapped_column("metadata", JSON, default=dict)
     status: Mapped[LocationStatus] = mapped_column(_enum(LocationStatus, 32))
@@ -159,13 +184,6 @@ class Location(Base):
     # `locquota import-glance` finds the row again by (image_id, glance_location_id), so nothing doubles.
     glance_location_id: Mapped[int | None] = mapped_column(BigInteger)
     image: Mapped[Image] = relationship(back_populates="locations")
-
-    @validates("url")
-    def _keep_url_hash(self, _key: str, url: str) -> str:
-        # A sealed URL's hash is keyed: whoever seals it (UrlVault.digest) sets url_hash; the model cannot.
-        if not is_sealed(url):
-            self.url_hash = url_digest(url)
-        return url
 
     __table_args__ = (
         # The scrubber's due work and the backlog (API, metrics) read only pending_delete rows: partial
@@ -195,7 +213,22 @@ class Location(Base):
             sqlite_where=text("status = 'pending_delete'"),
         ),
         # "Does any other live location reference this data?" before data is deleted or a URL is added.
-        Index("ix_locations_url_hash", "url_hash"),
+        Index("ix_locations_data_key_hash", "data_key_hash"),
+        Index("ix_locations_data_inode", "data_inode"),
         # One row per imported Glance location: a second import updates it instead of adding another.
         Index("uq_locations_image_id_glance_location_id", "image_id", "glance_location_id", unique=True),
     )
+
+
+class DataKeyCollision(Base):
+    """Data that live locations of more than one tenant reference, as the last `locquota locations rekey` found.
+
+    Only rows added before data identity was decided by canonical keys can collide (an alias of another
+    tenant's file); the scrubber keeps such data while any of them is live. The metrics count these rows.
+    """
+
+    __tablename__ = "data_key_collisions"
+    data_key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenants: Mapped[int] = mapped_column(Integer)
+    locations: Mapped[int] = mapped_column(Integer)
+    found_at: Mapped[datetime]

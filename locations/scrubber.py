@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 
 from locations.models import Location
+from locations.services.data_references import DataKeys, DataReferences
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import (
     Outcome,
@@ -65,6 +66,7 @@ class Scrubber:
         vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._unit, self._stores, self._clock, self._policy = unit_of_work, stores, clock, policy
+        self._keys = DataKeys(stores, vault)
         self._vault = vault
         self._batch_size, self._pool_size = batch_size, pool_size
         self.worker = worker or new_worker_id()
@@ -95,11 +97,11 @@ class Scrubber:
                             db,
                             self._clock,
                             lifecycle,
+                            DataReferences(db, self._keys),
                             self.worker,
                             self._policy,
                             item,
-                            deletion.outcome,
-                            deletion.error,
+                            deletion,
                         )
                         for item, deletion in zip(claims, deletions, strict=True)
                     ]
@@ -121,9 +123,8 @@ class Scrubber:
         while not stop.is_set():
             with self._unit() as db:
                 claims = claim(
-                    db, self._clock, LocationLifecycle(db, self._clock, vault=self._vault), self.worker, self._policy,
-                    limit=self._batch_size,
-                )  # fmt: skip
+                    db, self._clock, DataReferences(db, self._keys), self.worker, self._policy, limit=self._batch_size
+                )
             if not claims:
                 return
             yield claims

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import click
 
-from locations.cli import import_glance, locations, purge, reconcile, restore, scrub
+from locations.cli import REKEY_BATCH, import_glance, locations, purge, reconcile, rekey_all, restore, scrub
 from locquota.clock import Clock
 from locquota.db import upgrade_to_head
 from locquota.scripting import LazyApp
@@ -40,9 +40,13 @@ def db() -> None:
 @db.command("upgrade")
 @click.pass_obj
 def db_upgrade(app: LazyApp) -> None:
-    """Apply every pending migration (PostgreSQL deployments run this on each release)."""
+    """Apply every pending migration, then key the locations not keyed yet by their stores' canonical keys.
+
+    PostgreSQL deployments run this on each release; the re-keying is `locquota locations rekey`.
+    """
     upgrade_to_head(app.registry["locquota.engine"])
     click.echo("database is at the newest revision")
+    rekey_all(app, REKEY_BATCH, everything=False)
 
 
 @cli.group()

@@ -6,9 +6,9 @@ rotates a token to the primary key. A sealed URL is stored as "enc:" + the token
 plaintext row (a deployment without keys, or one whose `locquota locations encrypt` is under way).
 No store URL scheme is "enc", so the two never mix up.
 
-Lookups by URL never decrypt: url_hash holds HMAC-SHA256 of the URL (its exact string: two spellings
-of one object are two URLs, as they are for Glance and the stores) under a hash key derived from the
-primary key. Without keys it is the plain SHA-256 of today, so unencrypted deployments see no change.
+Lookups never decrypt: a location's data_key_hash holds HMAC-SHA256 of its data key (the store's canonical
+name of the data, so every spelling of one file hashes alike) under a hash key derived from the primary
+key. Without keys it is the plain SHA-256, so unencrypted deployments need no key.
 """
 
 import base64
@@ -30,7 +30,7 @@ class UrlNotReadableError(Exception):
 
 
 def plain_digest(url: str) -> str:
-    """The url_hash of a deployment without keys: SHA-256 of the URL."""
+    """The hash of a deployment without keys: SHA-256 of the text (a data key)."""
     return hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -89,32 +89,32 @@ class UrlVault:
             raise UrlNotReadableError("a sealed location URL no configured key opens (tampered or wrong key)") from None
 
     def digest(self, url: str) -> str:
-        """The url_hash to store beside a URL written now (hex, 64 characters)."""
+        """The hash to store for a data key (or URL) written now (hex, 64 characters)."""
         if not self._hash_keys:
             return plain_digest(url)
         return self._keyed(self._hash_keys[0], url)
 
     def digests(self, url: str) -> list[str]:
-        """Every url_hash a row of this URL may carry, for lookups: no half-done migration hides a duplicate.
+        """Every hash a row of this data key may carry, for lookups: no half-done migration hides a duplicate.
 
         One per key of the ring (a rotation under way) and the plain SHA-256 (an `encrypt` under way).
         """
         return [*(self._keyed(key, url) for key in self._hash_keys), plain_digest(url)]
 
     def resealed(self, stored: str) -> tuple[str, str] | None:
-        """A stored value sealed under the primary key, with its url_hash; None if it is sealed so already.
+        """A stored value sealed under the primary key, with the URL it holds; None if it is sealed so already.
 
         Raises UrlNotReadableError if no key of the ring opens it: it cannot be rotated, only reported.
         """
         if self._ring is None:
             return None
         if not is_sealed(stored):
-            return self.seal(stored), self.digest(stored)
+            return self.seal(stored), stored
         try:
             self._fernets[0].decrypt(stored.removeprefix(SEALED_PREFIX).encode("ascii"))
         except InvalidToken:
             url = self.open(stored)  # under an older key of the ring, or UrlNotReadableError
-            return self.seal(url), self.digest(url)
+            return self.seal(url), url
         return None
 
     def needs_rotation(self, stored: str) -> bool:

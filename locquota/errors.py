@@ -55,6 +55,14 @@ class LocationOutsideStore(LocquotaError):
     code = "location_outside_store"
 
 
+class LocationNotAFile(LocquotaError):
+    code = "location_not_a_file"
+
+
+class LocationUndecidable(LocquotaError):
+    code = "location_undecidable"
+
+
 class UnsupportedScheme(LocquotaError):
     code = "unsupported_scheme"
 
@@ -121,6 +129,10 @@ class InvalidImageStatus(LocquotaError):
 
 class InvalidLocationTransition(LocquotaError):
     status, code = 409, "invalid_location_transition"
+
+
+class LocationDataChanged(LocquotaError):
+    status, code = 409, "location_data_changed"
 
 
 class ScrubInProgress(LocquotaError):

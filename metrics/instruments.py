@@ -58,3 +58,9 @@ LOCATION_DECRYPT_ERRORS = Counter(
     "Sealed location URLs that no configured key opened (tampered, or a key missing), by where they were read.",
     ["reader"],
 )
+IDENTITY_MISMATCHES = Counter(
+    "locquota_location_identity_mismatches_total",
+    "Locations whose URL reached other data than when they were added (a symlink swapped), by reader; nothing"
+    " was read or deleted through them.",
+    ["reader"],
+)

@@ -38,6 +38,7 @@ TABLES = (
     "tenant_limits",
     "usage_drift",
     "reconcile_runs",
+    "data_key_collisions",
 )
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)

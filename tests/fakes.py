@@ -16,11 +16,13 @@ from pyramid.router import Router
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from locations.services.data_references import DataKeys, DataReferences
 from locations.services.scrubbing import ScrubPolicy
-from locations.stores.base import StoreError, StoreRegistry
+from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locquota.app import configure
 from locquota.clock import Clock
+from locquota.crypto import PLAINTEXT
 from locquota.scripting import UnitOfWork
 
 # How long a held delete waits for release() before failing: a safety net so a broken test fails
@@ -98,6 +100,10 @@ class FakeFailingStore:
         """The real store's URL check."""
         self.inner.validate_url(url)
 
+    def identify(self, url: str) -> DataIdentity:
+        """The real store's data identity."""
+        return self.inner.identify(url)
+
     def path_for(self, url: str) -> Path:
         """The real store's checked path for url."""
         return self.inner.path_for(url)
@@ -120,6 +126,11 @@ class FakeFailingStore:
 def registry_of(store: FakeFailingStore) -> StoreRegistry:
     """A store registry holding only the fake, as the default `file` store."""
     return StoreRegistry({store.name: store}, store.name)
+
+
+def references_on(db: Session, store: FakeFailingStore | FileStore) -> DataReferences:
+    """The shared-data decisions over one store, without URL encryption, as a scrubber's claim takes them."""
+    return DataReferences(db, DataKeys(StoreRegistry({store.name: store}, store.name), PLAINTEXT))
 
 
 def build_app_with_store(settings: dict[str, str], store: FakeFailingStore, clock: Clock) -> Router:

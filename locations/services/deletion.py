@@ -8,13 +8,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
+from locations.services.data_references import DataKeys, DataReferences
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
-from locquota.errors import ImageNotFound, ImageProtected, InvalidImageStatus, ScrubInProgress
+from locquota.errors import ImageNotFound, ImageProtected, InvalidImageStatus, LocationInUse, ScrubInProgress
 from locquota.identity import Identity
 
 
@@ -39,6 +40,7 @@ class DeletionService:
         self._checkpoint, self._policy = checkpoint, policy
         self._delayed, self._scrub_delay = delayed_delete, scrub_delay
         self._lifecycle = LocationLifecycle(db, clock, vault=vault)
+        self._references = DataReferences(db, DataKeys(stores, vault))
 
     def delete_image(self, caller: Identity, image_id: uuid.UUID) -> None:
         """Retire every active location; with delayed_delete the scrubber deletes the data later.
@@ -89,6 +91,11 @@ class DeletionService:
             raise ScrubInProgress("The scrubber is deleting this image's data; it cannot be restored.")
         if not pending:
             raise InvalidImageStatus("No data of this image is left to restore.")
+        for location in pending:
+            # Only data from before canonical keys can be another tenant's too: it is not handed back to anyone.
+            others = self._references.find_for(location, lock=True) or []
+            if any(reference.owner != image.owner for reference in others):
+                raise LocationInUse("Another project's image references this image's data; it cannot be restored.")
         for location in pending:
             self._lifecycle.move(location, LocationStatus.ACTIVE)
         self._lifecycle.set_image_status(image, ImageStatus.ACTIVE)

@@ -18,10 +18,11 @@ a crash leaves both or neither (SPEC section 11).
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus
+from locations.models import DATA_KEY_VERSION, LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus
+from locations.stores.base import DataIdentity
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import InvalidImageStatus, InvalidLocationTransition, LocationLimitExceeded
@@ -86,6 +87,7 @@ class LocationLifecycle:
         self,
         image: Image,
         url: str,
+        identity: DataIdentity,
         store: str,
         metadata: dict[str, object],
         size_bytes: int | None,
@@ -105,9 +107,11 @@ class LocationLifecycle:
         charged = size_bytes or 0
         self._ledger.charge(image.owner, {Resource.IMAGE_SIZE_TOTAL: charged}, within=limits)
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, charged)
-        return self._new_location(image, url, store, metadata, size_bytes)
+        return self._new_location(image, url, identity, store, metadata, size_bytes)
 
-    def land_upload(self, image: Image, url: str, store: str, size_bytes: int, limits: Limits) -> Location:
+    def land_upload(
+        self, image: Image, url: str, identity: DataIdentity, store: str, size_bytes: int, limits: Limits
+    ) -> Location:
         """An upload's data is in the store: its first location, and the image saving -> active.
 
         One admission for both (the bytes, and the end of the upload), so the usage row is written once.
@@ -117,17 +121,25 @@ class LocationLifecycle:
         self._ledger.charge(image.owner, deltas, within=limits)
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, size_bytes)
         image.status, image.updated_at = ImageStatus.ACTIVE, self._clock.now()
-        return self._new_location(image, url, store, {}, size_bytes)
+        return self._new_location(image, url, identity, store, {}, size_bytes)
 
     def _new_location(
-        self, image: Image, url: str, store: str, metadata: dict[str, object], size_bytes: int | None
+        self,
+        image: Image,
+        url: str,
+        identity: DataIdentity,
+        store: str,
+        metadata: dict[str, object],
+        size_bytes: int | None,
     ) -> Location:
         now = self._clock.now()
         # Set from the location's side: the image's list of locations is not loaded just to append to it.
         location = Location(
             image=image,
             url=self.vault.seal(url),  # sealed when keys are configured: plaintext is never written then
-            url_hash=self.vault.digest(url),
+            data_key_hash=self.vault.digest(identity.key),  # what it reaches, whatever the spelling (SPEC 6)
+            data_key_version=DATA_KEY_VERSION,
+            data_inode=identity.inode,
             store=store,
             location_metadata=metadata,
             status=LocationStatus.ACTIVE,
@@ -211,33 +223,3 @@ class LocationLifecycle:
             select(Image.owner).join(Location.image).where(Location.id.in_(location_ids)).distinct()
         )
         self._ledger.lock(owners)
-
-    def lock_references(self, url: str) -> None:
-        """Lock every location of this data, in id order, so concurrent decisions about it serialize.
-
-        Found by url_hash alone (under every key of the ring): sealed URLs differ even for the same URL.
-        """
-        self._db.execute(
-            select(Location.id)
-            .where(Location.url_hash.in_(self.vault.digests(url)))
-            .order_by(Location.id)
-            .with_for_update()
-        ).all()
-
-    def is_data_shared(self, location: Location) -> bool:
-        """Whether another live location (any image, any tenant) references the same data.
-
-        Raises UrlNotReadableError if the location's own URL cannot be opened (tampered, or a key is missing).
-        """
-        url = self.vault.open(location.url)
-        return bool(
-            self._db.scalar(
-                select(
-                    exists().where(
-                        Location.url_hash.in_(self.vault.digests(url)),
-                        Location.id != location.id,
-                        Location.status.in_(LIVE_LOCATION_STATUSES),
-                    )
-                )
-            )
-        )

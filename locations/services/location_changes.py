@@ -4,6 +4,7 @@
 - Data another tenant's image references cannot be added (403): a tenant could otherwise read, and later
   delete, someone else's data.
 - Data whose deletion is in flight cannot be added back (409).
+- "This data" is what the store's canonical key names, under any spelling of the URL (data_references).
 - At most locations_per_image live locations (413), and the image's size again within the owner's
   image_size_total (413): a copy takes that much more space; the last active location of an active image cannot
   be removed (403, as Glance); removing is admin-only, as in Glance's default policy.
@@ -13,14 +14,14 @@
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus
+from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.schemas import LocationChange, LocationSpec
+from locations.services.data_references import DataKeys, DataReferences
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
-from locations.stores.base import StoreError, StoreRegistry
+from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import (
@@ -31,6 +32,7 @@ from locquota.errors import (
     LocationDataMissing,
     LocationInUse,
     LocationPendingDelete,
+    LocquotaError,
 )
 from locquota.identity import Identity
 from quota.services.limits import Limits, LimitService
@@ -58,6 +60,7 @@ class LocationChanges:
         self._policy, self._limits, self._vault = policy, limits, vault
         self._delay = scrub_delay if delayed_delete else None
         self._lifecycle = LocationLifecycle(db, clock, vault=vault)
+        self._references = DataReferences(db, DataKeys(stores, vault))
 
     def apply(self, caller: Identity, image: Image, changes: list[LocationChange]) -> None:
         """Apply every change or none; data of removed locations is deleted last (after a commit)."""
@@ -85,55 +88,56 @@ class LocationChanges:
     def _replace(
         self, caller: Identity, image: Image, wanted: tuple[LocationSpec, ...], limits: Limits
     ) -> list[Location]:
-        wanted_urls = {spec.url for spec in wanted}
-        # By id: a location whose URL cannot be opened (tampered) is not wanted, so a replace retires it.
-        current = {location.id: self._readable_url(location) for location in image.active_locations}
-        for spec in wanted:
-            if spec.url not in current.values():
+        keys = self._references.keys
+        wanted_keys = {keys.identify(spec.url).key: spec for spec in wanted}  # 400 for any unusable URL first
+        # By id: a location whose URL cannot be opened or identified (tampered) is not wanted, so it is retired.
+        current = {location.id: self._key_of(location) for location in image.active_locations}
+        for key, spec in wanted_keys.items():
+            if key not in current.values():
                 self._add(image, spec, limits)
         return [
             self._remove(caller, image, location)
             for location in image.active_locations
-            if location.id in current and current[location.id] not in wanted_urls
+            if location.id in current and current[location.id] not in wanted_keys
         ]
 
-    def _readable_url(self, location: Location) -> str | None:
+    def _key_of(self, location: Location) -> str | None:
+        keys = self._references.keys
         try:
-            return self._vault.open(location.url)
-        except UrlNotReadableError:
+            return keys.identify_stored(self._vault.open(location.url), location.store).key
+        except (UrlNotReadableError, LocquotaError):
             return None
 
     def _add(self, image: Image, spec: LocationSpec, limits: Limits) -> None:
         store = self._stores.for_url(spec.url)
-        digests = set(self._vault.digests(spec.url))
-        if any(location.url_hash in digests for location in image.active_locations):
-            raise DuplicateLocation("The image already has this location.")
-        self._check_data_is_free(image, spec.url)
+        identity = store.identify(spec.url)
+        self._check_data_is_free(image, identity, spec.url)
         try:
             size = store.get_size(spec.url)
         except StoreError as exc:
             raise LocationDataMissing("No data at this location.") from exc
         charged = image.size if image.size is not None else size
-        self._lifecycle.add(image, spec.url, store.name, spec.metadata, charged, limits=limits)
+        self._lifecycle.add(image, spec.url, identity, store.name, spec.metadata, charged, limits=limits)
         if image.status is ImageStatus.QUEUED:
             # Glance: a queued image given a location becomes active, sized by its data.
             image.size = size
             self._lifecycle.set_image_status(image, ImageStatus.ACTIVE)
         image.updated_at = self._clock.now()
 
-    def _check_data_is_free(self, image: Image, url: str) -> None:
-        """403 if another tenant's image references the data; 409 if a deletion of it is in flight."""
+    def _check_data_is_free(self, image: Image, identity: DataIdentity, url: str) -> None:
+        """400 if the image has it already, 403 if another tenant's image references it, 409 if being deleted.
+
+        The references stay locked until the commit: a concurrent add of the same data waits for this one.
+        """
         now = self._clock.now()
-        others = self._db.execute(
-            select(Image.owner, Location.status, Location.claim_expires_at)
-            .join(Location.image)
-            .where(Location.url_hash.in_(self._vault.digests(url)))  # never the url column: tokens differ
-            .where(Location.status.in_(LIVE_LOCATION_STATUSES))
-        ).all()
-        for owner, status, claim_expires_at in others:
-            if owner != image.owner:
-                raise LocationInUse("Another project's image references this data.")
-            if status is LocationStatus.PENDING_DELETE and claim_expires_at is not None and claim_expires_at > now:
+        references = self._references.find(identity, url=url, lock=True)
+        if any(reference.owner != image.owner for reference in references):
+            raise LocationInUse("Another project's image references this data.")
+        for reference in references:
+            if reference.image_id == image.id and reference.status is LocationStatus.ACTIVE:
+                raise DuplicateLocation("The image already has this location.")
+            claimed = reference.claim_expires_at is not None and reference.claim_expires_at > now
+            if reference.status is LocationStatus.PENDING_DELETE and claimed:
                 raise LocationPendingDelete("This data is being deleted; it cannot be added back now.")
 
     def _remove(self, caller: Identity, image: Image, location: Location) -> Location:

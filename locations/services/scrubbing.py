@@ -24,12 +24,13 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import Location, LocationStatus
+from locations.services.data_references import DataKeys, DataReferences, Reference
 from locations.services.lifecycle import LocationLifecycle
-from locations.stores.base import StoreError, StoreRegistry
+from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
-from metrics.instruments import LOCATION_DECRYPT_ERRORS, SCRUB_DELETIONS, SCRUB_FAILURES
+from metrics.instruments import IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS, SCRUB_DELETIONS, SCRUB_FAILURES
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000
@@ -62,15 +63,19 @@ class ScrubPolicy:
 class Claim:
     """A location this worker may delete the data of until expires_at.
 
-    url is the opened URL (None: its sealed URL could not be opened; the deletion fails and is retried).
+    url is the opened URL and identity what it reaches now; problem, when set, says why the data must not
+    be deleted now (a sealed URL no key opens, a URL its store refuses, data other than it was keyed
+    for): the deletion fails and is retried, and the failure is counted for the operators.
     """
 
     location_id: int
     url: str | None
+    identity: DataIdentity | None
     store: str
     size_bytes: int | None
     is_shared: bool
     expires_at: datetime
+    problem: tuple[str, str] | None = None  # (error, reason label)
 
 
 class Outcome(StrEnum):
@@ -95,7 +100,7 @@ def due_filter(now: datetime) -> list[object]:
 def claim(
     db: Session,
     clock: Clock,
-    lifecycle: LocationLifecycle,
+    references: DataReferences,
     worker: str,
     policy: ScrubPolicy,
     *,
@@ -123,17 +128,31 @@ def claim(
     rows = db.scalars(
         select(Location).where(Location.id.in_(ids), Location.claimed_by == worker).order_by(Location.id)
     ).all()
-    return [_claim_of(lifecycle, row, expires_at) for row in rows]
+    return [_claim_of(references, row, expires_at) for row in rows]
 
 
-def _claim_of(lifecycle: LocationLifecycle, row: Location, expires_at: datetime) -> Claim:
+def _claim_of(references: DataReferences, row: Location, expires_at: datetime) -> Claim:
+    keys = references.keys
     try:
-        url = lifecycle.vault.open(row.url)
+        url = keys.vault.open(row.url)
     except UrlNotReadableError:
         LOCATION_DECRYPT_ERRORS.labels("scrubber").inc()
         log.error("location %s: its sealed URL cannot be opened (tampered, or its key is missing)", row.id)
-        return Claim(row.id, None, row.store, row.size_bytes, False, expires_at)
-    return Claim(row.id, url, row.store, row.size_bytes, lifecycle.is_data_shared(row), expires_at)
+        problem = ("the location's sealed URL cannot be opened", "UrlNotReadableError")
+        return Claim(row.id, None, None, row.store, row.size_bytes, False, expires_at, problem)
+    try:
+        identity = keys.identify_stored(url, row.store)
+    except LocquotaError as exc:  # a symlink now leading out of the root, a loop: nothing is deleted
+        problem = (f"{type(exc).__name__}: {exc.message}", type(exc).__name__)
+        return Claim(row.id, url, None, row.store, row.size_bytes, False, expires_at, problem)
+    if not keys.still_names(row, identity):
+        IDENTITY_MISMATCHES.labels("scrubber").inc()
+        log.error("location %s: its URL reaches other data than when it was added; not deleted", row.id)
+        problem = ("the location's URL reaches other data than when it was added", "DataIdentityChanged")
+        return Claim(row.id, url, identity, row.store, row.size_bytes, False, expires_at, problem)
+    others = references.find(identity, url=url, excluding=row.id)
+    is_shared = any(reference.shares_name for reference in others)
+    return Claim(row.id, url, identity, row.store, row.size_bytes, is_shared, expires_at)
 
 
 class Deletion(NamedTuple):
@@ -150,8 +169,9 @@ def delete_data(stores: StoreRegistry, clock: Clock, policy: ScrubPolicy, item: 
         return Deletion(Outcome.SHARED)
     if clock.now() >= item.expires_at - policy.safety_margin:
         return Deletion(Outcome.EXPIRED)
-    if item.url is None:
-        return Deletion(Outcome.FAILED, "the location's sealed URL cannot be opened", "UrlNotReadableError")
+    if item.problem is not None or item.url is None:
+        error, reason = item.problem or ("the location's URL is unknown", "UrlNotReadableError")
+        return Deletion(Outcome.FAILED, error, reason)
     try:
         stores[item.store].delete(item.url)
     except KeyError:
@@ -173,11 +193,11 @@ def record(
     db: Session,
     clock: Clock,
     lifecycle: LocationLifecycle,
+    references: DataReferences,
     worker: str,
     policy: ScrubPolicy,
     item: Claim,
-    outcome: Outcome,
-    error: str,
+    deletion: Deletion,
 ) -> bool:
     """Step 3: write what happened, if the claim is still this worker's; True when the location is deleted.
 
@@ -185,8 +205,11 @@ def record(
     holds the data now; if the others went meanwhile (two references scrubbed together), it is
     released, due at once, so the next claim deletes the data instead of leaking it.
     """
-    if outcome is Outcome.SHARED and item.url is not None:
-        lifecycle.lock_references(item.url)  # the whole group, in id order, before any single row
+    outcome, error = deletion.outcome, deletion.error
+    group: list[Reference] = []
+    if outcome is Outcome.SHARED and item.identity is not None:
+        # The whole group, in id order, before any single row (this one included).
+        group = references.find(item.identity, url=item.url, lock=True)
     location = db.scalar(
         select(Location)
         .where(
@@ -201,7 +224,7 @@ def record(
     if location is None:
         log.warning("location %s: claim lost before its outcome (%s) was recorded", item.location_id, outcome)
         return False
-    if outcome is Outcome.SHARED and not lifecycle.is_data_shared(location):
+    if outcome is Outcome.SHARED and not any(ref.shares_name for ref in group if ref.location_id != location.id):
         location.claimed_by = location.claim_expires_at = None
         location.scrub_after = clock.now()
         log.info("location %s: its data is no longer shared; released for deletion", location.id)
@@ -235,10 +258,11 @@ def delete_now(
     error then leaves work for the scrubber, so data is never leaked or lost track of.
     """
     lifecycle = LocationLifecycle(db, clock, vault=vault)
+    references = DataReferences(db, DataKeys(stores, vault))
     worker = new_worker_id("api")
-    claims = claim(db, clock, lifecycle, worker, policy, limit=len(location_ids), location_ids=location_ids)
+    claims = claim(db, clock, references, worker, policy, limit=len(location_ids), location_ids=location_ids)
     checkpoint()
     deletions = [delete_data(stores, clock, policy, item) for item in claims]
     for item, deletion in zip(claims, deletions, strict=True):
-        recorded = record(db, clock, lifecycle, worker, policy, item, deletion.outcome, deletion.error)
+        recorded = record(db, clock, lifecycle, references, worker, policy, item, deletion)
         count(item, deletion, recorded=recorded)

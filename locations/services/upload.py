@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from transaction import TransactionManager
 
 from locations.models import Image, ImageStatus
+from locations.services.data_references import DataKeys
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import StoreError, StoreFullError, StoreRegistry
@@ -31,13 +32,14 @@ from locquota.errors import (
     IncompleteUpload,
     InvalidBody,
     InvalidImageStatus,
+    LocationDataChanged,
     LocquotaError,
     QuotaExceeded,
     StoreFull,
     StoreUnavailable,
 )
 from locquota.identity import Identity
-from metrics.instruments import ADMISSIONS_REFUSED, LOCATION_DECRYPT_ERRORS
+from metrics.instruments import ADMISSIONS_REFUSED, IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS
 from quota.services.limits import Limits, LimitService
 
 HASH_ALGORITHM = "sha512"
@@ -109,6 +111,7 @@ class ImageDataService:
         self._transactions, self._limits, self._vault = transactions, limits, vault
         self._chunk_bytes, self._cap = chunk_bytes, size_cap_bytes
         self._lifecycle = LocationLifecycle(db, clock, vault=vault)
+        self._keys = DataKeys(stores, vault)
 
     def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
         """Stream body into the default store; the image ends active, or queued/killed with nothing stored."""
@@ -150,7 +153,8 @@ class ImageDataService:
     def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits) -> Image:
         """Admit the size first: a refusal must find nothing written in this unit of work."""
         image = self._images.reload(image_id)
-        self._lifecycle.land_upload(image, url, store_name, reader.size, limits)
+        identity = self._stores[store_name].identify(url)
+        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, limits)
         image.size, image.checksum = reader.size, reader.md5.hexdigest()
         image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
         self._db.flush()
@@ -172,9 +176,13 @@ class ImageDataService:
             log.exception("image %s: data of a refused upload could not be deleted from store %s", image_id, store_name)
 
     def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
-        """The image and a stream of its data from the first readable active location (None: no data)."""
+        """The image and a stream of its data from the first readable active location (None: no data).
+
+        Each location is read only through its own store, and only if its URL still reaches the data it was
+        keyed for when added: a symlink swapped since then leaks nothing (it is skipped and counted).
+        """
         image = self._images.get(caller, image_id, with_details=False)
-        locations = image.active_locations
+        locations, changed = image.active_locations, False
         for location in locations:
             try:
                 url = self._vault.open(location.url)
@@ -183,9 +191,17 @@ class ImageDataService:
                 log.error("location %s: its sealed URL cannot be opened; trying the next one", location.id)
                 continue
             try:
-                return image, self._stores[location.store].get(url, self._chunk_bytes)
+                store = self._stores[location.store]
+                if not self._keys.still_names(location, store.identify(url)):
+                    IDENTITY_MISMATCHES.labels("download").inc()
+                    log.error("location %s: its URL reaches other data than when added; not served", location.id)
+                    changed = True
+                    continue
+                return image, store.get(url, self._chunk_bytes)
             except (StoreError, LocquotaError, KeyError):
                 continue
+        if changed:
+            raise LocationDataChanged("The image's data changed in its store since it was added; it is not served.")
         if locations:
             raise StoreUnavailable("No store could serve the image data.")
         return image, None

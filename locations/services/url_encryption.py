@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from locations.models import Location
+from locations.services.data_references import DataKeys
 from locquota.crypto import SEALED_PREFIX, UrlNotReadableError, UrlVault, is_sealed
 from locquota.scripting import UnitOfWork
 from locquota.settings import SettingsError
@@ -95,19 +96,21 @@ def rows_to_scan(unit_of_work: UnitOfWork, *, plaintext_only: bool) -> int:
 
 
 def reseal_batches(
-    unit_of_work: UnitOfWork, vault: UrlVault, batch_size: int, *, plaintext_only: bool
+    unit_of_work: UnitOfWork, keys: DataKeys, batch_size: int, *, plaintext_only: bool
 ) -> Iterator[ResealBatch]:
     """Seal every row under the primary key, batch by batch, each batch its own transaction.
 
     plaintext_only (encrypt): only rows not sealed yet, found by SQL; otherwise (rotate-key) every row,
-    since which key sealed a token is known only by trying it.
+    since which key sealed a token is known only by trying it. A re-sealed row's data key is hashed
+    again under the primary key, from its store's canonical key.
     """
+    vault = keys.vault
     if not vault.is_enabled:
         raise SettingsError("locquota.location_encryption_keys: no key is configured; nothing to seal with")
     after = 0
     while True:
         with unit_of_work() as db:
-            query = select(Location.id, Location.url).where(Location.id > after)
+            query = select(Location.id, Location.url, Location.store).where(Location.id > after)
             if plaintext_only:
                 query = query.where(not_(Location.url.startswith(SEALED_PREFIX, autoescape=True)))
             # FOR UPDATE (PostgreSQL): a request changing one of these rows waits for this short batch, and
@@ -116,7 +119,7 @@ def reseal_batches(
             if not rows:
                 return
             changes, unreadable = [], 0
-            for location_id, stored in rows:
+            for location_id, stored, store in rows:
                 try:
                     resealed = vault.resealed(stored)
                 except UrlNotReadableError:
@@ -124,7 +127,8 @@ def reseal_batches(
                     log.error("location %s: its sealed URL cannot be opened; left as it is", location_id)
                     continue
                 if resealed is not None:
-                    changes.append({"id": location_id, "url": resealed[0], "url_hash": resealed[1]})
+                    token, url = resealed
+                    changes.append({"id": location_id, "url": token, **keys.columns(url, store)})
             if changes:
                 db.execute(update(Location), changes)
             after = rows[-1].id

@@ -1,11 +1,13 @@
 """What a store must do, and the registry that picks the store for a URL.
 
 Stores are plug-ins: the `locquota.stores` entry-point group maps a name to a class taking
-(name, options). Hashing and size counting happen above the store, so a store only moves bytes.
+(name, options). Hashing and size counting happen above the store, so a store only moves bytes,
+and names its data: only the store knows which spellings of a URL reach the same data (SPEC section 6).
 """
 
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Protocol
 
@@ -20,6 +22,20 @@ class StoreError(Exception):
 
 class StoreFullError(StoreError):
     """No space left for the data."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataIdentity:
+    """What a location URL names in its store, whatever its spelling.
+
+    key: the canonical name of the data; two URLs whose keys are equal reach the same data (for `file`,
+    the real path inside the root as a file URL). inode: for stores with hard links, "device:inode" of
+    the data where it exists, so another name of the same file is recognised; links: how many names it has.
+    """
+
+    key: str
+    inode: str | None = None
+    links: int = 1
 
 
 class Store(Protocol):
@@ -42,6 +58,9 @@ class Store(Protocol):
 
     def validate_url(self, url: str) -> None:
         """Raise LocationOutsideStore unless url names data inside this store."""
+
+    def identify(self, url: str) -> DataIdentity:
+        """The canonical identity of the data url names; a 400 LocquotaError if it cannot be decided."""
 
 
 class StoreRegistry:
@@ -70,6 +89,16 @@ class StoreRegistry:
                 return store
         assert refusal is not None  # noqa: S101  (candidates is not empty)
         raise refusal
+
+    def identify(self, url: str, store_name: str) -> DataIdentity:
+        """What a stored location's URL reaches, through its own store.
+
+        A store not configured here (an imported `glance:rbd` location) cannot canonicalise: the URL's text
+        is the key until it is configured and the rows are re-keyed. Raises the store's 400 LocquotaError
+        when it refuses the URL now (a symlink swapped to lead out of its root, a loop).
+        """
+        store = self._stores.get(store_name)
+        return DataIdentity(url) if store is None else store.identify(url)
 
 
 def load_stores(enabled: Iterable[str], options: Mapping[str, Mapping[str, str]]) -> dict[str, Store]:

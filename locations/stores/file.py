@@ -1,21 +1,31 @@
 """The `file` store: image data as files under one root directory (file:///<root>/<image-id>).
 
-Every URL is resolved (symlinks and `..` included) and refused unless it lies strictly inside the root,
-so nothing outside the root is ever read or deleted, whatever the database says.
+A URL names the file its canonical path names: percent-decoded once, host (`localhost`, none, `////`) and
+scheme case normalised, dot and empty segments removed and symlinks resolved by the kernel's rules
+(realpath), then refused unless it lies strictly inside the root and is a regular file where it exists.
+That path, as a file URL, is the data's key (SPEC section 6); its device and inode recognise a second
+name of the same file (a hard link, a case-insensitive filesystem).
+
+Reads and deletions check again when they act: the file is opened without following a symlink and
+where it really landed is read back from /proc, and a name is unlinked relative to its verified parent
+directory, so a symlink swapped in after the check can never reach outside the root.
 """
 
 import errno
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from locations.stores.base import StoreError, StoreFullError
-from locquota.errors import LocationOutsideStore
+from locations.stores.base import DataIdentity, StoreError, StoreFullError
+from locquota.errors import LocationNotAFile, LocationOutsideStore, LocationUndecidable
 
 MAX_URL_CHARS = 4096
+LOCAL_HOSTS = ("", "localhost")
+PROC_FD = Path("/proc/self/fd")
 
 
 class FileStore:
@@ -34,32 +44,59 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def url_for(self, path: Path) -> str:
-        """The file URL of a path inside the root."""
-        return "file://" + quote(str(path))
+        """The file URL of a path inside the root (the canonical spelling, and the data's key)."""
+        return "file://" + quote(os.fsencode(path))
 
     def path_for(self, url: str) -> Path:
-        """The checked path a URL names; LocationOutsideStore unless strictly inside the root."""
+        """The canonical path a URL names; a 400 LocquotaError unless it is strictly inside the root."""
+        return self._resolve(url)[0]
+
+    def validate_url(self, url: str) -> None:
+        """Raise a 400 LocquotaError unless url names a file (or a file yet to be) strictly inside the root."""
+        self._resolve(url)
+
+    def identify(self, url: str) -> DataIdentity:
+        """The canonical path as a file URL; device and inode where the file exists."""
+        path, status = self._resolve(url)
+        if status is None:
+            return DataIdentity(self.url_for(path))
+        return DataIdentity(self.url_for(path), f"{status.st_dev}:{status.st_ino}", status.st_nlink)
+
+    def _resolve(self, url: str) -> tuple[Path, os.stat_result | None]:
+        path = self._decoded_path(url)
+        try:
+            resolved = Path(os.path.realpath(path, strict=True))
+        except (FileNotFoundError, NotADirectoryError):
+            resolved = Path(os.path.realpath(path))  # no data (yet): the name it would have
+        except OSError as exc:  # a symlink loop, a name too long, a directory we may not search
+            reason = errno.errorcode.get(exc.errno or 0, "error")
+            raise LocationUndecidable(f"The location URL's path cannot be resolved ({reason}).") from None
+        if resolved == self.root or self.root not in resolved.parents:
+            raise LocationOutsideStore("The location URL is outside every configured store.")
+        try:
+            status = resolved.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return resolved, None
+        except OSError as exc:
+            raise LocationUndecidable("The location URL's file cannot be examined.") from exc
+        if not stat.S_ISREG(status.st_mode):
+            raise LocationNotAFile("The location URL names a directory or a special file, not image data.")
+        return resolved, status
+
+    def _decoded_path(self, url: str) -> str:
+        """The absolute path of a plain local file URL, percent-decoded once; 400 for anything else."""
         if len(url) > MAX_URL_CHARS or "\x00" in url:
             raise LocationOutsideStore("The location URL is not a usable file URL.")
         parts = urlsplit(url)
-        if (
-            parts.scheme.lower() != self.scheme
-            or parts.netloc not in ("", "localhost")
-            or parts.query
-            or parts.fragment
-        ):
+        if parts.scheme.lower() != self.scheme or parts.netloc.lower() not in LOCAL_HOSTS:
             raise LocationOutsideStore("The location URL is not a plain file URL of a configured store.")
-        raw_path = unquote(parts.path)
-        if "\x00" in raw_path or not raw_path.startswith("/") or ".." in raw_path.split("/"):
+        if parts.query or parts.fragment or "?" in url or "#" in url:
+            raise LocationOutsideStore("The location URL is not a plain file URL of a configured store.")
+        # Bytes, then the filesystem's own decoding: a name that is not UTF-8 is still one name.
+        path = os.fsdecode(unquote_to_bytes(parts.path))
+        if "\x00" in path or not path.startswith("/"):
             raise LocationOutsideStore("The location URL's path is not allowed.")
-        resolved = Path(os.path.realpath(raw_path))
-        if resolved == self.root or self.root not in resolved.parents:
-            raise LocationOutsideStore("The location URL is outside every configured store.")
-        return resolved
-
-    def validate_url(self, url: str) -> None:
-        """Raise LocationOutsideStore unless url names a file strictly inside the root."""
-        self.path_for(url)
+        return "/" + path.lstrip("/")  # file:////root/x is file:///root/x (POSIX keeps a leading "//")
 
     def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
         """Write to a temporary file, then rename: a failed upload never leaves a partial image behind."""
@@ -81,31 +118,65 @@ class FileStore:
         return self.url_for(final)
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
-        """Stream the file in fixed-size chunks."""
+        """Stream the file in fixed-size chunks, from the file the canonical path names at open time."""
         path = self.path_for(url)
         try:
-            handle = path.open("rb")
+            fd = _open_where_expected(path, os.O_RDONLY)
         except OSError as exc:
             raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
-        return _read_chunks(handle, chunk_bytes)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LocationNotAFile("The location URL names a directory or a special file, not image data.")
+        return _read_chunks(os.fdopen(fd, "rb"), chunk_bytes)
 
     def get_size(self, url: str) -> int:
         """The file's size; a location must name data that is there."""
-        path = self.path_for(url)
-        try:
-            if not path.is_file():
-                raise StoreError(f"file store {self.name}: not a regular file")
-            return path.stat().st_size
-        except OSError as exc:
-            raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
+        status = self._resolve(url)[1]
+        if status is None:
+            raise StoreError(f"file store {self.name}: no such file")
+        return status.st_size
 
     def delete(self, url: str) -> None:
-        """Remove the file; one already gone is fine."""
+        """Remove the file's name, relative to its verified parent directory; one already gone is fine."""
         path = self.path_for(url)
         try:
-            path.unlink(missing_ok=True)
+            parent = _open_where_expected(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
+        try:
+            os.unlink(path.name, dir_fd=parent)  # never follows a symlink: removes at most the link itself
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
+        finally:
+            os.close(parent)
+
+
+def _open_where_expected(path: Path, flags: int) -> int:
+    """Open path (a symlink as its last part is refused), and check that it is what was opened.
+
+    A directory above it swapped for a symlink between the check and the open would land elsewhere:
+    /proc/self/fd tells where the descriptor really points. Without /proc, the device and inode of the
+    descriptor must match those of the path.
+    """
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            landed = os.readlink(PROC_FD / str(fd))
+        except OSError:
+            opened, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
+            moved = (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino)
+        else:
+            moved = landed != str(path)
+        if moved:
+            raise LocationOutsideStore("The location's file moved outside its checked path while being opened.")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_chunks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:

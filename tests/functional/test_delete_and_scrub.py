@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageStatus, Location, LocationStatus
+from locations.models import Image, ImageStatus, Location, LocationStatus, data_key_digest
 from locations.scrubber import Scrubber
 from locations.services.lifecycle import LocationLifecycle
-from locations.services.scrubbing import Outcome, claim, delete_data, record
+from locations.services.scrubbing import Deletion, Outcome, claim, delete_data, record
 from tests.conftest import T0
 from tests.fakes import (
     LEASE,
@@ -26,6 +26,7 @@ from tests.fakes import (
     SCRUB_TIME,
     FakeFailingStore,
     build_app_with_store,
+    references_on,
     registry_of,
     scrub_settings,
     unit_of_work_on,
@@ -301,10 +302,10 @@ def test_failed_scrub_records_the_attempt_and_the_error(app, db, store, stored_i
     assert image_status(db, stored_image) is ImageStatus.PENDING_DELETE
 
 
-def claim_as(db: Session, clock, worker: str) -> list[int]:
+def claim_as(db: Session, clock, store, worker: str) -> list[int]:
     """Claim every due location for another worker, committed, as a scrubber on another node would."""
     db.rollback()
-    claims = claim(db, clock, LocationLifecycle(db, clock), worker, POLICY, limit=100)
+    claims = claim(db, clock, references_on(db, store), worker, POLICY, limit=100)
     db.commit()
     return [item.location_id for item in claims]
 
@@ -313,7 +314,7 @@ def claim_as(db: Session, clock, worker: str) -> list[int]:
 def test_a_live_claim_of_another_scrubber_is_skipped(app, db, store, stored_image, tenant, clock, scrubber):
     app.delete(f"/v2/images/{stored_image}", headers=tenant, status=204)
     clock.advance(seconds=SCRUB_TIME + 1)
-    claimed = claim_as(db, clock, "scrubber:other-node")
+    claimed = claim_as(db, clock, store, "scrubber:other-node")
     clock.advance(seconds=LEASE - 1)
 
     report = scrubber.run_once()
@@ -334,14 +335,17 @@ def test_an_expired_claim_is_taken_over_and_the_dead_worker_cannot_record(
     app.delete(f"/v2/images/{stored_image}", headers=tenant, status=204)
     clock.advance(seconds=SCRUB_TIME + 1)
     db.rollback()
-    [stale] = claim(db, clock, LocationLifecycle(db, clock), "scrubber:dead", POLICY, limit=10)
+    [stale] = claim(db, clock, references_on(db, store), "scrubber:dead", POLICY, limit=10)
     db.commit()
     clock.advance(seconds=LEASE + 1)
 
     report = scrubber.run_once()
     # The dead worker wakes up and reports a failure: its claim is gone, so nothing may change.
     db.rollback()
-    was_recorded = record(db, clock, LocationLifecycle(db, clock), "scrubber:dead", POLICY, stale, Outcome.FAILED, "x")
+    failed = Deletion(Outcome.FAILED, "x")
+    was_recorded = record(
+        db, clock, LocationLifecycle(db, clock), references_on(db, store), "scrubber:dead", POLICY, stale, failed
+    )
     db.commit()
 
     assert report.outcomes == {Outcome.DELETED: 1}
@@ -390,13 +394,14 @@ def test_a_claim_too_close_to_its_expiry_deletes_nothing(app, db, store, stored_
     app.delete(f"/v2/images/{stored_image}", headers=tenant, status=204)
     clock.advance(seconds=SCRUB_TIME + 1)
     db.rollback()
-    [item] = claim(db, clock, LocationLifecycle(db, clock), "scrubber:slow", POLICY, limit=10)
+    [item] = claim(db, clock, references_on(db, store), "scrubber:slow", POLICY, limit=10)
     db.commit()
     clock.advance(seconds=(POLICY.lease - POLICY.safety_margin).total_seconds())
 
-    outcome = delete_data(registry_of(store), clock, POLICY, item).outcome
+    deletion = delete_data(registry_of(store), clock, POLICY, item)
+    outcome = deletion.outcome
     db.rollback()
-    record(db, clock, LocationLifecycle(db, clock), "scrubber:slow", POLICY, item, outcome, "")
+    record(db, clock, LocationLifecycle(db, clock), references_on(db, store), "scrubber:slow", POLICY, item, deletion)
     db.commit()
 
     assert outcome is Outcome.EXPIRED
@@ -417,6 +422,7 @@ def plant_pending_location(db: Session, image_id: str, url: str, size_bytes: int
     image.status = ImageStatus.PENDING_DELETE
     location = Location(
         url=url,
+        data_key_hash=data_key_digest(url),
         store="file",
         location_metadata={},
         status=LocationStatus.PENDING_DELETE,
@@ -473,6 +479,7 @@ def plant_shared_image(db: Session, image_id: str, url: str, size_bytes: int) ->
     image.locations.append(
         Location(
             url=url,
+            data_key_hash=data_key_digest(url),
             store="file",
             location_metadata={},
             status=LocationStatus.ACTIVE,

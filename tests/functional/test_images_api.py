@@ -6,7 +6,7 @@ import os
 import pytest
 from sqlalchemy import func, select
 
-from locations.models import Image, Location, LocationStatus
+from locations.models import Image, Location, LocationStatus, data_key_digest
 from tests.conftest import identity, random_id
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
@@ -112,7 +112,8 @@ def test_locations_shown_when_enabled_list_only_active_ones_without_status(showi
     active = db.scalars(select(Location)).one()
     db.add(
         Location(
-            image_id=active.image_id, url=active.url + ".old", store="file", location_metadata={},
+            image_id=active.image_id, url=active.url + ".old", data_key_hash=data_key_digest(active.url + ".old"),
+            store="file", location_metadata={},
             status=LocationStatus.PENDING_DELETE, size_bytes=3, created_at=active.created_at,
             updated_at=active.updated_at,
         )

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, insert, select, text, update
 
-from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, url_digest
+from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, data_key_digest
 from locations.scrubber import Scrubber
 from locquota.app import configure
 from locquota.cli import cli
@@ -67,7 +67,9 @@ def add_location(app, image_id, url, headers, status=200):
 
 def stored_rows(engine: Engine) -> list[tuple[int, str, str]]:
     with engine.connect() as connection:
-        return [tuple(row) for row in connection.execute(text("SELECT id, url, url_hash FROM locations ORDER BY id"))]
+        return [
+            tuple(row) for row in connection.execute(text("SELECT id, url, data_key_hash FROM locations ORDER BY id"))
+        ]
 
 
 def decrypt_errors() -> float:
@@ -89,10 +91,10 @@ def test_a_location_round_trips_through_the_api_and_is_stored_sealed(api, engine
     assert shown["locations"] == [{"url": url, "metadata": {"k": "v"}}]
     listed = api.get("/v2/images", headers=tenant).json["images"]
     assert listed[0]["locations"] == [{"url": url, "metadata": {"k": "v"}}]
-    [(_id, stored, url_hash)] = stored_rows(engine)
+    [(_id, stored, data_key_hash)] = stored_rows(engine)
     assert stored.startswith("enc:")
     assert str(store_root) not in stored
-    assert url_hash == UrlVault([NEW_KEY.encode()]).digest(url) != url_digest(url)
+    assert data_key_hash == UrlVault([NEW_KEY.encode()]).digest(url) != data_key_digest(url)
 
 
 def test_an_upload_is_stored_sealed_and_downloads(api, engine, tenant, store_root):
@@ -261,8 +263,9 @@ def seed_plaintext_rows(engine: Engine, count: int, store_root: Path) -> list[st
              "created_at": T0, "updated_at": T0}
         )  # fmt: skip
         locations.append(
-            {"image_id": image_id, "url": url, "url_hash": url_digest(url), "store": "file", "location_metadata": {},
-             "status": LocationStatus.ACTIVE, "size_bytes": 4, "created_at": T0, "updated_at": T0, "attempts": 0}
+            {"image_id": image_id, "url": url, "data_key_hash": data_key_digest(url), "store": "file",
+             "location_metadata": {}, "status": LocationStatus.ACTIVE, "size_bytes": 4, "created_at": T0,
+             "updated_at": T0, "attempts": 0}
         )  # fmt: skip
     with engine.begin() as connection:
         connection.execute(insert(Image), images)
@@ -300,7 +303,7 @@ def test_encrypt_seals_thousands_of_existing_rows_leaving_no_plaintext(
     rows = stored_rows(engine)
     assert all(stored.startswith("enc:") for _id, stored, _hash in rows)
     assert [vault.open(stored) for _id, stored, _hash in rows] == urls
-    assert [url_hash for _id, _stored, url_hash in rows] == [vault.digest(url) for url in urls]
+    assert [data_key_hash for _id, _stored, data_key_hash in rows] == [vault.digest(url) for url in urls]
     dump = whole_table_dump(engine)
     assert "s3cret" not in dump
     assert "swift.example.com" not in dump
@@ -374,7 +377,7 @@ def test_rotation_while_requests_run_never_errs_and_every_url_stays_right(
     assert reads[0] > 0
     primary_only = UrlVault([NEW_KEY.encode()])
     rows = stored_rows(engine)
-    assert all(primary_only.digest(primary_only.open(stored)) == url_hash for _id, stored, url_hash in rows)
+    assert all(primary_only.digest(primary_only.open(stored)) == data_key_hash for _id, stored, data_key_hash in rows)
     new_only = make_app({**plain_settings, "locquota.location_encryption_keys": NEW_KEY})
     assert {
         image["id"]: image["locations"] for image in new_only.get("/v2/images?limit=1000", headers=admin).json["images"]

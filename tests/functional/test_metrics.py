@@ -15,7 +15,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 from webtest import TestApp
 
-from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, url_digest
+from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, data_key_digest
 from locations.scrubber import Scrubber
 from locations.services.backlog import by_store_query
 from locations.services.recount import reconcile_batches
@@ -151,7 +151,7 @@ def test_the_backlog_query_uses_the_partial_index(db, engine):
         url = f"file:///srv/images/{n}"
         pending = n % 400 == 0
         location_rows.append(
-            {"image_id": image_rows[n % 2000]["id"], "url": url, "url_hash": url_digest(url), "store": "file",
+            {"image_id": image_rows[n % 2000]["id"], "url": url, "data_key_hash": data_key_digest(url), "store": "file",
              "location_metadata": {}, "status": LocationStatus.PENDING_DELETE if pending else LocationStatus.ACTIVE,
              "size_bytes": 1, "created_at": T0, "updated_at": T0, "attempts": 0,
              "pending_since": T0 if pending else None, "scrub_after": T0 if pending else None}

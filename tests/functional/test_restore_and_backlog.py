@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.scrubber import Scrubber
-from locations.services.lifecycle import LocationLifecycle
 from locations.services.purge import purge_deleted_locations
 from locations.services.scrubbing import Outcome, claim
 from locquota.cli import cli
@@ -28,6 +27,7 @@ from tests.fakes import (
     SCRUB_TIME,
     FakeFailingStore,
     build_app_with_store,
+    references_on,
     registry_of,
     scrub_settings,
     unit_of_work_on,
@@ -172,7 +172,7 @@ def test_restore_while_a_scrubber_holds_a_live_claim_is_409_and_changes_nothing(
 ):
     clock.advance(seconds=SCRUB_TIME + 1)
     db.rollback()
-    claimed = claim(db, clock, LocationLifecycle(db, clock), "scrubber:other-node", POLICY, limit=10)
+    claimed = claim(db, clock, references_on(db, store), "scrubber:other-node", POLICY, limit=10)
     db.commit()
     before = location_state(db, pending_image)
 
@@ -472,10 +472,10 @@ def test_backlog_shows_attempts_and_last_error_after_a_failed_scrub(app, admin, 
     assert res.json["totals"] == [{"store": "file", "locations": 1, "size_bytes": len(DATA)}]
 
 
-def test_backlog_shows_a_live_claim(app, db, admin, pending_image, clock):
+def test_backlog_shows_a_live_claim(app, db, admin, pending_image, clock, store):
     clock.advance(seconds=SCRUB_TIME + 1)
     db.rollback()
-    claim(db, clock, LocationLifecycle(db, clock), "scrubber:other-node", POLICY, limit=10)
+    claim(db, clock, references_on(db, store), "scrubber:other-node", POLICY, limit=10)
     db.commit()
 
     [entry] = app.get("/v1/scrubber/backlog", headers=admin, status=200).json["locations"]

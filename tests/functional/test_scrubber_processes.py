@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert
 from sqlalchemy import select as sql_select
 
-from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, url_digest
+from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, data_key_digest
 from locations.scrubber import Scrubber
 from locations.services.factories import scrub_policy
 from locations.stores.base import StoreRegistry
@@ -124,7 +124,7 @@ def plant_backlog(engine: Engine, urls: list[str], now: datetime) -> dict[str, i
             {
                 "image_id": image_id,
                 "url": url,
-                "url_hash": url_digest(url),
+                "data_key_hash": data_key_digest(url),
                 "store": "file",
                 "metadata": {},
                 "status": LocationStatus.PENDING_DELETE,

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility
+from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility, data_key_digest
 from locations.services.lifecycle import ALLOWED_TRANSITIONS, LocationLifecycle, check_transition
+from locations.stores.base import DataIdentity
 from locquota.clock import FrozenClock
 from locquota.errors import InvalidLocationTransition
 from tests.conftest import T0
@@ -90,6 +91,7 @@ def make_location(db: Session, status: LocationStatus) -> Location:
     pending = status is PENDING
     location = Location(
         url=f"file:///srv/images/{image.id}",
+        data_key_hash=data_key_digest(f"file:///srv/images/{image.id}"),
         store="file",
         location_metadata={"k": "v"},
         status=status,
@@ -205,9 +207,13 @@ def test_add_creates_an_active_location(db):
     image = make_image(db)
     now = T0 + timedelta(minutes=1)
 
-    location = LocationLifecycle(db, FrozenClock(now)).add(image, "file:///srv/images/x", "file", {}, 7, limits=None)
+    identity = DataIdentity("file:///srv/images/x", "64:12", 1)
+    location = LocationLifecycle(db, FrozenClock(now)).add(
+        image, "file:///srv//images/./x", identity, "file", {}, 7, limits=None
+    )
     db.commit()
 
     row = snapshot(db, location.id)
     assert (row["status"], row["size_bytes"], row["created_at"], row["attempts"]) == (ACTIVE, 7, now, 0)
+    assert (location.data_key_hash, location.data_inode) == (data_key_digest("file:///srv/images/x"), "64:12")
     assert row["image_id"] == image.id

@@ -86,17 +86,15 @@ def test_resealed_moves_an_old_keys_token_to_the_primary_key():
     ring = UrlVault([NEW, OLD])
     old_token = UrlVault([OLD]).seal(URL)
     assert ring.needs_rotation(old_token)
-    sealed, digest = ring.resealed(old_token)
-    assert UrlVault([NEW]).open(sealed) == URL
-    assert digest == UrlVault([NEW]).digest(URL)
+    sealed, url = ring.resealed(old_token)
+    assert UrlVault([NEW]).open(sealed) == url == URL
     assert not ring.needs_rotation(sealed)
     assert ring.resealed(sealed) is None
 
 
 def test_resealed_seals_plaintext():
-    sealed, digest = UrlVault([NEW]).resealed(URL)
-    assert UrlVault([NEW]).open(sealed) == URL
-    assert digest == UrlVault([NEW]).digest(URL)
+    sealed, url = UrlVault([NEW]).resealed(URL)
+    assert UrlVault([NEW]).open(sealed) == url == URL
 
 
 def test_resealed_refuses_a_token_no_key_opens():

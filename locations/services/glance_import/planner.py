@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Table
 
 from locations.models import (
+    DATA_KEY_VERSION,
     LIVE_LOCATION_STATUSES,
     Image,
     ImageProperty,
@@ -18,7 +19,6 @@ from locations.models import (
     Location,
     LocationStatus,
     Visibility,
-    url_digest,
 )
 from locations.services.glance_import.report import MAX_METADATA_CHARS, Finding, Tally, has_credentials, mask_url
 from locations.services.glance_import.source import (
@@ -28,7 +28,7 @@ from locations.services.glance_import.source import (
     parse_non_negative_int,
     parse_timestamp,
 )
-from locations.stores.base import StoreRegistry
+from locations.stores.base import DataIdentity, StoreRegistry
 from locquota.clock import Clock
 from locquota.errors import LocquotaError, UnsupportedScheme
 
@@ -271,6 +271,7 @@ class Planner:
         url = row.url or ""
         notes = planned.tally
         store = self._store_of(url, row, where, notes)
+        identity = self._identity_of(url, store)
         if has_credentials(url):
             notes.note(Finding.URL_CREDENTIALS, f"{where}: {mask_url(url)}")
         image_values = planned.values
@@ -282,7 +283,9 @@ class Planner:
                 "image_id": planned.image_id,
                 "glance_location_id": row.id,
                 "url": url,
-                "url_hash": url_digest(url),
+                "data_key": identity.key,  # hashed by the writer, under the deployment's key
+                "data_key_version": DATA_KEY_VERSION,
+                "data_inode": identity.inode,
                 "store": store,
                 "location_metadata": self._metadata(row, where, notes),
                 "size_bytes": image_values["size"],
@@ -310,6 +313,13 @@ class Planner:
             values["pending_since"], values["scrub_after"] = retired_at, retired_at + self._scrub_delay
         elif status is LocationStatus.DELETED:
             values["deleted_at"] = retired_at
+
+    def _identity_of(self, url: str, store_name: str) -> DataIdentity:
+        """What the URL reaches, as its store names it; a store not configured here: the URL's text."""
+        try:
+            return self._stores.identify(url, store_name)
+        except LocquotaError:
+            return DataIdentity(url)
 
     def _store_of(self, url: str, row: GlanceLocation, where: str, notes: Tally) -> str:
         """The configured store that owns url; else Glance's store name, prefixed: `glance:<name>`."""

@@ -18,7 +18,9 @@ from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 
 # Compared to decide whether an imported location changed; the bookkeeping follows the status.
-LOCATION_FIELDS = ("url", "url_hash", "store", "location_metadata", "status", "size_bytes")
+LOCATION_FIELDS = (
+    "url", "data_key_hash", "data_key_version", "data_inode", "store", "location_metadata", "status", "size_bytes",
+)  # fmt: skip
 BOOKKEEPING = (
     "pending_since", "scrub_after", "deleted_at", "attempts", "last_error", "claimed_by", "claim_expires_at",
 )  # fmt: skip
@@ -144,9 +146,9 @@ class BatchWriter:
         changed = False
         tally.counts["locations.no_data"] += planned.no_data_locations
         for location in planned.locations:
-            values = {name: value for name, value in location.values.items() if name != "retired_at"}
+            values = {name: value for name, value in location.values.items() if name not in ("retired_at", "data_key")}
             url = str(values["url"])
-            values["url_hash"] = self._vault.digest(url)
+            values["data_key_hash"] = self._vault.digest(str(location.values["data_key"]))
             current = existing.get((planned.image_id, location.glance_id))
             if current is not None:
                 # Compared as URLs: a sealed URL differs from its plaintext, and from itself sealed again.
@@ -171,9 +173,9 @@ class BatchWriter:
         return changed
 
     def _note_shared_urls(self, batch: list[PlannedImage], tally: Tally) -> None:
-        """Flag each location whose URL a live location of another image already holds (counted once per pair)."""
+        """Flag each location whose data (by canonical key) a live location of another image already holds."""
         live = [
-            (planned.image_id, location)
+            (planned.image_id, location, self._vault.digests(str(location.values["data_key"])))
             for planned in batch
             for location in planned.locations
             if location.status in LIVE_LOCATION_STATUSES
@@ -182,22 +184,19 @@ class BatchWriter:
             return
         batch_ids = {planned.image_id for planned in batch}
         holders: dict[str, set[uuid.UUID]] = defaultdict(set)
-        digests = {digest for _image, location in live for digest in self._vault.digests(str(location.values["url"]))}
-        query = select(Location.image_id, Location.url, Location.glance_location_id).where(
-            Location.url_hash.in_(digests),
+        query = select(Location.image_id, Location.data_key_hash, Location.glance_location_id).where(
+            Location.data_key_hash.in_({digest for _image, _location, digests in live for digest in digests}),
             Location.status.in_(LIVE_LOCATION_STATUSES),
         )
         for row in self._db.execute(query):
-            url = self._opened(row.url)
-            # This batch's rows: as planned. An unreadable row is counted by the API and the scrubber.
-            if url is not None and (row.image_id not in batch_ids or row.glance_location_id is None):
-                holders[url].add(row.image_id)
-        for image_id, location in live:
-            url = str(location.values["url"])
-            others = holders[url] - {image_id}
+            # This batch's rows: as planned.
+            if row.image_id not in batch_ids or row.glance_location_id is None:
+                holders[row.data_key_hash].add(row.image_id)
+        for image_id, location, digests in live:
+            others = set().union(*(holders[digest] for digest in digests)) - {image_id}
             if others:
                 tally.note(Finding.SHARED_URL, f"{location.label}: also in image {min(others)}")
-            holders[url].add(image_id)
+            holders[digests[0]].add(image_id)
 
     def _apply(self, writes: dict[str, list[dict[str, object]]]) -> None:
         """Bulk statements, parents first (images before their properties, tags and locations)."""
