@@ -238,10 +238,7 @@ def rekey_all(app: LazyApp, batch_size: int, *, everything: bool) -> None:
         ids = ",".join(str(location_id) for location_id in collision.location_ids)
         click.echo(f"collision\t{collision.data_key_hash[:16]}\ttenants {','.join(collision.tenants)}\tlocations {ids}")
     unkeyed_note = f"; {unkeyed} rows keep their URL's text as key (see the log)" if unkeyed else ""
-    click.echo(
-        f"re-keyed {changed} locations{unkeyed_note}; "
-        f"{len(collisions)} pieces of data are referenced by more than one tenant"
-    )
+    click.echo(f"re-keyed {changed} locations{unkeyed_note}; data reached by more than one tenant: {len(collisions)}")
 
 
 @locations.command()

@@ -1,6 +1,6 @@
 """Gauges computed at scrape time, once per scrape, from one indexed query each.
 
-Each part (backlog, quota, reconcile, cache) runs in its own short read-only transaction with a
+Each part (backlog, quota, reconcile, data keys, cache) runs in its own short read-only transaction with a
 statement timeout: a slow or failing database makes that part report `locquota_collector_up 0`
 instead of hanging the scrape, and the other parts still answer.
 """
@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from locations.services.backlog import BacklogService
+from locations.services.data_rekey import collision_count
 from locquota.cache import Cache
 from locquota.clock import Clock
 from quota.services.limits import LimitService
@@ -54,6 +55,7 @@ class ScrapeCollector:
             "backlog": lambda: self._in_session(self._backlog),
             "quota": lambda: self._in_session(self._quota),
             "reconcile": lambda: self._in_session(self._reconcile),
+            "data_keys": lambda: self._in_session(self._data_keys),
             "cache": self._cache_up,
         }
         for name, part in parts.items():
@@ -142,6 +144,13 @@ class ScrapeCollector:
             "locquota_reconcile_last_run_timestamp_seconds",
             "Unix time the last reconcile finished (0: never).",
             value=finished,
+        )
+
+    def _data_keys(self, session: Session) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "locquota_location_data_collisions",
+            "Pieces of data that live locations of more than one tenant reference (the last locations rekey).",
+            value=collision_count(session),
         )
 
     def _cache_up(self) -> Iterator[Metric]:

@@ -128,3 +128,8 @@ def record_collisions(db: Session, clock: Clock) -> list[Collision]:
             ],
         )
     return list(grouped.values())
+
+
+def collision_count(db: Session) -> int:
+    """How many pieces of data the last rekey found shared across tenants (for the metrics)."""
+    return db.scalar(select(func.count()).select_from(DataKeyCollision)) or 0

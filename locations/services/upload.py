@@ -19,11 +19,11 @@ from typing import BinaryIO
 from sqlalchemy.orm import Session
 from transaction import TransactionManager
 
-from locations.models import Image, ImageStatus
+from locations.models import Image, ImageStatus, Location
 from locations.services.data_references import DataKeys
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
-from locations.stores.base import StoreError, StoreFullError, StoreRegistry
+from locations.stores.base import Store, StoreError, StoreFullError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.db import abort_and_begin, commit_and_begin
@@ -150,6 +150,22 @@ class ImageDataService:
             self._give_back(image_id, owner, store.name, url)
             raise
 
+    def _reaches_its_data(self, location: Location, store: Store, url: str) -> bool:
+        """Whether the URL still reaches the data it was keyed for.
+
+        A symlink swapped since (to another file, or out of the root) makes it reach something else,
+        which is never served.
+        """
+        try:
+            identity = store.identify(url)
+        except LocquotaError:
+            identity = None
+        if identity is not None and self._keys.still_names(location, identity):
+            return True
+        IDENTITY_MISMATCHES.labels("download").inc()
+        log.error("location %s: its URL reaches other data than when it was added; not served", location.id)
+        return False
+
     def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits) -> Image:
         """Admit the size first: a refusal must find nothing written in this unit of work."""
         image = self._images.reload(image_id)
@@ -190,15 +206,15 @@ class ImageDataService:
                 LOCATION_DECRYPT_ERRORS.labels("download").inc()
                 log.error("location %s: its sealed URL cannot be opened; trying the next one", location.id)
                 continue
+            store = self._stores.get(location.store)
+            if store is None:
+                continue
+            if not self._reaches_its_data(location, store, url):
+                changed = True
+                continue
             try:
-                store = self._stores[location.store]
-                if not self._keys.still_names(location, store.identify(url)):
-                    IDENTITY_MISMATCHES.labels("download").inc()
-                    log.error("location %s: its URL reaches other data than when added; not served", location.id)
-                    changed = True
-                    continue
                 return image, store.get(url, self._chunk_bytes)
-            except (StoreError, LocquotaError, KeyError):
+            except (StoreError, LocquotaError):
                 continue
         if changed:
             raise LocationDataChanged("The image's data changed in its store since it was added; it is not served.")

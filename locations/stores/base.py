@@ -73,6 +73,10 @@ class StoreRegistry:
     def __getitem__(self, name: str) -> Store:
         return self._stores[name]
 
+    def get(self, name: str) -> Store | None:
+        """The store of this name, None if it is not configured here (an imported `glance:<name>` location)."""
+        return self._stores.get(name)
+
     def for_url(self, url: str) -> Store:
         """The store that owns url; 400 if its scheme is not enabled or it lies outside every store."""
         scheme = url.partition(":")[0].lower() if ":" in url else ""
@@ -97,7 +101,7 @@ class StoreRegistry:
         is the key until it is configured and the rows are re-keyed. Raises the store's 400 LocquotaError
         when it refuses the URL now (a symlink swapped to lead out of its root, a loop).
         """
-        store = self._stores.get(store_name)
+        store = self.get(store_name)
         return DataIdentity(url) if store is None else store.identify(url)
 
 

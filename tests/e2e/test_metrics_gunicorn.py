@@ -100,5 +100,5 @@ def test_one_scrape_sums_the_counters_of_every_worker(two_workers, multiproc_dir
     for family in text_string_to_metric_families(body):
         if family.name == "locquota_collector_up":
             assert {sample.labels["collector"]: sample.value for sample in family.samples} == {
-                "backlog": 1, "quota": 1, "reconcile": 1, "cache": 1,
+                "backlog": 1, "quota": 1, "reconcile": 1, "data_keys": 1, "cache": 1,
             }  # fmt: skip

@@ -4,13 +4,14 @@ Nothing outside the root may ever be read or deleted, whatever a URL (or the dat
 symlinks that leave the root, other hosts, queries, fragments, NUL bytes and absurd lengths are all refused.
 """
 
+import os
 from pathlib import Path
 
 import pytest
 
-from locations.stores.base import StoreRegistry
+from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import MAX_URL_CHARS, FileStore
-from locquota.errors import LocationOutsideStore, UnsupportedScheme
+from locquota.errors import LocationNotAFile, LocationOutsideStore, LocationUndecidable, UnsupportedScheme
 
 
 @pytest.fixture
@@ -32,6 +33,7 @@ def store(tmp_path: Path, outside: Path) -> FileStore:
     (file_store.root / "link-to-dir").symlink_to(outside, target_is_directory=True)
     (file_store.root / "link-to-root").symlink_to(file_store.root, target_is_directory=True)
     (file_store.root / "link-up").symlink_to("..", target_is_directory=True)
+    (file_store.root / "link-to-image").symlink_to(file_store.root / "image")
     return file_store
 
 
@@ -84,7 +86,8 @@ REFUSED = {
 
 
 def fill(template: str, store: FileStore, outside: Path) -> str:
-    return template.replace("{root}", str(store.root)).replace("{outside}", str(outside))
+    root = str(store.root)
+    return template.replace("{root}", root).replace("{bare}", root.lstrip("/")).replace("{outside}", str(outside))
 
 
 @pytest.mark.parametrize("template", REFUSED.values(), ids=REFUSED.keys())
@@ -121,6 +124,14 @@ ACCEPTED = {
     "dots-in-name": ("file://{root}/...", "..."),
     "dotdot-inside-name": ("file://{root}/a..b", "a..b"),
     "symlink-to-root-then-file": ("file://{root}/link-to-root/image", "image"),
+    "four-slashes": ("file:////{bare}/image", "image"),
+    "localhost-uppercase": ("file://LOCALHOST{root}/image", "image"),
+    "dotdot-back-into-the-root": ("file://{root}/sub/../image", "image"),
+    "percent-dotdot-back-into-the-root": ("file://{root}/sub/%2E%2e/image", "image"),
+    "dotdot-through-a-missing-directory": ("file://{root}/missing/../image", "image"),
+    "trailing-slash": ("file://{root}/image/", "image"),
+    "percent-encoded-slash": ("file://{root}%2Fimage", "image"),
+    "symlink-to-a-file-inside": ("file://{root}/link-to-image", "image"),
 }
 
 
@@ -129,6 +140,143 @@ def test_file_store_accepts_url_inside_its_root(store, outside, template, relati
     url = fill(template, store, outside)
     store.validate_url(url)
     assert store.path_for(url) == store.root / relative
+
+
+def test_every_spelling_of_one_file_has_one_identity(store, outside):
+    """The data key is the canonical URL, whatever the spelling; device and inode are the file's."""
+    status = (store.root / "image").stat()
+    expected = (store.url_for(store.root / "image"), f"{status.st_dev}:{status.st_ino}", 1)
+    identities = {
+        name: store.identify(fill(template, store, outside))
+        for name, (template, relative) in ACCEPTED.items()
+        if relative == "image"
+    }
+    assert len(identities) >= 12
+    assert {name: (i.key, i.inode, i.links) for name, i in identities.items()} == dict.fromkeys(identities, expected)
+
+
+def test_a_hard_link_has_its_own_key_and_the_same_inode(store):
+    os.link(store.root / "image", store.root / "hard")
+    image, hard = (
+        store.identify(store.url_for(store.root / "image")),
+        store.identify(store.url_for(store.root / "hard")),
+    )
+    assert image.key != hard.key
+    assert image.inode == hard.inode
+    assert image.links == hard.links == 2
+
+
+def test_data_not_yet_written_has_a_key_and_no_inode(store):
+    identity = store.identify(f"file://localhost{store.root}/./later")
+    assert (identity.key, identity.inode) == (store.url_for(store.root / "later"), None)
+
+
+def loop(root: Path) -> None:
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    (root / "self").symlink_to(root / "self")
+
+
+UNDECIDABLE = {
+    "symlink-loop": "file://{root}/loop-a",
+    "symlink-loop-in-the-middle": "file://{root}/loop-b/image",
+    "self-loop": "file://{root}/self",
+    "name-too-long": "file://{root}/" + "n" * 300,
+    "name-too-long-encoded": "file://{root}/" + "%6E" * 300,
+}
+
+
+@pytest.mark.parametrize("template", UNDECIDABLE.values(), ids=UNDECIDABLE.keys())
+def test_a_url_whose_data_cannot_be_decided_is_refused(store, outside, template):
+    loop(store.root)
+    with pytest.raises(LocationUndecidable) as refused:
+        store.identify(fill(template, store, outside))
+    assert (refused.value.status, refused.value.code) == (400, "location_undecidable")
+
+
+NOT_A_FILE = {
+    "directory": "file://{root}/sub",
+    "directory-trailing-slash": "file://{root}/sub/",
+    "directory-dot": "file://{root}/sub/.",
+    "fifo": "file://{root}/fifo",
+    "symlink-to-a-directory-inside": "file://{root}/link-to-sub",
+}
+
+
+@pytest.mark.parametrize("template", NOT_A_FILE.values(), ids=NOT_A_FILE.keys())
+def test_a_url_naming_a_directory_or_a_special_file_is_refused(store, outside, template):
+    os.mkfifo(store.root / "fifo")
+    (store.root / "link-to-sub").symlink_to(store.root / "sub", target_is_directory=True)
+    url = fill(template, store, outside)
+    for act in (store.identify, store.validate_url, store.delete, lambda url: store.get(url, 4096)):
+        with pytest.raises(LocationNotAFile) as refused:
+            act(url)
+        assert (refused.value.status, refused.value.code) == (400, "location_not_a_file")
+    assert (store.root / "sub").is_dir()
+
+
+def swapping_after_resolve(store: FileStore, monkeypatch: pytest.MonkeyPatch, swap) -> None:
+    """Make the store's check pass, then change the filesystem under it before it acts (a race, made certain)."""
+    resolve = store._resolve
+
+    def resolve_then_swap(url):
+        resolved = resolve(url)
+        swap()
+        return resolved
+
+    monkeypatch.setattr(store, "_resolve", resolve_then_swap)
+
+
+def test_delete_of_a_file_swapped_for_a_symlink_removes_only_the_link(store, outside, monkeypatch):
+    (store.root / "victim").write_bytes(b"v")
+
+    def swap():
+        (store.root / "victim").unlink()
+        (store.root / "victim").symlink_to(outside / "secret")
+
+    swapping_after_resolve(store, monkeypatch, swap)
+    store.delete(store.url_for(store.root / "victim"))
+
+    assert not (store.root / "victim").is_symlink()
+    assert (outside / "secret").read_bytes() == b"secret"
+
+
+def test_delete_under_a_directory_swapped_for_a_symlink_out_is_refused(store, outside, monkeypatch):
+    (store.root / "sub" / "victim").write_bytes(b"v")
+    (outside / "victim").write_bytes(b"outside")
+
+    def swap():
+        (store.root / "sub").rename(store.root / "sub-moved")
+        (store.root / "sub").symlink_to(outside, target_is_directory=True)
+
+    swapping_after_resolve(store, monkeypatch, swap)
+    with pytest.raises(StoreError):
+        store.delete(store.url_for(store.root / "sub" / "victim"))
+
+    assert (outside / "victim").read_bytes() == b"outside"
+
+
+def test_get_of_a_file_swapped_for_a_symlink_out_is_refused(store, outside, monkeypatch):
+    def swap():
+        (store.root / "image").unlink()
+        (store.root / "image").symlink_to(outside / "secret")
+
+    swapping_after_resolve(store, monkeypatch, swap)
+    with pytest.raises(StoreError):
+        store.get(store.url_for(store.root / "image"), 4096)
+
+
+def test_get_under_a_directory_swapped_for_a_symlink_out_is_refused(store, outside, monkeypatch):
+    (store.root / "sub" / "image").write_bytes(b"data")
+    (outside / "image").write_bytes(b"outside")
+
+    def swap():
+        (store.root / "sub").rename(store.root / "sub-moved")
+        (store.root / "sub").symlink_to(outside, target_is_directory=True)
+
+    swapping_after_resolve(store, monkeypatch, swap)
+    with pytest.raises(LocationOutsideStore):
+        store.get(store.url_for(store.root / "sub" / "image"), 4096)
 
 
 def test_file_store_accepts_the_urls_it_writes(store):
