@@ -27,7 +27,10 @@ from webtest import TestApp
 
 from benchmarks.report import load_average, print_rows
 from locations.models import Image, ImageStatus, Location, LocationStatus, Visibility
+from locations.services.data_references import DataKeys
 from locations.services.url_encryption import reseal_batches
+from locations.stores.base import StoreRegistry
+from locations.stores.file import FileStore
 from locquota.app import configure
 from locquota.crypto import UrlVault
 from locquota.db import make_engine, upgrade_to_head
@@ -169,7 +172,11 @@ def _rotation(url: str, rows: int) -> tuple[float, float]:
                 yield session
 
         started = time.perf_counter()
-        resealed = sum(batch.resealed for batch in reseal_batches(unit, vault, ROTATION_BATCH, plaintext_only=False))
+        with tempfile.TemporaryDirectory() as root:
+            # The rows are an imported Swift store's, not configured here: their data key is the URL's text.
+            stores = StoreRegistry({"file": FileStore("file", {"datadir": root})}, "file")
+            batches = reseal_batches(unit, DataKeys(stores, vault), ROTATION_BATCH, plaintext_only=False)
+            resealed = sum(batch.resealed for batch in batches)
         seconds = time.perf_counter() - started
         if resealed != rows:
             raise RuntimeError(f"rotation re-sealed {resealed} rows of {rows}")
@@ -194,8 +201,9 @@ def _load_sealed(engine: Engine, vault: UrlVault, rows: int) -> None:
             for n in range(start, min(rows, start + 10_000)):
                 url = f"swift://glance:secret@swift.example.com/v1/AUTH_a/glance/{n}"
                 batch.append(
-                    {"image_id": image_id, "url": vault.seal(url), "data_key_hash": vault.digest(url), "store": "file",
-                     "location_metadata": {}, "status": LocationStatus.DELETED, "size_bytes": 1,
+                    {"image_id": image_id, "url": vault.seal(url), "data_key_hash": vault.digest(url),
+                     "store": "glance:swift", "location_metadata": {}, "status": LocationStatus.DELETED,
+                     "size_bytes": 1,
                      "created_at": now, "updated_at": now, "attempts": 0}
                 )  # fmt: skip
             connection.execute(insert(Location), batch)

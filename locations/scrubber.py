@@ -25,6 +25,7 @@ from locations.services.scrubbing import (
     count,
     delete_data,
     due_filter,
+    lock_for_recording,
     new_worker_id,
     record,
 )
@@ -90,14 +91,15 @@ class Scrubber:
                 )
                 with self._unit() as db:
                     lifecycle = LocationLifecycle(db, self._clock, vault=self._vault)
-                    # A batch spans tenants: lock their usage in one order, or two scrubbers could deadlock.
-                    lifecycle.lock_owners([item.location_id for item in claims])
+                    references = DataReferences(db, self._keys)
+                    # A batch spans tenants and data: lock them in one order, or two scrubbers could deadlock.
+                    lock_for_recording(lifecycle, references, claims)
                     recorded = [
                         record(
                             db,
                             self._clock,
                             lifecycle,
-                            DataReferences(db, self._keys),
+                            references,
                             self.worker,
                             self._policy,
                             item,

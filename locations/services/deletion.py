@@ -91,6 +91,7 @@ class DeletionService:
             raise ScrubInProgress("The scrubber is deleting this image's data; it cannot be restored.")
         if not pending:
             raise InvalidImageStatus("No data of this image is left to restore.")
+        self._lifecycle.lock_usage([image.owner])  # usage before data keys, as every writer locks them
         for location in pending:
             # Only data from before canonical keys can be another tenant's too: it is not handed back to anyone.
             others = self._references.find_for(location, lock=True) or []

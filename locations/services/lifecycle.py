@@ -16,6 +16,7 @@ a crash leaves both or neither (SPEC section 11).
 """
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -222,4 +223,8 @@ class LocationLifecycle:
         owners = self._db.scalars(
             select(Image.owner).join(Location.image).where(Location.id.in_(location_ids)).distinct()
         )
+        self.lock_usage(owners)
+
+    def lock_usage(self, owners: Iterable[str]) -> None:
+        """Lock these tenants' usage, in one order: taken before any data key (DataReferences), everywhere."""
         self._ledger.lock(owners)

@@ -130,6 +130,7 @@ class LocationChanges:
         The references stay locked until the commit: a concurrent add of the same data waits for this one.
         """
         now = self._clock.now()
+        self._lifecycle.lock_usage([image.owner])  # usage before data keys, as every writer locks them
         references = self._references.find(identity, url=url, lock=True)
         if any(reference.owner != image.owner for reference in references):
             raise LocationInUse("Another project's image references this data.")

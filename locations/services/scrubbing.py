@@ -242,6 +242,19 @@ def record(
     return False
 
 
+def lock_for_recording(lifecycle: LocationLifecycle, references: DataReferences, items: list[Claim]) -> None:
+    """Lock what recording these outcomes may change, in the one order every writer uses.
+
+    The owners' usage (by tenant id), then each shared data key's group (by key hash): two scrubbers, or
+    a scrubber and a request, never wait on each other in a cycle.
+    """
+    lifecycle.lock_owners([item.location_id for item in items])
+    keys = references.keys
+    groups = {keys.digest(item.identity): item for item in items if item.is_shared and item.identity is not None}
+    for _hash, item in sorted(groups.items()):
+        references.find(item.identity, url=item.url, lock=True)  # type: ignore[arg-type]
+
+
 def delete_now(
     db: Session,
     clock: Clock,
@@ -263,6 +276,7 @@ def delete_now(
     claims = claim(db, clock, references, worker, policy, limit=len(location_ids), location_ids=location_ids)
     checkpoint()
     deletions = [delete_data(stores, clock, policy, item) for item in claims]
+    lock_for_recording(lifecycle, references, claims)
     for item, deletion in zip(claims, deletions, strict=True):
         recorded = record(db, clock, lifecycle, references, worker, policy, item, deletion)
         count(item, deletion, recorded=recorded)

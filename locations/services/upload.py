@@ -23,11 +23,12 @@ from locations.models import Image, ImageStatus, Location
 from locations.services.data_references import DataKeys
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
-from locations.stores.base import Store, StoreError, StoreFullError, StoreRegistry
+from locations.stores.base import Store, StoreDuplicateError, StoreError, StoreFullError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.db import abort_and_begin, commit_and_begin
 from locquota.errors import (
+    ImageConflict,
     ImageTooLarge,
     IncompleteUpload,
     InvalidBody,
@@ -134,9 +135,12 @@ class ImageDataService:
             url = store.add(image_id, reader.chunks())
         except Exception as exc:
             # Whatever happened, nothing is stored (the store cleans up); give the image back or kill it.
-            failed = ImageStatus.KILLED if isinstance(exc, StoreError) else ImageStatus.QUEUED
+            broken = isinstance(exc, StoreError) and not isinstance(exc, StoreDuplicateError)
+            failed = ImageStatus.KILLED if broken else ImageStatus.QUEUED
             self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, failed)
             commit_and_begin(self._transactions)
+            if isinstance(exc, StoreDuplicateError):
+                raise ImageConflict("Data is already stored under this image's name in the store.") from exc
             if isinstance(exc, StoreFullError):
                 raise StoreFull("The store has no space left for this image.") from exc
             if isinstance(exc, StoreError):

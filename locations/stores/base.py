@@ -24,6 +24,10 @@ class StoreFullError(StoreError):
     """No space left for the data."""
 
 
+class StoreDuplicateError(StoreError):
+    """Data is already stored under the name new data would take; it is never overwritten."""
+
+
 @dataclass(frozen=True, slots=True)
 class DataIdentity:
     """What a location URL names in its store, whatever its spelling.
@@ -45,7 +49,10 @@ class Store(Protocol):
     scheme: str
 
     def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
-        """Write every chunk and return the new data's URL; on failure leave nothing behind."""
+        """Write every chunk and return the new data's URL; on failure leave nothing behind.
+
+        Never overwrites data already there (StoreDuplicateError): another location may reach it.
+        """
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
         """Stream the data at url."""

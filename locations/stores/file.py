@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from locations.stores.base import DataIdentity, StoreError, StoreFullError
+from locations.stores.base import DataIdentity, StoreDuplicateError, StoreError, StoreFullError
 from locquota.errors import LocationNotAFile, LocationOutsideStore, LocationUndecidable
 
 MAX_URL_CHARS = 4096
@@ -99,7 +99,11 @@ class FileStore:
         return "/" + path.lstrip("/")  # file:////root/x is file:///root/x (POSIX keeps a leading "//")
 
     def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
-        """Write to a temporary file, then rename: a failed upload never leaves a partial image behind."""
+        """Write to a temporary file, then link it in place: a failed upload never leaves a partial image behind.
+
+        A hard link, not a rename, puts the data in place: it fails if the name is taken, so data another
+        location may reach (a file left behind, or one a tenant added by URL) is never replaced.
+        """
         final = self.root / str(image_id)
         partial = self.root / f".{image_id}.{uuid.uuid4().hex}.partial"
         try:
@@ -108,13 +112,14 @@ class FileStore:
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            partial.replace(final)
-        except BaseException as exc:
+            os.link(partial, final)
+        except FileExistsError as exc:
+            raise StoreDuplicateError(f"file store {self.name}: data is already stored under this name") from exc
+        except OSError as exc:
+            error = StoreFullError if exc.errno == errno.ENOSPC else StoreError
+            raise error(f"file store {self.name}: {exc.strerror}") from exc
+        finally:
             partial.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                error = StoreFullError if exc.errno == errno.ENOSPC else StoreError
-                raise error(f"file store {self.name}: {exc.strerror}") from exc
-            raise
         return self.url_for(final)
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:

@@ -361,3 +361,25 @@ def test_unreferenced_data_belongs_to_the_first_tenant_that_adds_it(app, db, sto
     assert res.json["error"]["code"] == "location_in_use"
     db.rollback()
     assert db.scalar(select(func.count()).select_from(Location)) == 1
+
+
+def test_an_upload_never_replaces_data_stored_under_its_name(app, db, store, tenant, other_tenant, usage_of):
+    """Data another location reaches is never overwritten: the upload is refused and the image is queued again."""
+    image_id = str(uuid.uuid4())
+    (store.root / image_id).write_bytes(b"tenant b's data")
+    theirs = create(app, other_tenant)
+    add_location(app, theirs, f"file://{store.root}/{image_id}", other_tenant)
+    body = {"id": image_id, "name": "img", "disk_format": "raw", "container_format": "bare"}
+    app.post_json("/v2/images", body, headers=tenant, status=201)
+    before = usage_of("tenant-a")
+
+    res = app.put(
+        f"/v2/images/{image_id}/file", DATA, headers={**tenant, "Content-Type": "application/octet-stream"}, status=409
+    )
+
+    assert res.json["error"]["code"] == "image_conflict"
+    assert (store.root / image_id).read_bytes() == b"tenant b's data"
+    assert app.get(f"/v2/images/{theirs}/file", headers=other_tenant, status=200).body == b"tenant b's data"
+    assert image_status(db, image_id) is ImageStatus.QUEUED
+    assert usage_of("tenant-a") == before
+    assert not any(path.name.endswith(".partial") for path in store.root.iterdir())

@@ -326,6 +326,9 @@ class BlockingStore:
     def validate_url(self, url):
         self.inner.validate_url(url)
 
+    def identify(self, url):
+        return self.inner.identify(url)
+
     def delete(self, url):
         with self.lock:
             self.calls += 1
