@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from locations.models import DATA_KEY_VERSION, LIVE_LOCATION_STATUSES, TEXT_KEY_VERSION, Location, LocationStatus
 from locations.stores.base import DataIdentity, StoreRegistry
@@ -129,6 +129,7 @@ class DataReferences:
         query = (
             select(Location)
             .join(Location.image)
+            .options(contains_eager(Location.image))
             .where(or_(*matches), Location.status.in_(LIVE_LOCATION_STATUSES))
             .order_by(Location.id)
         )
@@ -162,14 +163,6 @@ class DataReferences:
         except (LocquotaError, UrlNotReadableError):
             return None
         return self.find(identity, url=url, excluding=location.id, lock=lock)
-
-    def is_name_shared(self, location: Location, *, lock: bool = False) -> bool:
-        """Whether deleting this location's data would take it from another live location.
-
-        A location whose URL cannot be identified is treated as shared: nothing is deleted on a guess.
-        """
-        references = self.find_for(location, lock=lock)
-        return references is None or any(reference.shares_name for reference in references)
 
     def _same_file(self, location: Location, identity: DataIdentity) -> bool:
         try:

@@ -245,13 +245,13 @@ def record(
 def lock_for_recording(lifecycle: LocationLifecycle, references: DataReferences, items: list[Claim]) -> None:
     """Lock what recording these outcomes may change, in the one order every writer uses.
 
-    The owners' usage (by tenant id), then each shared data key's group (by key hash): two scrubbers, or
-    a scrubber and a request, never wait on each other in a cycle.
+    The owners' usage (by tenant id), then each shared data key's group (by key): two scrubbers, or a
+    scrubber and a request, never wait on each other in a cycle.
     """
     lifecycle.lock_owners([item.location_id for item in items])
-    keys = references.keys
-    groups = {keys.digest(item.identity): item for item in items if item.is_shared and item.identity is not None}
-    for _hash, item in sorted(groups.items()):
+    groups = {item.identity.key: item for item in items if item.is_shared and item.identity is not None}
+    for key in sorted(groups):
+        item = groups[key]
         references.find(item.identity, url=item.url, lock=True)  # type: ignore[arg-type]
 
 

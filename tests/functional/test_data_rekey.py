@@ -362,7 +362,7 @@ def test_each_location_of_the_cross_tenant_pair_shares_its_data_name(database, u
     with Session(database) as session:
         references = DataReferences(session, DataKeys(file_store(upgraded.root), PLAINTEXT))
         shared = {
-            label: references.is_name_shared(session.get_one(Location, location_id))
+            label: any(ref.shares_name for ref in references.find_for(session.get_one(Location, location_id)) or [])
             for label, location_id in upgraded.ids.items()
             if label in ("a_shared", "b_shared", "a_mine", "c_rbd")
         }
@@ -388,3 +388,16 @@ def test_the_scrubber_keeps_the_file_another_tenants_live_location_reaches(
     with Session(database) as session:
         assert session.get_one(Location, upgraded.ids["b_shared"]).status is LocationStatus.DELETED
     assert app.get(f"/v2/images/{tenant_a_image}/file", headers=identity("tenant-a"), status=200).body == DATA
+
+
+def test_restoring_an_image_whose_data_another_tenant_reaches_is_refused(database, upgraded, build_wsgi_app, settings):
+    """Data shared across tenants before canonical keys is never handed back to either by a restore."""
+    app = TestApp(build_wsgi_app(scrub_settings(settings, delayed_delete=True)))
+    tenant_b_image = upgraded.images["b_shared"]
+    app.delete(f"/v2/images/{tenant_b_image}", headers=identity("tenant-b"), status=204)
+    before = rows(database)
+
+    res = app.post(f"/v1/images/{tenant_b_image}/restore", headers=identity("operators", "admin"), status=403)
+
+    assert res.json["error"]["code"] == "location_in_use"
+    assert rows(database) == before

@@ -21,6 +21,7 @@ from locations.services.recount import recount
 from locations.stores.base import DataIdentity
 from locations.stores.file import FileStore
 from locquota.clock import Clock
+from quota.models import TenantUsage
 from quota.services.reconcile import Drift, Reconciler
 from tests.conftest import write_ini
 from tests.functional import test_scrubber_processes
@@ -64,6 +65,9 @@ ALIASES_PER_FILE = (
 )
 # `..` out of a directory that exists (made once, in spell_files), where realpath resolves it on disk.
 THROUGH_SUBDIRECTORY = spelled("file://{root}/sub/../{name}")
+# Files two tenants both reach (one scrubber batch each), and the second tenant.
+SHARED_FILES = 20
+OTHER_OWNER = "scrub-tenant-2"
 
 
 def spell_files(root: Path, files: list[Path]) -> list[list[str]]:
@@ -125,10 +129,10 @@ def plant_aliased(
     assert usage_drift(engine, fix=True)
 
 
-def usage_drift(engine: Engine, *, fix: bool) -> list[Drift]:
-    """Where the tenant's stored usage differs from a recount of its images and locations (fix: repair it)."""
+def usage_drift(engine: Engine, *, fix: bool, owners: tuple[str, ...] = (OWNER,)) -> list[Drift]:
+    """Where the tenants' stored usage differs from a recount of their images and locations (fix: repair it)."""
     with Session(engine) as session, session.begin():
-        return Reconciler(session, Clock()).compare(recount(session, [OWNER]), fix=fix)
+        return Reconciler(session, Clock()).compare(recount(session, list(owners)), fix=fix)
 
 
 def scrub_together(database_url: str, store_root: Path, tmp_path: Path, batch_size: int) -> Counter[str]:
@@ -139,6 +143,12 @@ def scrub_together(database_url: str, store_root: Path, tmp_path: Path, batch_si
     print(f"outcomes of {PROCESSES} scrubbers: {dict(total)}")
     assert total["failed"] == total["expired"] == 0, outcomes
     return total
+
+
+def claimed_order(engine: Engine) -> list[str]:
+    """The URLs of the due locations in the order the scrubbers claim them (scrubbing.claim's order)."""
+    with engine.connect() as connection:
+        return list(connection.scalars(select(Location.url).order_by(Location.scrub_after, Location.id)))
 
 
 def assert_all_scrubbed(engine: Engine, pending: list[str]) -> None:
@@ -209,3 +219,44 @@ def test_scrubber_processes_delete_data_pending_under_two_spellings_once(databas
     assert total["deleted"] == len(files)
     assert total["shared"] == len(files)
     assert_all_scrubbed(engine, pending)
+
+
+def test_scrubber_processes_record_data_shared_by_two_tenants_without_deadlock(
+    database_url, engine, store_root, tmp_path
+):
+    """Two tenants' pending locations of the same files, batched in opposite file orders: no scrubber deadlocks.
+
+    Data shared across tenants predates canonical data keys (each tenant wrote its own spelling; rekey reports
+    such rows as collisions). One scrubber's batch holds the first tenant's rows, another's the second's; each
+    records every row as shared, locking its data key's group. Taken row by row, in each batch's own order,
+    those locks cross and PostgreSQL kills one scrubber (DeadlockDetected): every batch must take them in one
+    order (lock_for_recording: the owners' usage, then the shared data keys, sorted).
+    """
+    files = make_store_files(store_root, SHARED_FILES)
+    spellings = spell_files(store_root, files)
+    found = identities(store_root, spellings)
+    first, second = [urls[0] for urls in spellings], [urls[1] for urls in spellings]
+    # Claimed in this order, a batch a tenant: the first tenant's files 0 to n, then the second's n to 0.
+    # plant_backlog makes later rows due earlier, so they are planted in reverse; ids follow the planting, and
+    # a batch is recorded in id order: the first tenant's files n to 0, the second's 0 to n, crossing.
+    claim_order = first + second[::-1]
+    pending = claim_order[::-1]
+    plant_aliased(engine, pending, [], found, wall_now())
+    with Session(engine) as session, session.begin():
+        images_of_second = select(Location.image_id).where(Location.url.in_(second))
+        session.execute(update(Image).where(Image.id.in_(images_of_second)).values(owner=OTHER_OWNER))
+    # Both tenants charged, each with its usage row (which the scrubber locks before any data key).
+    assert usage_drift(engine, fix=True, owners=(OWNER, OTHER_OWNER))
+    with engine.connect() as connection:
+        assert set(connection.scalars(select(TenantUsage.tenant_id))) == {OWNER, OTHER_OWNER}
+    assert claimed_order(engine) == claim_order
+
+    total = scrub_together(database_url, store_root, tmp_path, batch_size=SHARED_FILES)
+
+    # Every process exited 0 (run_scrubbers_together: a deadlock is a traceback and exit 1). Each file was
+    # deleted once: its location recorded first as shared, the other released then, and claimed again.
+    assert not any(path.exists() for path in files)
+    assert total["deleted"] == len(files)
+    assert total["deleted"] + total["shared"] == len(pending)
+    assert_all_scrubbed(engine, pending)
+    assert usage_drift(engine, fix=False, owners=(OWNER, OTHER_OWNER)) == []
