@@ -12,16 +12,40 @@ number of long-gone data matches nothing. Rows not yet re-keyed (data_key_versio
 """
 
 import uuid
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy.orm import Session
 
-from locations.models import DATA_KEY_VERSION, LIVE_LOCATION_STATUSES, TEXT_KEY_VERSION, Location, LocationStatus
+from locations.models import (
+    DATA_KEY_VERSION,
+    LIVE_LOCATION_STATUSES,
+    TEXT_KEY_VERSION,
+    Image,
+    Location,
+    LocationStatus,
+)
 from locations.stores.base import DataIdentity, StoreRegistry
 from locquota.crypto import UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
+
+# What a reference needs, read as plain columns: cheaper than loading Location objects for every claim.
+REFERENCE_COLUMNS = (
+    Location.id,
+    Location.image_id,
+    Image.owner,
+    Location.status,
+    Location.claim_expires_at,
+    Location.data_key_hash,
+    Location.data_key_version,
+    Location.data_inode,
+    Location.url,
+    Location.store,
+)
 
 
 class DataKeys:
@@ -93,6 +117,15 @@ class Reference:
     shares_name: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Question:
+    """Who else reaches this data? url: the spelling asked about (matches rows not re-keyed yet by its text)."""
+
+    identity: DataIdentity
+    url: str | None = None
+    excluding: int | None = None  # the asking location itself
+
+
 class DataReferences:
     """Who else references some data, in the caller's transaction."""
 
@@ -109,50 +142,63 @@ class DataReferences:
     ) -> list[Reference]:
         """The live locations (but excluding) that reach this data, in id order.
 
-        url: the spelling asked about, to match rows not yet re-keyed by their URL's text. lock: lock those
-        rows (and, on PostgreSQL, the key itself, so two transactions adding a first reference to the same
-        data serialize) until the caller's commit.
+        lock: lock those rows (and, on PostgreSQL, the key itself, so two transactions adding a first
+        reference to the same data serialize) until the caller's commit.
         """
-        hashes = self.keys.digests(identity)
+        question = Question(identity, url, excluding)
         if lock:
-            self._lock_key(hashes[-1])
-        matches = [Location.data_key_hash.in_(hashes)]
-        if url is not None:
-            matches.append(
-                and_(
-                    Location.data_key_version != DATA_KEY_VERSION,
-                    Location.data_key_hash.in_(self.keys.vault.digests(url)),
-                )
-            )
-        if identity.inode is not None:
-            matches.append(Location.data_inode == identity.inode)
+            self._lock_key(self.keys.digests(identity)[-1])
+        return self.find_all([question], lock=lock)[0]
+
+    def find_all(self, questions: Sequence[Question], *, lock: bool = False) -> list[list[Reference]]:
+        """The answers to several questions from one query (a scrubber batch asks for all its claims at once)."""
+        if not questions:
+            return []
+        key_hashes = [set(self.keys.digests(question.identity)) for question in questions]
+        text_hashes = [set(self.keys.vault.digests(q.url)) if q.url is not None else set() for q in questions]
+        inodes = {question.identity.inode for question in questions if question.identity.inode is not None}
+        matches = [Location.data_key_hash.in_(set().union(*key_hashes))]
+        if any(text_hashes):
+            legacy = Location.data_key_hash.in_(set().union(*text_hashes))
+            matches.append(and_(Location.data_key_version != DATA_KEY_VERSION, legacy))
+        if inodes:
+            matches.append(Location.data_inode.in_(inodes))
         query = (
-            select(Location)
+            select(*REFERENCE_COLUMNS)
             .join(Location.image)
-            .options(contains_eager(Location.image))
             .where(or_(*matches), Location.status.in_(LIVE_LOCATION_STATUSES))
             .order_by(Location.id)
         )
-        if excluding is not None:
-            query = query.where(Location.id != excluding)
         if lock:
             query = query.with_for_update(of=Location)
-        references = []
-        for location in self._db.scalars(query):
-            by_name = location.data_key_hash in hashes or location.data_key_version != DATA_KEY_VERSION
-            if not by_name and not self._same_file(location, identity):
-                continue  # an inode number reused by other data since that row was written
+        by_hash: dict[str, list[Row[Any]]] = defaultdict(list)
+        by_inode: dict[str, list[Row[Any]]] = defaultdict(list)
+        for row in self._db.execute(query):
+            by_hash[row.data_key_hash].append(row)
+            if row.data_inode is not None:
+                by_inode[row.data_inode].append(row)
+        answers = []
+        for question, keys, texts in zip(questions, key_hashes, text_hashes, strict=True):
+            candidates = {row.id: row for digest in keys | texts for row in by_hash.get(digest, ())}
+            candidates.update((row.id, row) for row in by_inode.get(question.identity.inode or "", ()))
+            answers.append(self._answer(question, [candidates[key] for key in sorted(candidates)], keys, texts))
+        return answers
+
+    def _answer(
+        self, question: Question, rows: list[Row[Any]], key_hashes: set[str], text_hashes: set[str]
+    ) -> list[Reference]:
+        identity, references = question.identity, []
+        for row in rows:
+            if row.id == question.excluding:
+                continue
+            is_legacy = row.data_key_version != DATA_KEY_VERSION
+            by_name = row.data_key_hash in key_hashes or (is_legacy and row.data_key_hash in text_hashes)
+            same_inode = identity.inode is not None and row.data_inode == identity.inode
+            if not by_name and not (same_inode and self._same_file(row.url, row.store, identity)):
+                continue  # another question's data, or an inode number reused by other data since
             # One name only: the other spelling reaches this very name (a case-folding filesystem).
-            references.append(
-                Reference(
-                    location.id,
-                    location.image_id,
-                    location.image.owner,
-                    location.status,
-                    location.claim_expires_at,
-                    shares_name=by_name or identity.links <= 1,
-                )
-            )
+            shares_name = by_name or identity.links <= 1
+            references.append(Reference(row.id, row.image_id, row.owner, row.status, row.claim_expires_at, shares_name))
         return references
 
     def find_for(self, location: Location, *, lock: bool = False) -> list[Reference] | None:
@@ -164,9 +210,9 @@ class DataReferences:
             return None
         return self.find(identity, url=url, excluding=location.id, lock=lock)
 
-    def _same_file(self, location: Location, identity: DataIdentity) -> bool:
+    def _same_file(self, stored_url: str, store: str, identity: DataIdentity) -> bool:
         try:
-            current = self.keys.identify_stored(self.keys.vault.open(location.url), location.store)
+            current = self.keys.identify_stored(self.keys.vault.open(stored_url), store)
         except (LocquotaError, UrlNotReadableError):
             return False
         return current.inode == identity.inode

@@ -15,7 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
@@ -24,7 +24,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import Location, LocationStatus
-from locations.services.data_references import DataKeys, DataReferences, Reference
+from locations.services.data_references import DataKeys, DataReferences, Question, Reference
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locquota.clock import Clock
@@ -128,11 +128,20 @@ def claim(
     rows = db.scalars(
         select(Location).where(Location.id.in_(ids), Location.claimed_by == worker).order_by(Location.id)
     ).all()
-    return [_claim_of(references, row, expires_at) for row in rows]
+    claims = [_claim_of(references.keys, row, expires_at) for row in rows]
+    # One question for the whole batch: which claimed data does another live location reach by its name?
+    asking = [item for item in claims if item.identity is not None and item.problem is None]
+    questions = [Question(item.identity, item.url, item.location_id) for item in asking]  # type: ignore[arg-type]
+    shared = {
+        item.location_id
+        for item, answer in zip(asking, references.find_all(questions), strict=True)
+        if any(reference.shares_name for reference in answer)
+    }
+    return [replace(item, is_shared=item.location_id in shared) for item in claims]
 
 
-def _claim_of(references: DataReferences, row: Location, expires_at: datetime) -> Claim:
-    keys = references.keys
+def _claim_of(keys: DataKeys, row: Location, expires_at: datetime) -> Claim:
+    """A claim of one row, with what its URL reaches now, or the problem that keeps its data from deletion."""
     try:
         url = keys.vault.open(row.url)
     except UrlNotReadableError:
@@ -150,9 +159,7 @@ def _claim_of(references: DataReferences, row: Location, expires_at: datetime) -
         log.error("location %s: its URL reaches other data than when it was added; not deleted", row.id)
         problem = ("the location's URL reaches other data than when it was added", "DataIdentityChanged")
         return Claim(row.id, url, identity, row.store, row.size_bytes, False, expires_at, problem)
-    others = references.find(identity, url=url, excluding=row.id)
-    is_shared = any(reference.shares_name for reference in others)
-    return Claim(row.id, url, identity, row.store, row.size_bytes, is_shared, expires_at)
+    return Claim(row.id, url, identity, row.store, row.size_bytes, False, expires_at)
 
 
 class Deletion(NamedTuple):
