@@ -1,5 +1,7 @@
 """glanceclient's location calls (add_location, delete_locations) against a deployment that shows locations."""
 
+import io
+
 import glanceclient
 import pytest
 from glanceclient import exc
@@ -58,3 +60,22 @@ def test_a_location_outside_the_store_is_refused(glance):
     image = glance.images.create(name="loc", disk_format="raw", container_format="bare")
     with pytest.raises(exc.HTTPBadRequest, match="outside"):
         glance.images.add_location(image.id, "file:///etc/passwd", {})
+
+
+@pytest.fixture
+def other_glance(live_url: str, other_token: str) -> object:
+    return glanceclient.Client(endpoint=f"{live_url}/v2", token=other_token)
+
+
+def test_another_project_cannot_reach_an_uploaded_file_under_another_spelling(glance, other_glance, store_root):
+    """The attack of issue 12 over real HTTP: an alias of p1's file is refused to p2, and p1's data stays."""
+    image = glance.images.create(name="victim", disk_format="raw", container_format="bare")
+    glance.images.upload(image.id, io.BytesIO(b"p1's bytes"))
+    intruder = other_glance.images.create(name="alias", disk_format="raw", container_format="bare")
+
+    for alias in (f"file://localhost{store_root}/./{image.id}", f"FILE:{store_root}//{image.id}"):
+        with pytest.raises(exc.HTTPForbidden, match="Another project"):
+            other_glance.images.add_location(intruder.id, alias, {})
+
+    assert other_glance.images.get(intruder.id)["status"] == "queued"
+    assert b"".join(glance.images.data(image.id)) == b"p1's bytes"

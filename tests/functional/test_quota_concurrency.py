@@ -68,10 +68,11 @@ def send_in_own_process(index: int, settings: dict[str, str], request: dict[str,
 
 
 def waiting_admissions(observer: psycopg.Connection) -> int:
-    """How many sessions wait for a lock in an UPDATE of tenant_usage (the admission's conditional UPDATE)."""
+    """How many sessions wait for the tenant's usage row: in the admission's conditional UPDATE, or in the
+    ledger's lock that adding a location takes first (usage before data keys, the one lock order)."""
     return observer.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE tenant_usage%'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND (query ILIKE 'UPDATE tenant_usage%' OR query ILIKE 'SELECT tenant_usage.tenant_id%FOR UPDATE%')"
     ).fetchone()[0]
 
 
