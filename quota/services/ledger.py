@@ -56,7 +56,10 @@ class UsageLedger:
                 if delta > 0 and cap is not None:
                     statement = statement.where(columns[resource] + delta <= cap)
         updated = self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
-        if not updated and not self._create_row(tenant_id):  # the tenant's first charge: try again on zeros
+        if not updated:
+            # The tenant's first charge, or a refusal. Make sure the row exists (another transaction may have
+            # created it since the UPDATE looked), then decide on it: created by us or by them, it is there now.
+            self._ensure_row(tenant_id)
             updated = self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
         if not updated:
             refusal = self._refusal(tenant_id, deltas, within)
@@ -114,18 +117,14 @@ class UsageLedger:
         used = self._db.scalar(select(getattr(TenantUsage, resource.value)).where(TenantUsage.tenant_id == tenant_id))
         return max(cap - (used or 0), 0)
 
-    def _create_row(self, tenant_id: str) -> bool:
-        """Create the tenant's zero row if it is missing; True when it already existed."""
-        existed = self._db.scalar(select(TenantUsage.tenant_id).where(TenantUsage.tenant_id == tenant_id))
-        if existed is not None:
-            return True
+    def _ensure_row(self, tenant_id: str) -> None:
+        """Create the tenant's zero row unless it exists (a concurrent insert of it is waited for, not doubled)."""
         zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
         self._db.execute(
             insert_for(self._db, TenantUsage.__table__)  # type: ignore[arg-type]
             .values(tenant_id=tenant_id, version=0, updated_at=self._clock.now(), **zeros)
             .on_conflict_do_nothing(index_elements=["tenant_id"])
         )
-        return False
 
     def _refusal(self, tenant_id: str, deltas: Mapping[Resource, int], within: Limits | None) -> QuotaExceeded:
         """The error for a refused admission, naming the first resource that did not fit."""

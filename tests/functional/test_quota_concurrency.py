@@ -76,8 +76,14 @@ def waiting_admissions(observer: psycopg.Connection) -> int:
     ).fetchone()[0]
 
 
-def race(database_url: str, settings: dict[str, str], requests: list[dict[str, object]]) -> list[tuple[int, object]]:
-    """Send each request from its own process, all released together at the usage row; (status, body) each."""
+def race(
+    database_url: str, settings: dict[str, str], requests: list[dict[str, object]], *, new_tenants: bool = False
+) -> list[tuple[int, object]]:
+    """Send each request from its own process, all released together at the usage row; (status, body) each.
+
+    new_tenants: the tenants have no usage row yet, so the gate is the whole table (EXCLUSIVE mode lets reads
+    through and holds every UPDATE and INSERT): the children then race to create the first row.
+    """
     context = multiprocessing.get_context("forkserver")
     # The fork server imports the app once; each child is a fresh fork of it, never of this pytest process.
     context.set_forkserver_preload([__name__])
@@ -89,8 +95,11 @@ def race(database_url: str, settings: dict[str, str], requests: list[dict[str, o
     outcomes: dict[int, tuple[int, object]] = {}
     try:
         with psycopg.connect(database_url) as gate, psycopg.connect(database_url, autocommit=True) as observer:
-            locked = gate.execute("SELECT 1 FROM tenant_usage WHERE tenant_id = %s FOR UPDATE", (OWNER,)).fetchall()
-            assert locked == [(1,)], "the tenant's usage row must exist before the race"
+            if new_tenants:
+                gate.execute("LOCK TABLE tenant_usage IN EXCLUSIVE MODE")
+            else:
+                locked = gate.execute("SELECT 1 FROM tenant_usage WHERE tenant_id = %s FOR UPDATE", (OWNER,)).fetchall()
+                assert locked == [(1,)], "the tenant's usage row must exist before the race"
             for process in processes:
                 process.start()
             deadline, waiting = time.monotonic() + QUEUE_DEADLINE, 0
@@ -143,8 +152,8 @@ def upload_image(app: TestApp, data: bytes) -> str:
     return image_id
 
 
-def stored_totals(db: Session) -> dict[Resource, int]:
-    row = db.get(TenantUsage, OWNER)
+def stored_totals(db: Session, tenant: str = OWNER) -> dict[Resource, int]:
+    row = db.get(TenantUsage, tenant)
     return {resource: getattr(row, resource.value) for resource in TENANT_RESOURCES}
 
 
@@ -250,3 +259,28 @@ def test_concurrent_image_creations_admit_exactly_what_fits_under_image_count_to
     assert_stored_usage_is_the_recount(db)
     usage = app.get("/v2/info/usage", headers=identity(OWNER), status=200).json["usage"]
     assert usage["image_count_total"] == {"limit": existing + FITTING, "usage": existing + FITTING}
+
+
+def test_the_first_requests_of_brand_new_tenants_are_never_refused_under_unlimited_limits(database_url, racing, db):
+    """Every child's first charge finds no usage row; they race to create it, and each charge still lands."""
+    settings, _app = racing
+    tenants = ("brand-new-a", "brand-new-b")
+    requests = [
+        {
+            "method": "POST",
+            "path": "/v2/images",
+            "body": json.dumps({"name": f"first-{n}", "disk_format": "raw", "container_format": "bare"}),
+            "headers": identity(tenants[n % len(tenants)]),
+            "content_type": "application/json",
+        }
+        for n in range(PROCESSES)
+    ]
+
+    outcomes = race(database_url, settings, requests, new_tenants=True)
+
+    assert Counter(status for status, _ in outcomes) == Counter({201: PROCESSES}), outcomes
+    db.expire_all()
+    for tenant in tenants:
+        assert stored_totals(db, tenant)[Resource.IMAGE_COUNT_TOTAL] == PROCESSES // len(tenants)
+        (actual,) = recount(db, [tenant])
+        assert stored_totals(db, tenant) == actual.totals
