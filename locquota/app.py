@@ -33,7 +33,13 @@ def _retry_attempts(request: Request) -> int | None:
 def configure(raw: Mapping[str, str]) -> Configurator:
     """Build the Configurator; tests call this and register fakes (a frozen clock) before making the app."""
     config = Configurator(
-        settings={**raw, "tm.manager_hook": "pyramid_tm.explicit_manager", "retry.activate_hook": _retry_attempts}
+        settings={
+            **raw,
+            "tm.manager_hook": "pyramid_tm.explicit_manager",
+            # pyramid_tm would resolve the identity (a token lookup: a query) before any view or error view runs.
+            "tm.annotate_user": "false",
+            "retry.activate_hook": _retry_attempts,
+        }
     )
     config.include("locquota.settings")
     for name in (

@@ -4,13 +4,18 @@ Codes are API: they are listed in docs/errors.md and never renamed or reused.
 """
 
 import logging
+from collections.abc import Callable
 from typing import ClassVar
 
 from pyramid.config import Configurator
 from pyramid.exceptions import URLDecodeError
 from pyramid.httpexceptions import HTTPException
+from pyramid.registry import Registry
 from pyramid.request import Request
+from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +250,49 @@ def render_undecodable_url(_exc: URLDecodeError, request: Request) -> dict[str, 
     return _render(request, 404, NotFound.code, "No resource at this URL.", {})
 
 
+# The database cannot be reached (refused, dropped, a pool with no connection to give): try again later.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+
+
+def database_unavailable(exc: Exception, request: Request) -> Response:
+    """The JSON 503 with Retry-After for a request the database could not serve."""
+    log.warning(
+        "database unavailable on %s %r: %s", request.method, request.path_info, type(exc.__cause__ or exc).__name__
+    )
+    body = {
+        "error": {
+            "code": ServiceUnavailable.code,
+            "message": "The database is unreachable.",
+            "details": {"database": "down"},
+        }
+    }
+    response = Response(json=body, status=503)
+    response.headers.update(dict(ServiceUnavailable.headers))
+    return response
+
+
+@exception_view_config(OperationalError)
+@exception_view_config(InterfaceError)
+@exception_view_config(PoolTimeoutError)
+def render_database_unavailable(exc: Exception, request: Request) -> Response:
+    """A view that needed the database while it is down: 503, never the 500 of a bug."""
+    return database_unavailable(exc, request)
+
+
+def database_outage_tween_factory(
+    handler: Callable[[Request], Response], _registry: Registry
+) -> Callable[[Request], Response]:
+    """Above pyramid_tm: a database outage outside any view (the commit, a tween reading the identity) is a 503 too."""
+
+    def tween(request: Request) -> Response:
+        try:
+            return handler(request)
+        except DATABASE_UNAVAILABLE as exc:
+            return database_unavailable(exc, request)
+
+    return tween
+
+
 @exception_view_config(Exception, renderer="json")
 def render_internal_error(exc: Exception, request: Request) -> dict[str, object]:
     """A bug. Log it with its traceback; the client gets a stable code and no internals."""
@@ -253,5 +301,6 @@ def render_internal_error(exc: Exception, request: Request) -> dict[str, object]
 
 
 def includeme(config: Configurator) -> None:
-    """The exception views above."""
+    """The exception views above, and the outage tween around pyramid_tm."""
     config.scan(__name__)
+    config.add_tween("locquota.errors.database_outage_tween_factory", over="pyramid_tm.tm_tween_factory")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+import port_for
 import psycopg
 import pytest
 import redis
@@ -262,3 +263,22 @@ def usage_of(engine: Engine) -> Callable[[str], dict[str, object]]:
         return {"totals": totals, "space": space}
 
     return read
+
+
+def closed_port_url(scheme_and_user: str, path: str) -> str:
+    """A URL on 127.0.0.1 at a free port nothing listens on: connections are refused at once."""
+    return f"{scheme_and_user}127.0.0.1:{port_for.select_random()}/{path}"
+
+
+@pytest.fixture
+def database_down_settings(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """A deployment whose PostgreSQL is unreachable; no auto_migrate, so the app still builds."""
+    return {
+        "locquota.database_url": closed_port_url("postgresql://postgres@", "locquota"),
+        "locquota.auto_migrate": "false",
+        "locquota.redis_url": redis_url,
+        "locquota.auth_strategy": "keystone",
+        "locquota.enabled_stores": "file",
+        "locquota.default_store": "file",
+        "locquota.store.file.datadir": str(tmp_path / "images"),
+    }
