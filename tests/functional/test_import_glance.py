@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pymysql
@@ -280,6 +281,34 @@ def test_locations_inside_a_configured_store_are_assigned_to_it(run_import, targ
     with Session(target) as session:
         stores = dict(session.execute(select(Location.store, func.count()).group_by(Location.store)).all())
     assert stores == {"file": 25, "glance:web": 20}
+
+
+def test_two_spellings_of_one_file_in_one_image_are_imported_once_and_keyed_alike(
+    run_import, target, store_root, tmp_path
+):
+    """Inside a configured store, locations are keyed by their data: a second spelling is a duplicate, not a copy."""
+    store_root.mkdir(parents=True, exist_ok=True)
+    moved = glance_copy(
+        tmp_path,
+        f"UPDATE image_locations SET value = replace(value, 'file:///var/lib/glance/images/', 'file://{store_root}/')",
+        "INSERT INTO image_locations (id, image_id, value, created_at, deleted, meta_data, status)"
+        " SELECT 100, image_id, replace(value, 'file:///', 'file://localhost/./'), created_at, deleted, meta_data,"
+        " status FROM image_locations WHERE id = 23",
+    )
+    with closing(sqlite3.connect(moved)) as connection:
+        urls = [url for (url,) in connection.execute("SELECT value FROM image_locations")]
+    for path in {urlsplit(url).path for url in urls}:
+        if path.startswith(str(store_root)):
+            Path(path).write_bytes(b"data")
+
+    result = run_import(sqlite_url(moved))
+
+    assert findings(result)[Finding.LOCATION_DUPLICATE.value] == 1
+    with Session(target) as session:
+        rows = session.execute(select(Location.glance_location_id, Location.data_key_hash, Location.data_inode)).all()
+    by_glance_id = {glance_id: (key_hash, inode) for glance_id, key_hash, inode in rows}
+    assert 100 not in by_glance_id
+    assert by_glance_id[23][1] is not None  # keyed by the file, found on disk
 
 
 def test_a_rerun_updates_what_changed_in_glance_and_doubles_nothing(run_import, target, tmp_path):

@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -219,7 +219,7 @@ class Planner:
                 status = LocationStatus.PENDING_DELETE
                 removed.add(row.id)
             statuses[row.id] = status
-        keepers = _live_keepers(glance.locations, statuses)
+        keepers = _live_keepers(glance.locations, statuses, self._data_key)
         for row in glance.locations:
             where, status = f"{label} location #{row.id}", statuses[row.id]
             if status is None:
@@ -227,8 +227,8 @@ class Planner:
             elif row.url is None or not row.url.strip() or "\x00" in row.url:
                 notes.note(Finding.LOCATION_URL_UNUSABLE, f"{where}: {row.url_chars} characters")
                 planned.skipped_locations += 1
-            elif status in LIVE_LOCATION_STATUSES and keepers[row.url] != row.id:
-                notes.note(Finding.LOCATION_DUPLICATE, f"{where}: same URL as #{keepers[row.url]}")
+            elif status in LIVE_LOCATION_STATUSES and keepers[self._data_key(row.url)] != row.id:
+                notes.note(Finding.LOCATION_DUPLICATE, f"{where}: same data as #{keepers[self._data_key(row.url)]}")
                 planned.skipped_locations += 1
             else:
                 planned.locations.append(self._location(row, status, planned, glance, where))
@@ -314,6 +314,13 @@ class Planner:
         elif status is LocationStatus.DELETED:
             values["deleted_at"] = retired_at
 
+    def _data_key(self, url: str) -> str:
+        """The data key of a URL (its text where no configured store owns it): spellings of one file are one."""
+        try:
+            return self._stores.for_url(url).identify(url).key
+        except LocquotaError:
+            return url
+
     def _identity_of(self, url: str, store_name: str) -> DataIdentity:
         """What the URL reaches, as its store names it; a store not configured here: the URL's text."""
         try:
@@ -354,8 +361,12 @@ class Planner:
         return metadata
 
 
-def _live_keepers(rows: list[GlanceLocation], statuses: Mapping[int, LocationStatus | None]) -> dict[str, int]:
-    """Per URL, the one live row of an image that stands for the data: its first active row, else its first pending.
+def _live_keepers(
+    rows: list[GlanceLocation], statuses: Mapping[int, LocationStatus | None], data_key: Callable[[str], str]
+) -> dict[str, int]:
+    """Per piece of data (by data key), the live row of an image that stands for it.
+
+    Its first active row, else its first pending one.
 
     Two live rows of one URL would charge the same data twice. Deleted rows are history, never duplicates: an
     admin may remove a location and add the same URL back.
@@ -364,7 +375,7 @@ def _live_keepers(rows: list[GlanceLocation], statuses: Mapping[int, LocationSta
     for preferred in (LocationStatus.ACTIVE, LocationStatus.PENDING_DELETE):
         for row in rows:
             if row.url is not None and statuses[row.id] is preferred:
-                keepers.setdefault(row.url, row.id)
+                keepers.setdefault(data_key(row.url), row.id)
     return keepers
 
 
