@@ -1,6 +1,12 @@
-"""gunicorn settings for production: workers, and prometheus_client's multiprocess mode for /metrics.
+"""gunicorn settings for production: gthread workers, and prometheus_client's multiprocess mode for /metrics.
 
     gunicorn --paste production.ini --config deploy/gunicorn.conf.py
+
+gthread, not the default sync worker: a request runs in a worker thread while the worker's main loop keeps
+answering the master's heartbeat, so `timeout` no longer kills an upload that takes longer than it (a sync
+worker is killed mid-upload). A client that falls silent is bounded by the app instead
+(`locquota.client_idle_timeout_seconds`, locquota/serving.py), and a connection that has not sent its request
+yet waits in the worker's poller, not in a thread: slow or stalled clients cannot starve health checks.
 
 Every worker counts into files in PROMETHEUS_MULTIPROC_DIR, and whichever worker serves a scrape sums
 them, so /metrics is right however the load balancer spread the requests. The directory is emptied
@@ -17,7 +23,10 @@ from prometheus_client import multiprocess
 
 bind = os.environ.get("LOCQUOTA_BIND", "0.0.0.0:9292")
 workers = int(os.environ.get("LOCQUOTA_WORKERS", "4"))
-timeout = 120  # a large upload streams within one request
+worker_class = "gthread"
+threads = int(os.environ.get("LOCQUOTA_THREADS", "8"))  # requests in flight per worker (uploads included)
+timeout = int(os.environ.get("LOCQUOTA_WORKER_TIMEOUT", "30"))  # a hung worker's heartbeat, not a request's length
+keepalive = 5
 # Set here, in the master, before any worker imports prometheus_client: workers inherit it.
 metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="locquota-metrics-")))
 

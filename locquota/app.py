@@ -4,8 +4,8 @@ from collections.abc import Mapping
 
 from pyramid.config import Configurator
 from pyramid.request import Request
-from pyramid.router import Router
-from webob.request import DisconnectionError
+
+from locquota.serving import WsgiApp, bound_client_silence
 
 
 def _retry_attempts(request: Request) -> int | None:
@@ -25,7 +25,7 @@ def _retry_attempts(request: Request) -> int | None:
         return 1
     try:
         request.make_body_seekable()
-    except DisconnectionError:
+    except OSError:  # WebOb's DisconnectionError (a short body), or a client silent past its idle timeout
         return 1
     return None
 
@@ -62,6 +62,7 @@ def configure(raw: Mapping[str, str]) -> Configurator:
     return config
 
 
-def main(global_config: Mapping[str, str], **settings: str) -> Router:
+def main(global_config: Mapping[str, str], **settings: str) -> WsgiApp:
     """The paste app factory named in development.ini and production.ini."""
-    return configure(settings).make_wsgi_app()
+    router = configure(settings).make_wsgi_app()
+    return bound_client_silence(router, router.registry["locquota.settings"].client_idle_timeout_seconds)

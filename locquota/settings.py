@@ -173,6 +173,7 @@ class Settings:
     show_multiple_locations: bool = False
     show_image_direct_url: bool = False
     max_request_body_bytes: int = 65536
+    client_idle_timeout_seconds: float = 30.0
     image_size_cap_bytes: int = 1099511627776
     upload_chunk_bytes: int = 65536
     limit_param_default: int = 25
@@ -214,6 +215,7 @@ class Settings:
             "show_multiple_locations": _boolean,
             "show_image_direct_url": _boolean,
             "max_request_body_bytes": _positive_int,
+            "client_idle_timeout_seconds": _positive_seconds,
             "image_size_cap_bytes": _positive_int,
             "upload_chunk_bytes": _positive_int,
             "limit_param_default": _positive_int,
