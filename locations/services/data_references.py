@@ -86,19 +86,22 @@ class DataKeys:
             "data_inode": identity.inode,
         }
 
-    def still_names(self, location: Location, identity: DataIdentity | None = None) -> bool:
-        """Whether the row's URL still reaches the data it was keyed for (no symlink was swapped since).
+    def still_names(self, location: Location, identity: DataIdentity) -> bool:
+        """Whether the row's URL (identity: what it reaches now) still reaches the data it was keyed for.
 
-        identity: the URL's identity if already computed. Rows not yet re-keyed cannot be checked: True.
+        False when a symlink was swapped since. Rows not yet re-keyed cannot be checked: True.
         """
         if location.data_key_version != DATA_KEY_VERSION:
             return True
-        if identity is None:
-            try:
-                identity = self.identify_stored(self.vault.open(location.url), location.store)
-            except (LocquotaError, UrlNotReadableError):
-                return False
         return location.data_key_hash in self.digests(identity)
+
+    def opened(self, stored_url: str, store_name: str) -> tuple[str, DataIdentity] | None:
+        """A stored row's URL opened with the key ring and identified through its store; None if either fails."""
+        try:
+            url = self.vault.open(stored_url)
+            return url, self.identify_stored(url, store_name)
+        except (LocquotaError, UrlNotReadableError):
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,19 +206,15 @@ class DataReferences:
 
     def find_for(self, location: Location, *, lock: bool = False) -> list[Reference] | None:
         """The other live locations reaching a stored location's data; None if its URL cannot be identified."""
-        try:
-            url = self.keys.vault.open(location.url)
-            identity = self.keys.identify_stored(url, location.store)
-        except (LocquotaError, UrlNotReadableError):
+        opened = self.keys.opened(location.url, location.store)
+        if opened is None:
             return None
+        url, identity = opened
         return self.find(identity, url=url, excluding=location.id, lock=lock)
 
     def _same_file(self, stored_url: str, store: str, identity: DataIdentity) -> bool:
-        try:
-            current = self.keys.identify_stored(self.keys.vault.open(stored_url), store)
-        except (LocquotaError, UrlNotReadableError):
-            return False
-        return current.inode == identity.inode
+        opened = self.keys.opened(stored_url, store)
+        return opened is not None and opened[1].inode == identity.inode
 
     def _lock_key(self, key_hash: str) -> None:
         # PostgreSQL: a transaction-scoped advisory lock per data key; SQLite serialises every writer anyway.

@@ -23,7 +23,7 @@ from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
 from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locquota.clock import Clock
-from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
+from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import (
     DuplicateLocation,
     Forbidden,
@@ -32,7 +32,6 @@ from locquota.errors import (
     LocationDataMissing,
     LocationInUse,
     LocationPendingDelete,
-    LocquotaError,
 )
 from locquota.identity import Identity
 from quota.services.limits import Limits, LimitService
@@ -102,11 +101,8 @@ class LocationChanges:
         ]
 
     def _key_of(self, location: Location) -> str | None:
-        keys = self._references.keys
-        try:
-            return keys.identify_stored(self._vault.open(location.url), location.store).key
-        except (UrlNotReadableError, LocquotaError):
-            return None
+        opened = self._references.keys.opened(location.url, location.store)
+        return None if opened is None else opened[1].key
 
     def _add(self, image: Image, spec: LocationSpec, limits: Limits) -> None:
         store = self._stores.for_url(spec.url)
