@@ -1,4 +1,4 @@
-"""Operator commands of the locations package: scrub, restore, purge, reconcile, import-glance, locations."""
+"""Operator commands of the locations package: scrub, reap, restore, purge, reconcile, import-glance, locations."""
 
 import os
 import signal
@@ -16,7 +16,7 @@ from locations.scrubber import Scrubber
 from locations.services.data_references import DataKeys
 from locations.services.data_rekey import record_collisions, rekey_batches, rows_to_rekey
 from locations.services.deletion import DeletionService
-from locations.services.factories import scrub_policy
+from locations.services.factories import scrub_policy, upload_lease_terms
 from locations.services.glance_import import (
     GlanceImporter,
     GlanceSource,
@@ -26,6 +26,7 @@ from locations.services.glance_import import (
 )
 from locations.services.purge import purge_deleted_locations
 from locations.services.recount import reconcile_batches
+from locations.services.upload_reaper import ReapReport, UploadReaper
 from locations.services.url_encryption import reseal_batches, rows_to_scan, scrub_old_copies
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
@@ -87,11 +88,13 @@ def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address:
         batch_size=settings.scrub_batch_size, pool_size=settings.scrub_pool_size,
         vault=app.registry["locquota.url_vault"],
     )  # fmt: skip
+    reaper = _reaper(app)
     stop = _stop_on_sigterm()
     if daemon:
         click.echo(f"scrubber {scrubber.worker}: waking every {settings.wakeup_time_seconds} s")
-        scrubber.run_forever(stop, settings.wakeup_time_seconds)
+        scrubber.run_forever(stop, settings.wakeup_time_seconds, reaper)
         return
+    _echo_reaped(reaper.run_once(stop))
     if sys.stdout.isatty():
         with click.progressbar(length=scrubber.count_due(), label="scrubbing") as bar:
             report = scrubber.run_once(stop, on_batch=bar.update)
@@ -99,6 +102,31 @@ def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address:
         report = scrubber.run_once(stop)
     counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(report.outcomes.items())) or "nothing due"
     click.echo(f"scrubbed in {report.batches} batches: {counts}")
+
+
+def _reaper(app: LazyApp) -> UploadReaper:
+    settings = app.registry["locquota.settings"]
+    with app.request() as request:
+        stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)
+    return UploadReaper(
+        app.unit_of_work(), stores, clock, upload_lease_terms(settings),
+        batch_size=settings.scrub_batch_size, vault=app.registry["locquota.url_vault"],
+    )  # fmt: skip
+
+
+def _echo_reaped(report: ReapReport) -> None:
+    if report.uploads:
+        click.echo(f"reaped {report.uploads} uploads whose lease ran out: {report.locations} pieces of data to scrub")
+
+
+@click.command()
+@click.pass_obj
+def reap(app: LazyApp) -> None:
+    """End uploads whose lease ran out: images back to queued, their data to the scrubber (`scrub` runs this too)."""
+    report = _reaper(app).run_once(_stop_on_sigterm())
+    _echo_reaped(report)
+    if not report.uploads:
+        click.echo("no upload lease has run out")
 
 
 @click.command()

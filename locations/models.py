@@ -220,6 +220,25 @@ class Location(Base):
     )
 
 
+class Upload(Base):
+    """An upload in flight: the lease its request renews while bytes flow, and where the bytes go.
+
+    The row is written with queued -> saving, before the first byte, and removed with the upload's
+    outcome. A row whose lease ran out is a dead upload (a killed worker, an outage): the reaper
+    (locations.services.upload_reaper) returns the image to queued and sends whatever data is at url
+    or scratch_url to the pending_delete path. url and scratch_url are sealed like location URLs.
+    """
+
+    __tablename__ = "uploads"
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    store: Mapped[str | None] = mapped_column(String(64))  # None: an upload from before leases existed
+    url: Mapped[str | None] = mapped_column(Text)
+    scratch_url: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+
+
 class DataKeyCollision(Base):
     """Data that live locations of more than one tenant reference, as the last `locquota locations rekey` found.
 

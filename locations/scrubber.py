@@ -29,6 +29,7 @@ from locations.services.scrubbing import (
     new_worker_id,
     record,
 )
+from locations.services.upload_reaper import UploadReaper
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
@@ -131,10 +132,16 @@ class Scrubber:
                 return
             yield claims
 
-    def run_forever(self, stop: threading.Event, wakeup_seconds: float) -> None:
-        """Pass after pass, sleeping wakeup_seconds between them, until stop is set (SIGTERM)."""
+    def run_forever(self, stop: threading.Event, wakeup_seconds: float, reaper: UploadReaper | None = None) -> None:
+        """Pass after pass, sleeping wakeup_seconds between them, until stop is set (SIGTERM).
+
+        With a reaper, each pass first ends the uploads whose lease ran out: their data is due at once,
+        so the same pass deletes it.
+        """
         while not stop.is_set():
             try:
+                if reaper is not None:
+                    reaper.run_once(stop)
                 self.run_once(stop)
             except Exception:
                 # A database outage must not end the daemon: log it and try again at the next wake-up.

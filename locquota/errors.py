@@ -140,6 +140,12 @@ class LocationDataChanged(LocquotaError):
     status, code = 409, "location_data_changed"
 
 
+class UploadInterrupted(LocquotaError):
+    """The upload's lease was taken over (it stalled longer than the lease, or the reaper ran): nothing kept."""
+
+    status, code = 409, "upload_interrupted"
+
+
 class ScrubInProgress(LocquotaError):
     status, code = 409, "scrub_in_progress"
 

@@ -176,6 +176,7 @@ class Settings:
     client_idle_timeout_seconds: float = 30.0
     image_size_cap_bytes: int = 1099511627776
     upload_chunk_bytes: int = 65536
+    upload_lease_seconds: int = 300
     limit_param_default: int = 25
     api_limit_max: int = 1000
     delayed_delete: bool = False
@@ -218,6 +219,7 @@ class Settings:
             "client_idle_timeout_seconds": _positive_seconds,
             "image_size_cap_bytes": _positive_int,
             "upload_chunk_bytes": _positive_int,
+            "upload_lease_seconds": _positive_int,
             "limit_param_default": _positive_int,
             "api_limit_max": _positive_int,
             "delayed_delete": _boolean,
@@ -280,6 +282,12 @@ class Settings:
             raise SettingsError("locquota.limit_param_default: larger than locquota.api_limit_max")
         if not self.database_url:
             raise SettingsError("locquota.database_url: empty")
+        if self.upload_lease_seconds <= 2 * self.client_idle_timeout_seconds:
+            # An upload renews its lease when a chunk arrives past half of it; chunks are at most the idle
+            # timeout apart, so a live upload's lease could otherwise run out between two chunks.
+            raise SettingsError(
+                "locquota.upload_lease_seconds: must be more than twice locquota.client_idle_timeout_seconds"
+            )
         if self.redis_sentinels and not self.redis_sentinel_service:
             raise SettingsError("locquota.redis_sentinel_service: empty, but locquota.redis_sentinels is set")
 

@@ -1,8 +1,8 @@
 """Gauges computed at scrape time, once per scrape, from one indexed query each.
 
-Each part (backlog, quota, reconcile, data keys, cache) runs in its own short read-only transaction with a
-statement timeout: a slow or failing database makes that part report `locquota_collector_up 0`
-instead of hanging the scrape, and the other parts still answer.
+Each part (backlog, quota, reconcile, data keys, uploads, cache) runs in its own short read-only
+transaction with a statement timeout: a slow or failing database makes that part report
+`locquota_collector_up 0` instead of hanging the scrape, and the other parts still answer.
 """
 
 import logging
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from locations.services.backlog import BacklogService
 from locations.services.data_rekey import collision_count
+from locations.services.upload_leases import uploads_in_flight
 from locquota.cache import Cache
 from locquota.clock import Clock
 from quota.services.limits import LimitService
@@ -56,6 +57,7 @@ class ScrapeCollector:
             "quota": lambda: self._in_session(self._quota),
             "reconcile": lambda: self._in_session(self._reconcile),
             "data_keys": lambda: self._in_session(self._data_keys),
+            "uploads": lambda: self._in_session(self._uploads),
             "cache": self._cache_up,
         }
         for name, part in parts.items():
@@ -151,6 +153,17 @@ class ScrapeCollector:
             "locquota_location_data_collisions",
             "Pieces of data that live locations of more than one tenant reference (the last locations rekey).",
             value=collision_count(session),
+        )
+
+    def _uploads(self, session: Session) -> Iterator[Metric]:
+        in_flight, expired = uploads_in_flight(session, self._clock.now())
+        yield GaugeMetricFamily(
+            "locquota_uploads_in_flight", "Uploads holding a lease (images in saving).", value=in_flight
+        )
+        yield GaugeMetricFamily(
+            "locquota_uploads_expired",
+            "Uploads whose lease ran out and that no reaper has ended yet (is the scrubber daemon running?).",
+            value=expired,
         )
 
     def _cache_up(self) -> Iterator[Metric]:

@@ -64,3 +64,8 @@ IDENTITY_MISMATCHES = Counter(
     " was read or deleted through them.",
     ["reader"],
 )
+UPLOADS_REAPED = Counter(
+    "locquota_uploads_reaped_total",
+    "Uploads whose lease ran out (a killed worker, an outage) that the reaper ended: image back to queued, its"
+    " data sent to the scrubber.",
+)

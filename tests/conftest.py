@@ -40,6 +40,7 @@ TABLES = (
     "usage_drift",
     "reconcile_runs",
     "data_key_collisions",
+    "uploads",
 )
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)

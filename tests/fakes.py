@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from locations.services.data_references import DataKeys, DataReferences
 from locations.services.scrubbing import ScrubPolicy
-from locations.stores.base import DataIdentity, StoreError, StoreRegistry
+from locations.stores.base import DataIdentity, StoredData, StoreError, StoreRegistry, UploadTarget
 from locations.stores.file import FileStore
 from locquota.app import configure
 from locquota.clock import Clock
@@ -51,6 +51,8 @@ def scrub_settings(settings: dict[str, str], *, delayed_delete: bool) -> dict[st
 class FakeFailingStore:
     """A FileStore whose deletes fail (`fail_deletes = N`: the next N raise StoreError) or wait on demand.
 
+    `after_add`, if set, runs when an upload's data is in place, before the upload records it.
+
     `hold_deletes()` makes every delete wait until `release()`; `delete_started` is set as soon as a
     delete is in flight, so a test can act while the scrubber is deleting, without sleeping.
     """
@@ -59,6 +61,7 @@ class FakeFailingStore:
         self.inner = inner
         self.name, self.scheme = inner.name, inner.scheme
         self.fail_deletes = 0
+        self.after_add: Callable[[], None] | None = None  # runs once the data is in place, before add returns
         self.delete_calls: list[str] = []  # every URL a delete was asked for, failed or not
         self.delete_started = threading.Event()
         self._released = threading.Event()
@@ -84,9 +87,20 @@ class FakeFailingStore:
         """Let held deletes go on."""
         self._released.set()
 
-    def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
-        """The real store's add."""
-        return self.inner.add(image_id, chunks)
+    def plan_upload(self, image_id: uuid.UUID) -> UploadTarget:
+        """The real store's upload names."""
+        return self.inner.plan_upload(image_id)
+
+    def add(self, target: UploadTarget, chunks: Iterable[bytes], ready: Callable[[], None] = lambda: None) -> str:
+        """The real store's add, then after_add (a test acts between the data landing and its commit)."""
+        url = self.inner.add(target, chunks, ready)
+        if self.after_add is not None:
+            self.after_add()
+        return url
+
+    def inventory(self) -> Iterator[StoredData]:
+        """The real store's inventory."""
+        return self.inner.inventory()
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
         """The real store's get."""

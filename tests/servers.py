@@ -50,48 +50,69 @@ def _as_server_user() -> tuple[list[str], str | None]:
     return ["runuser", "-u", "postgres", "--"], "postgres"
 
 
-@contextmanager
-def postgresql_server() -> Iterator[str]:
-    """Run a throwaway PostgreSQL on 127.0.0.1 and yield its admin URL; stop and remove it afterwards."""
-    bindir = _pg_bindir()
-    prefix, user = _as_server_user()
-    workdir = Path(tempfile.mkdtemp(prefix="locquota-pg-"))
-    datadir = workdir / "data"
-    if user:
-        shutil.chown(workdir, user)
-    port = port_for.select_random()
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "initdb"),
-            "-D",
-            str(datadir),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {workdir} -F -c max_connections=200 -c full_page_writes=off"
-    subprocess.run(
-        [*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(workdir / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
+class PostgresqlServer:
+    """A throwaway PostgreSQL on 127.0.0.1 that a test may stop and start again (an outage, for real)."""
+
+    def __init__(self) -> None:
+        self._bindir = _pg_bindir()
+        self._prefix, user = _as_server_user()
+        self.workdir = Path(tempfile.mkdtemp(prefix="locquota-pg-"))
+        self._datadir = self.workdir / "data"
+        if user:
+            shutil.chown(self.workdir, user)
+        self.port = port_for.select_random()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
         subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
+            [*self._prefix, str(self._bindir / "initdb"), "-D", str(self._datadir), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def is_running(self) -> bool:
+        """Whether the server runs now (pg_ctl status)."""
+        status = subprocess.run(
+            [*self._prefix, str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "status"],
             check=False,
             capture_output=True,
         )
-        shutil.rmtree(workdir, ignore_errors=True)
+        return status.returncode == 0
+
+    def start(self) -> None:
+        """Start the server (unless it runs) and return once it accepts connections (pg_ctl -w)."""
+        if self.is_running():
+            return
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -F -c max_connections=200 -c full_page_writes=off"
+        subprocess.run(
+            [*self._prefix, str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "-o", options, "-l",
+             str(self.workdir / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would (immediate mode: no checkpoint, clients cut off)."""
+        subprocess.run(
+            [*self._prefix, str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
+
+    def remove(self) -> None:
+        """Stop and delete everything."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextmanager
+def postgresql_server() -> Iterator[str]:
+    """Run a throwaway PostgreSQL on 127.0.0.1 and yield its admin URL; stop and remove it afterwards."""
+    server = PostgresqlServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.remove()
 
 
 def _mariadb_binary(name: str, default: str) -> str:

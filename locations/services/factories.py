@@ -15,6 +15,7 @@ from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import UrlVault
 from locquota.db import commit_and_begin
+from locquota.leases import LeaseTerms
 from locquota.settings import Settings
 from quota.services.limits import LimitService
 
@@ -43,6 +44,11 @@ def scrub_policy(settings: Settings) -> ScrubPolicy:
         retry_base=timedelta(seconds=settings.scrub_retry_base_seconds),
         retry_max=timedelta(seconds=settings.scrub_retry_max_seconds),
     )
+
+
+def upload_lease_terms(settings: Settings) -> LeaseTerms:
+    """How long an upload's lease lasts without a renewal."""
+    return LeaseTerms(timedelta(seconds=settings.upload_lease_seconds))
 
 
 def deletion_service_factory(_context: object, request: Request) -> DeletionService:
@@ -85,5 +91,7 @@ def image_data_service_factory(_context: object, request: Request) -> ImageDataS
         request.find_service(LimitService),
         chunk_bytes=settings.upload_chunk_bytes,
         size_cap_bytes=settings.image_size_cap_bytes,
+        lease=upload_lease_terms(settings),
+        scrub_policy=scrub_policy(settings),
         vault=request.find_service(UrlVault),
     )

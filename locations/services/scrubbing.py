@@ -11,16 +11,13 @@ A worker that dies after step 1 leaves a claim that expires; deleting data twice
 """
 
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import Location, LocationStatus
@@ -30,15 +27,20 @@ from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
+from locquota.leases import LeaseColumns, LeaseTerms, new_holder
 from metrics.instruments import IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS, SCRUB_DELETIONS, SCRUB_FAILURES
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000
 
 
+# A scrubber's claim on a pending_delete location is a lease (locquota.leases) on these columns.
+CLAIM = LeaseColumns(Location.claimed_by, Location.claim_expires_at)
+
+
 def new_worker_id(kind: str = "scrubber") -> str:
     """A claim owner unique to this process and run."""
-    return f"{kind}:{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
+    return new_holder(kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class ScrubPolicy:
     @property
     def safety_margin(self) -> timedelta:
         """Data is not deleted under a claim this close to expiring (a restore may follow its expiry)."""
-        return self.lease / 10
+        return LeaseTerms(self.lease).safety_margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,7 @@ def due_filter(now: datetime) -> list[object]:
     return [
         Location.status == LocationStatus.PENDING_DELETE,
         Location.scrub_after <= now,
-        or_(Location.claim_expires_at.is_(None), Location.claim_expires_at < now),
+        CLAIM.free(now),
     ]
 
 
@@ -122,12 +124,10 @@ def claim(
     db.execute(
         update(Location)
         .where(Location.id.in_(ids), *due_filter(now))
-        .values(claimed_by=worker, claim_expires_at=expires_at)
+        .values(CLAIM.granted(worker, expires_at))
         .execution_options(synchronize_session=False)
     )
-    rows = db.scalars(
-        select(Location).where(Location.id.in_(ids), Location.claimed_by == worker).order_by(Location.id)
-    ).all()
+    rows = db.scalars(select(Location).where(Location.id.in_(ids), CLAIM.held_by(worker)).order_by(Location.id)).all()
     claims = [_claim_of(references.keys, row, expires_at) for row in rows]
     # One question for the whole batch: which claimed data does another live location reach by its name?
     asking = [item for item in claims if item.identity is not None and item.problem is None]
@@ -222,7 +222,7 @@ def record(
         .where(
             and_(
                 Location.id == item.location_id,
-                Location.claimed_by == worker,
+                CLAIM.held_by(worker),
                 Location.status == LocationStatus.PENDING_DELETE,
             )
         )

@@ -1,28 +1,36 @@
 """Image data in and out: a streamed upload into the default store, and a streamed download.
 
-An upload spans three units of work: queued -> saving is committed before the bytes arrive (so other
-requests see the upload in progress), the bytes stream into the store outside any transaction, and
-the last unit records the location and activates the image. The request's transaction manager is
-handed over for it: each unit is committed (or, when the last one fails, aborted) and the next begun.
+An upload spans three units of work: queued -> saving is committed with the upload's lease and the names
+the store will write at, before the bytes arrive (so other requests see the upload in progress, and a
+crash leaves a record of where to clean up); the bytes stream into the store outside any transaction,
+the lease renewed while they flow; the last unit records the location and activates the image, if the
+lease is still this request's. The request's transaction manager is handed over for it: each unit is
+committed (or, when the last one fails, aborted) and the next begun.
 
 Quota: starting counts towards image_count_uploading; the body is cut off as soon as it passes what is
 left of image_size_total (the store deletes the partial data); the last unit admits the size exactly,
-since concurrent requests may have used the space meanwhile. A refused upload leaves the image queued.
+since concurrent requests may have used the space meanwhile. A refused upload leaves the image queued
+and its data on the pending_delete path (upload_leases.hand_over). An upload that dies (a killed
+worker, a database outage) leaves its lease to run out: the reaper then does the same.
 """
 
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from transaction import TransactionManager
 
-from locations.models import Image, ImageStatus, Location
-from locations.services.data_references import DataKeys
+from locations.models import Image, ImageStatus, Location, Upload
+from locations.services.data_references import DataKeys, DataReferences
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
+from locations.services.scrubbing import ScrubPolicy, delete_now
+from locations.services.upload_leases import UploadLease, find_data, hand_over
 from locations.stores.base import Store, StoreDuplicateError, StoreError, StoreFullError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
@@ -38,8 +46,10 @@ from locquota.errors import (
     QuotaExceeded,
     StoreFull,
     StoreUnavailable,
+    UploadInterrupted,
 )
 from locquota.identity import Identity
+from locquota.leases import LeaseTerms
 from metrics.instruments import ADMISSIONS_REFUSED, IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS
 from quota.services.limits import Limits, LimitService
 
@@ -63,10 +73,16 @@ class HashingReader:
     """Reads the body in fixed-size chunks, counting and hashing as it goes; stops past the cap or the quota."""
 
     def __init__(
-        self, body: BinaryIO, expected_bytes: int | None, cap_bytes: int, chunk_bytes: int, quota_bytes: int | None
+        self,
+        body: BinaryIO,
+        expected_bytes: int | None,
+        cap_bytes: int,
+        chunk_bytes: int,
+        quota_bytes: int | None,
+        keep_alive: Callable[[], None] = lambda: None,
     ) -> None:
         self._body, self._expected, self._cap, self._chunk = body, expected_bytes, cap_bytes, chunk_bytes
-        self._quota = quota_bytes
+        self._quota, self._keep_alive = quota_bytes, keep_alive
         self.size = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.digest = hashlib.new(HASH_ALGORITHM)
@@ -81,6 +97,7 @@ class HashingReader:
                 raise quota_refusal(self.size, self._quota)
             self.md5.update(chunk)
             self.digest.update(chunk)
+            self._keep_alive()  # bytes are flowing: the upload's lease must not run out under it
             yield chunk
         if self._expected is not None and self.size != self._expected:
             raise IncompleteUpload("The body ended before Content-Length bytes arrived.")
@@ -95,7 +112,7 @@ class HashingReader:
 class ImageDataService:
     """Uploads and downloads of image data."""
 
-    def __init__(  # noqa: PLR0913 - the URL vault is one collaborator more than the usual eight
+    def __init__(  # noqa: PLR0913 - the URL vault and the two leases' terms are collaborators too
         self,
         db: Session,
         images: ImageService,
@@ -106,16 +123,21 @@ class ImageDataService:
         *,
         chunk_bytes: int,
         size_cap_bytes: int,
+        lease: LeaseTerms,
+        scrub_policy: ScrubPolicy,
         vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._db, self._images, self._stores, self._clock = db, images, stores, clock
         self._transactions, self._limits, self._vault = transactions, limits, vault
-        self._chunk_bytes, self._cap = chunk_bytes, size_cap_bytes
+        self._chunk_bytes, self._cap, self._lease, self._scrub_policy = chunk_bytes, size_cap_bytes, lease, scrub_policy
         self._lifecycle = LocationLifecycle(db, clock, vault=vault)
         self._keys = DataKeys(stores, vault)
 
+    def _checkpoint(self) -> None:
+        commit_and_begin(self._transactions)
+
     def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
-        """Stream body into the default store; the image ends active, or queued/killed with nothing stored."""
+        """Stream body into the default store; the image ends active, or queued/killed with nothing kept."""
         image = self._images.get(caller, image_id, with_details=False)
         if image.status is not ImageStatus.QUEUED:
             raise InvalidImageStatus(f"Image status transition from {image.status} to saving is not allowed.")
@@ -127,18 +149,23 @@ class ImageDataService:
         remaining = self._lifecycle.space_left(owner, limits)
         if remaining is not None and content_length is not None and content_length > remaining:
             raise quota_refusal(content_length, remaining)
-        self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, ImageStatus.SAVING, limits=limits)
-        commit_and_begin(self._transactions)
-        reader = HashingReader(body, content_length, self._cap, self._chunk_bytes, remaining)
         store = self._stores.default
+        target = store.plan_upload(image_id)
+        lease = UploadLease(self._db, self._clock, self._lease, self._vault, image_id)
+        self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, ImageStatus.SAVING, limits=limits)
+        lease.take(store.name, target)
+        self._checkpoint()
+        reader = HashingReader(
+            body, content_length, self._cap, self._chunk_bytes, remaining, lambda: lease.keep_alive(self._checkpoint)
+        )
         try:
-            url = store.add(image_id, reader.chunks())
+            # Renewed once more when the bytes are durable, just before they are put in place: data is never
+            # linked under a lease the reaper may have taken over.
+            url = store.add(target, reader.chunks(), ready=lambda: lease.keep_alive(self._checkpoint, force=True))
         except Exception as exc:
-            # Whatever happened, nothing is stored (the store cleans up); give the image back or kill it.
+            # The store cleaned up: nothing is stored. Give the image back (or kill it), if it is still ours.
             broken = isinstance(exc, StoreError) and not isinstance(exc, StoreDuplicateError)
-            failed = ImageStatus.KILLED if broken else ImageStatus.QUEUED
-            self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, failed)
-            commit_and_begin(self._transactions)
+            self._end_without_data(lease, owner, ImageStatus.KILLED if broken else ImageStatus.QUEUED)
             if isinstance(exc, StoreDuplicateError):
                 raise ImageConflict("Data is already stored under this image's name in the store.") from exc
             if isinstance(exc, StoreFullError):
@@ -147,12 +174,27 @@ class ImageDataService:
                 raise StoreUnavailable("The store failed while writing the image data.") from exc
             raise
         try:
-            return self._activate(image_id, store.name, url, reader, limits)
+            return self._activate(lease, image_id, store.name, url, reader, limits)
         except Exception:
             # Refused (concurrent requests used the space while the bytes streamed) or failed: nothing of
-            # this unit stays; give the image back and delete its data, so it is not stranded in saving.
-            self._give_back(image_id, owner, store.name, url)
+            # this unit stays; the image goes back to queued and its data to the scrubber, not stranded.
+            self._give_back(lease, owner)
             raise
+
+    def _end_without_data(self, lease: UploadLease, owner: str, status: ImageStatus) -> None:
+        """The image from saving to status and the lease ended, if still held (else the reaper does it later)."""
+        abort_and_begin(self._transactions)  # a renewal may have failed half-way through its unit
+        try:
+            self._lifecycle.lock_usage([owner])
+            upload = lease.hold()
+            if upload is None:
+                return  # taken over: the reaper ends it
+            self._lifecycle.change_image_status(lease.image_id, owner, ImageStatus.SAVING, status)
+            self._db.delete(upload)
+            self._checkpoint()
+        except (SQLAlchemyError, LocquotaError):
+            log.exception("image %s: the failed upload could not be ended now; its lease will run out", lease.image_id)
+            abort_and_begin(self._transactions)
 
     def _reaches_its_data(self, location: Location, store: Store, url: str) -> bool:
         """Whether the URL still reaches the data it was keyed for.
@@ -170,30 +212,63 @@ class ImageDataService:
         log.error("location %s: its URL reaches other data than when it was added; not served", location.id)
         return False
 
-    def _activate(self, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits) -> Image:
+    def _activate(
+        self, lease: UploadLease, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits
+    ) -> Image:
         """Admit the size first: a refusal must find nothing written in this unit of work."""
         image = self._images.reload(image_id)
+        self._lifecycle.lock_usage([image.owner])  # usage before the upload's row, as the reaper locks them
+        upload = lease.hold()
+        if upload is None:
+            # Only a process frozen longer than the lease between its last renewal and here gets this far:
+            # the reaper may not have seen this data. `locquota audit` finds it as an orphan.
+            log.error("image %s: upload lease taken over after the data was put in place at %s", image_id, url)
+            raise UploadInterrupted("The upload stalled past its lease and was ended; upload the data again.")
+        if image.status is not ImageStatus.SAVING:  # deleted while its data streamed in
+            raise InvalidImageStatus(f"Image status transition from {image.status} to active is not allowed.")
         identity = self._stores[store_name].identify(url)
         self._lifecycle.land_upload(image, url, identity, store_name, reader.size, limits)
         image.size, image.checksum = reader.size, reader.md5.hexdigest()
         image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
+        self._db.delete(upload)
         self._db.flush()
         return image
 
-    def _give_back(self, image_id: uuid.UUID, owner: str, store_name: str, url: str) -> None:
-        """The image back to queued, its stored data deleted; a failure here is logged, not raised."""
+    def _give_back(self, lease: UploadLease, owner: str) -> None:
+        """The image back to queued and its stored data handed to the scrubber, then deleted at once.
+
+        A failure here is logged, not raised: the lease then runs out and the reaper does the same.
+        """
         abort_and_begin(self._transactions)
         try:
-            self._lifecycle.change_image_status(image_id, owner, ImageStatus.SAVING, ImageStatus.QUEUED)
-            commit_and_begin(self._transactions)
-        except Exception:
-            log.exception("image %s: could not be returned to queued after a failed upload", image_id)
+            upload = self._db.get(Upload, lease.image_id)
+            if upload is None or upload.holder != lease.holder:
+                return  # taken over: the reaper hands the data over
+            found = find_data(self._stores, self._vault, upload)
+            self._lifecycle.lock_usage([owner])
+            upload = lease.hold()
+            if upload is None:
+                return
+            image = self._db.scalars(select(Image).where(Image.id == lease.image_id).with_for_update()).one()
+            references = DataReferences(self._db, self._keys)
+            retired = [
+                location.id for location in hand_over(self._db, self._lifecycle, references, upload, image, found)
+            ]
+            self._db.flush()
+            if retired:  # as an immediate delete does: pending_delete committed first, then the data goes
+                delete_now(
+                    self._db,
+                    self._clock,
+                    self._stores,
+                    self._scrub_policy,
+                    self._checkpoint,
+                    retired,
+                    vault=self._vault,
+                )
+            self._checkpoint()
+        except (SQLAlchemyError, LocquotaError):
+            log.exception("image %s: a failed upload could not be ended now; its lease will run out", lease.image_id)
             abort_and_begin(self._transactions)
-            return  # keep the data: the image still says saving, and its data must not vanish under it
-        try:
-            self._stores[store_name].delete(url)
-        except (StoreError, OSError):
-            log.exception("image %s: data of a refused upload could not be deleted from store %s", image_id, store_name)
 
     def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
         """The image and a stream of its data from the first readable active location (None: no data).

@@ -6,8 +6,9 @@ and names its data: only the store knows which spellings of a URL reach the same
 """
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import entry_points
 from typing import Protocol
 
@@ -42,16 +43,45 @@ class DataIdentity:
     links: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class UploadTarget:
+    """Where an upload's bytes go, named before the first byte is written (the upload lease records it).
+
+    url: where the finished data ends up (the new location's URL); scratch_url: where the bytes are
+    written first. Whatever a crash leaves at either is found again by these names and cleaned up.
+    """
+
+    url: str
+    scratch_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredData:
+    """One piece of data found in a store by its inventory (what `locquota audit` compares)."""
+
+    url: str  # the canonical URL, equal to its data key
+    size_bytes: int
+    modified_at: datetime  # UTC, naive like every time in the database
+    is_scratch: bool  # an upload's bytes not yet put in place
+
+
 class Store(Protocol):
     """One configured backend where image data lives."""
 
     name: str
     scheme: str
 
-    def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
-        """Write every chunk and return the new data's URL; on failure leave nothing behind.
+    def plan_upload(self, image_id: uuid.UUID) -> UploadTarget:
+        """Name the data an upload will write, before it writes anything."""
 
-        Never overwrites data already there (StoreDuplicateError): another location may reach it.
+    def add(self, target: UploadTarget, chunks: Iterable[bytes], ready: Callable[[], None] = ...) -> str:
+        """Write every chunk at target.scratch_url, then put it at target.url and return that URL.
+
+        ready() is called when the bytes are durable, just before they are put in place; if it raises,
+        they are not.
+
+        On failure leave nothing behind. Never overwrites data already there (StoreDuplicateError):
+        another location may reach it.
         """
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
@@ -68,6 +98,9 @@ class Store(Protocol):
 
     def identify(self, url: str) -> DataIdentity:
         """The canonical identity of the data url names; a 400 LocquotaError if it cannot be decided."""
+
+    def inventory(self) -> Iterator[StoredData]:
+        """Every piece of data in the store, in a stable order, without loading them all at once."""
 
 
 class StoreRegistry:

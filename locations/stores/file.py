@@ -15,17 +15,26 @@ import errno
 import os
 import stat
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from locations.stores.base import DataIdentity, StoreDuplicateError, StoreError, StoreFullError
+from locations.stores.base import (
+    DataIdentity,
+    StoredData,
+    StoreDuplicateError,
+    StoreError,
+    StoreFullError,
+    UploadTarget,
+)
 from locquota.errors import LocationNotAFile, LocationOutsideStore, LocationUndecidable
 
 MAX_URL_CHARS = 4096
 LOCAL_HOSTS = ("", "localhost")
 PROC_FD = Path("/proc/self/fd")
+SCRATCH_SUFFIX = ".partial"
 
 
 class FileStore:
@@ -98,20 +107,26 @@ class FileStore:
             raise LocationOutsideStore("The location URL's path is not allowed.")
         return "/" + path.lstrip("/")  # file:////root/x is file:///root/x (POSIX keeps a leading "//")
 
-    def add(self, image_id: uuid.UUID, chunks: Iterable[bytes]) -> str:
-        """Write to a temporary file, then link it in place: a failed upload never leaves a partial image behind.
+    def plan_upload(self, image_id: uuid.UUID) -> UploadTarget:
+        """<root>/<image-id>, written first as <root>/.<image-id>.<random>.partial."""
+        final = self.root / str(image_id)
+        scratch = self.root / f".{image_id}.{uuid.uuid4().hex}{SCRATCH_SUFFIX}"
+        return UploadTarget(self.url_for(final), self.url_for(scratch))
+
+    def add(self, target: UploadTarget, chunks: Iterable[bytes], ready: Callable[[], None] = lambda: None) -> str:
+        """Write the scratch file, then link it in place: a failed upload never leaves a partial image behind.
 
         A hard link, not a rename, puts the data in place: it fails if the name is taken, so data another
         location may reach (a file left behind, or one a tenant added by URL) is never replaced.
         """
-        final = self.root / str(image_id)
-        partial = self.root / f".{image_id}.{uuid.uuid4().hex}.partial"
+        final, partial = self.path_for(target.url), self.path_for(target.scratch_url)
         try:
             with partial.open("xb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
+            ready()
             os.link(partial, final)
         except FileExistsError as exc:
             raise StoreDuplicateError(f"file store {self.name}: data is already stored under this name") from exc
@@ -121,6 +136,22 @@ class FileStore:
         finally:
             partial.unlink(missing_ok=True)
         return self.url_for(final)
+
+    def inventory(self) -> Iterator[StoredData]:
+        """Every regular file under the root, by path; symlinks are names of data, not data, and are skipped."""
+        for directory, subdirectories, files in os.walk(self.root, onerror=_raise_store_error):
+            subdirectories.sort()
+            for name in sorted(files):
+                path = Path(directory, name)
+                try:
+                    status = path.lstat()
+                except FileNotFoundError:
+                    continue  # deleted while we looked
+                if not stat.S_ISREG(status.st_mode):
+                    continue
+                modified = datetime.fromtimestamp(status.st_mtime, UTC).replace(tzinfo=None)
+                scratch = name.startswith(".") and name.endswith(SCRATCH_SUFFIX) and path.parent == self.root
+                yield StoredData(self.url_for(path), status.st_size, modified, scratch)
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
         """Stream the file in fixed-size chunks, from the file the canonical path names at open time."""
@@ -182,6 +213,10 @@ def _open_where_expected(path: Path, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _raise_store_error(exc: OSError) -> None:
+    raise StoreError(f"file store: {exc.strerror}: {exc.filename}") from exc
 
 
 def _read_chunks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:

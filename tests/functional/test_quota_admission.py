@@ -14,9 +14,10 @@ from pyramid.scripting import prepare
 from sqlalchemy import event, select
 from webob import Request
 
-from locations.models import Image, ImageStatus, Location
+from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.scrubber import Scrubber
-from locations.services.factories import scrub_policy
+from locations.services.factories import scrub_policy, upload_lease_terms
+from locations.services.upload_reaper import UploadReaper
 from locations.stores.base import StoreRegistry
 from locquota.settings import Settings
 from tests.fakes import unit_of_work_on
@@ -199,7 +200,11 @@ def test_space_used_while_an_upload_streams_refuses_it_at_the_end(
     assert usage["totals"]["image_size_total"] == 600 * 1024
     assert usage["totals"]["image_count_uploading"] == 0
     row = image_row(db, slow["id"])
-    assert (row.status, row.size, row.locations) == (ImageStatus.QUEUED, None, [])
+    assert (row.status, row.size) == (ImageStatus.QUEUED, None)
+    # What it wrote went the pending_delete way and was deleted at once: only the row's history stays.
+    assert [(location.status, location.size_bytes) for location in row.locations] == [
+        (LocationStatus.DELETED, 600 * 1024)
+    ]
     assert stored_files(store_root) == [fast["id"]]
 
 
@@ -358,10 +363,10 @@ def test_other_tenants_are_not_charged(app, tenant, other_tenant, usage_of):
     assert usage_of("tenant-a")["totals"]["image_size_total"] == 10
 
 
-def test_a_database_failure_while_finishing_an_upload_gives_the_image_back(
-    app, wsgi_app, engine, db, tenant, usage_of, store_root
+def test_a_database_failure_while_finishing_an_upload_leaves_it_to_the_reaper(
+    app, wsgi_app, engine, db, tenant, usage_of, store_root, clock
 ):
-    """The last unit fails (here: the INSERT of the location); the image must not be stranded in saving."""
+    """The last unit fails, and so does giving the image back (the same INSERT): the reaper ends it later."""
     image = create(app, tenant)
 
     def fail_location_insert(_conn, _cursor, statement, _parameters, _context, _executemany):
@@ -374,8 +379,17 @@ def test_a_database_failure_while_finishing_an_upload_gives_the_image_back(
     finally:
         event.remove(engine, "before_cursor_execute", fail_location_insert)
     assert response.status_int == 500
+    assert image_row(db, image["id"]).status is ImageStatus.SAVING  # held by its lease, not stranded
+    assert stored_files(store_root) == [image["id"]]
+
+    clock.advance(seconds=Settings().upload_lease_seconds + 1)
+    stores = prepare(registry=wsgi_app.registry)["request"].find_service(StoreRegistry)
+    UploadReaper(unit_of_work_on(engine), stores, clock, upload_lease_terms(Settings()), batch_size=10).run_once()
+    Scrubber(unit_of_work_on(engine), stores, clock, scrub_policy(Settings()), batch_size=10, pool_size=1).run_once()
+
     row = image_row(db, image["id"])
-    assert (row.status, row.size, row.locations) == (ImageStatus.QUEUED, None, [])
+    assert (row.status, row.size) == (ImageStatus.QUEUED, None)
+    assert [location.status for location in row.locations] == [LocationStatus.DELETED]
     assert usage_of("tenant-a")["totals"]["image_count_uploading"] == 0
     assert usage_of("tenant-a")["totals"]["image_size_total"] == 0
     assert stored_files(store_root) == []

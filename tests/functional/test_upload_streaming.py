@@ -9,37 +9,7 @@ from sqlalchemy.orm import Session
 from webob import Request
 
 from locations.models import Image, ImageStatus, Location
-
-
-class ObservingBody(io.RawIOBase):
-    """A request body that runs a callback before handing out its first byte (a slow client's view)."""
-
-    def __init__(self, data: bytes, on_first_read, fail_after: int | None = None) -> None:
-        self._data, self._on_first_read, self._fail_after = io.BytesIO(data), on_first_read, fail_after
-        self._served = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size=-1):
-        if self._on_first_read is not None:
-            self._on_first_read()
-            self._on_first_read = None
-        if self._fail_after is not None and self._served >= self._fail_after:
-            raise ConnectionResetError("client went away")
-        chunk = self._data.read(size)
-        self._served += len(chunk)
-        return chunk
-
-
-def send_upload(wsgi_app, image_id, headers, body, content_length):
-    environ = {"wsgi.input": body, "REQUEST_METHOD": "PUT", "CONTENT_TYPE": "application/octet-stream"}
-    if content_length is None:
-        environ["wsgi.input_terminated"] = True
-    else:
-        environ["CONTENT_LENGTH"] = str(content_length)
-    request = Request.blank(f"/v2/images/{image_id}/file", environ=environ, headers=headers)
-    return request.get_response(wsgi_app)
+from tests.uploading import ObservingBody, send_upload
 
 
 def image_status(engine, image_id):
