@@ -251,3 +251,25 @@ class DataKeyCollision(Base):
     tenants: Mapped[int] = mapped_column(Integer)
     locations: Mapped[int] = mapped_column(Integer)
     found_at: Mapped[datetime]
+
+
+class AuditRun(Base):
+    """One `locquota audit` run: when, whether it repaired, and what it found, by kind (the metrics read the last).
+
+    The count columns are named after the finding kinds (locations.services.audit.Finding).
+    """
+
+    __tablename__ = "audit_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]  # None: still running, or it died
+    fixed: Mapped[bool] = mapped_column(Boolean, default=False)  # run with --fix
+    missing: Mapped[int] = mapped_column(BigInteger, default=0)
+    wrong_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    orphan: Mapped[int] = mapped_column(BigInteger, default=0)
+    partial: Mapped[int] = mapped_column(BigInteger, default=0)
+    stuck: Mapped[int] = mapped_column(BigInteger, default=0)
+    unreadable: Mapped[int] = mapped_column(BigInteger, default=0)
+    repaired: Mapped[int] = mapped_column(BigInteger, default=0)  # findings --fix repaired
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)  # locations in stores not configured here
+    unchecked_stores: Mapped[int] = mapped_column(Integer, default=0)  # stores that could not be compared

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import click
 
+from locations.audit_cli import audit
 from locations.cli import REKEY_BATCH, import_glance, locations, purge, reap, reconcile, rekey_all, restore, scrub
 from locquota.clock import Clock
 from locquota.db import upgrade_to_head
@@ -72,5 +73,5 @@ def tokens_create(app: LazyApp, project: str, roles: str, description: str, expi
     click.echo(token)
 
 
-for command in (scrub, reap, restore, purge, reconcile, import_glance, locations, limits):
+for command in (scrub, reap, restore, purge, reconcile, audit, import_glance, locations, limits):
     cli.add_command(command)

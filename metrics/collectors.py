@@ -1,6 +1,6 @@
 """Gauges computed at scrape time, once per scrape, from one indexed query each.
 
-Each part (backlog, quota, reconcile, data keys, uploads, cache) runs in its own short read-only
+Each part (backlog, quota, reconcile, data keys, uploads, audit, cache) runs in its own short read-only
 transaction with a statement timeout: a slow or failing database makes that part report
 `locquota_collector_up 0` instead of hanging the scrape, and the other parts still answer.
 """
@@ -14,6 +14,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from locations.services.audit import Finding
+from locations.services.audit_runs import last_audit
 from locations.services.backlog import BacklogService
 from locations.services.data_rekey import collision_count
 from locations.services.upload_leases import uploads_in_flight
@@ -58,6 +60,7 @@ class ScrapeCollector:
             "reconcile": lambda: self._in_session(self._reconcile),
             "data_keys": lambda: self._in_session(self._data_keys),
             "uploads": lambda: self._in_session(self._uploads),
+            "audit": lambda: self._in_session(self._audit),
             "cache": self._cache_up,
         }
         for name, part in parts.items():
@@ -164,6 +167,21 @@ class ScrapeCollector:
             "locquota_uploads_expired",
             "Uploads whose lease ran out and that no reaper has ended yet (is the scrubber daemon running?).",
             value=expired,
+        )
+
+    def _audit(self, session: Session) -> Iterator[Metric]:
+        run = last_audit(session)
+        findings = GaugeMetricFamily(
+            "locquota_audit_findings",
+            "What the last locquota audit found, by kind (with --fix, also what it repaired); 0 if none ran.",
+            labels=["kind"],
+        )
+        for kind in Finding:
+            findings.add_metric([kind.value], run.findings[kind])
+        yield findings
+        finished = _seconds_since_epoch(run.finished_at) if run.finished_at else 0.0
+        yield GaugeMetricFamily(
+            "locquota_audit_last_run_timestamp_seconds", "Unix time the last audit finished (0: never).", value=finished
         )
 
     def _cache_up(self) -> Iterator[Metric]:

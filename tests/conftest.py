@@ -41,6 +41,7 @@ TABLES = (
     "reconcile_runs",
     "data_key_collisions",
     "uploads",
+    "audit_runs",
 )
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)

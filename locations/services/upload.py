@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from transaction import TransactionManager
 
@@ -189,10 +188,12 @@ class ImageDataService:
             upload = lease.hold()
             if upload is None:
                 return  # taken over: the reaper ends it
-            self._lifecycle.change_image_status(lease.image_id, owner, ImageStatus.SAVING, status)
+            image = self._db.scalars(select(Image).where(Image.id == lease.image_id).with_for_update()).one()
+            if image.status is ImageStatus.SAVING:  # else deleted meanwhile: it stays so
+                self._lifecycle.set_image_status(image, status)
             self._db.delete(upload)
             self._checkpoint()
-        except (SQLAlchemyError, LocquotaError):
+        except Exception:  # a clean-up: it must never hide why the upload failed (the lease is the backstop)
             log.exception("image %s: the failed upload could not be ended now; its lease will run out", lease.image_id)
             abort_and_begin(self._transactions)
 
@@ -222,7 +223,7 @@ class ImageDataService:
         if upload is None:
             # Only a process frozen longer than the lease between its last renewal and here gets this far:
             # the reaper may not have seen this data. `locquota audit` finds it as an orphan.
-            log.error("image %s: upload lease taken over after the data was put in place at %s", image_id, url)
+            log.error("image %s: upload lease taken over after its data was put in store %s", image_id, store_name)
             raise UploadInterrupted("The upload stalled past its lease and was ended; upload the data again.")
         if image.status is not ImageStatus.SAVING:  # deleted while its data streamed in
             raise InvalidImageStatus(f"Image status transition from {image.status} to active is not allowed.")
@@ -266,7 +267,7 @@ class ImageDataService:
                     vault=self._vault,
                 )
             self._checkpoint()
-        except (SQLAlchemyError, LocquotaError):
+        except Exception:  # as above
             log.exception("image %s: a failed upload could not be ended now; its lease will run out", lease.image_id)
             abort_and_begin(self._transactions)
 

@@ -108,7 +108,12 @@ def find_data(stores: StoreRegistry, vault: UrlVault, upload: Upload) -> list[Fo
         except StoreError:
             continue  # nothing there: the upload had not written (or had already cleaned up) this name
         except (LocquotaError, UrlNotReadableError) as exc:
-            log.error("upload of image %s: its name %s cannot be examined: %s", upload.image_id, sealed[:80], exc)
+            log.error(
+                "upload of image %s: one of its names in store %s cannot be examined: %s",
+                upload.image_id,
+                upload.store,
+                type(exc).__name__,
+            )
     return found
 
 

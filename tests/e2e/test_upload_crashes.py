@@ -4,7 +4,8 @@ gunicorn runs the shipped configuration (deploy/gunicorn.conf.py) on PostgreSQL.
 upload; once the upload's lease and its first bytes are in the store, the worker that holds the lease
 (its pid is in the lease holder's name) is killed with SIGKILL, so no handler and no `finally` runs.
 The master starts a new worker. Once the lease has run out, `locquota scrub` (which reaps first)
-leaves no image in saving, exact counters, no drift, and no file without a location. Every wait is
+leaves no image in saving, exact counters, no drift, no file without a location, and a clean
+`locquota audit`. Every wait is
 for an observed condition, bounded by a deadline that fails the test.
 """
 
@@ -127,6 +128,8 @@ def test_a_worker_killed_mid_upload_leaves_nothing_once_its_lease_runs_out(
         reconciled = runner.invoke(cli, ["--config", str(deployment_ini), "reconcile"])
         assert reconciled.exit_code == 0, reconciled.output
         assert "0 drifted figures in 0 tenants" in reconciled.output
+        audited = runner.invoke(cli, ["--config", str(deployment_ini), "audit", "--grace-seconds", "0"])
+        assert audited.exit_code == 0, audited.output  # the store and the database agree
 
         assert list(store_root.iterdir()) == []
         with Session(engine) as session:

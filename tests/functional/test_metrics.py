@@ -75,7 +75,7 @@ def test_metrics_speaks_openmetrics_when_asked(app):
 
 def test_every_collector_reports_up(app):
     samples = scrape(app)
-    for collector in ("backlog", "quota", "reconcile", "data_keys", "uploads", "cache"):
+    for collector in ("backlog", "quota", "reconcile", "data_keys", "uploads", "audit", "cache"):
         assert value(samples, "locquota_collector_up", collector=collector) == 1
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from webtest import TestApp
@@ -22,6 +23,7 @@ from locations.models import Image, ImageStatus, Location, LocationStatus, Uploa
 from locations.scrubber import Scrubber
 from locations.services.recount import reconcile_batches
 from locations.services.upload_reaper import UploadReaper
+from locquota.cli import cli
 from locquota.db import make_engine, upgrade_to_head
 from locquota.leases import LeaseTerms
 from tests.conftest import identity
@@ -82,8 +84,8 @@ def clean_up_after_the_lease(wsgi, store, clock) -> None:
     Scrubber(unit, registry_of(store), clock, POLICY, batch_size=10, pool_size=1).run_once()
 
 
-def assert_nothing_stranded(wsgi, store_root: Path, image_id: str, clock) -> None:
-    """No image in saving, no lease, no live location, exact counters (reconcile: no drift), no file."""
+def assert_nothing_stranded(wsgi, store_root: Path, image_id: str, clock, ini: Path) -> None:
+    """No image in saving, no lease, no live location, exact counters (reconcile: no drift), no file, a clean audit."""
     engine = wsgi.registry["locquota.engine"]
     with Session(engine) as session:
         assert session.get(Image, uuid.UUID(image_id)).status is ImageStatus.QUEUED
@@ -95,9 +97,11 @@ def assert_nothing_stranded(wsgi, store_root: Path, image_id: str, clock) -> Non
     usage = TestApp(wsgi).get("/v2/info/usage", headers=TENANT, status=200).json["usage"]
     assert (usage["image_count_uploading"]["usage"], usage["image_size_total"]["usage"]) == (0, 0)
     assert sorted(store_root.iterdir()) == []
+    audited = CliRunner().invoke(cli, ["--config", str(ini), "audit", "--grace-seconds", "0"])
+    assert audited.exit_code == 0, audited.output
 
 
-def test_postgresql_stopped_while_the_bytes_stream_in(outage_app, own_postgresql, store, store_root, clock):
+def test_postgresql_stopped_while_the_bytes_stream_in(outage_app, own_postgresql, store, store_root, clock, ini):
     image_id = create_image(outage_app)
     stopped = []
 
@@ -115,13 +119,13 @@ def test_postgresql_stopped_while_the_bytes_stream_in(outage_app, own_postgresql
     assert response.headers["Retry-After"]
     own_postgresql.start()
     clean_up_after_the_lease(outage_app, store, clock)
-    assert_nothing_stranded(outage_app, store_root, image_id, clock)
+    assert_nothing_stranded(outage_app, store_root, image_id, clock, ini)
     headers = {**TENANT, "Content-Type": "application/octet-stream"}
     TestApp(outage_app).put(f"/v2/images/{image_id}/file", b"back", headers=headers, status=204)
 
 
 def test_postgresql_stopped_after_the_data_landed_but_before_its_commit(
-    outage_app, own_postgresql, store, store_root, clock
+    outage_app, own_postgresql, store, store_root, clock, ini
 ):
     image_id = create_image(outage_app)
     store.after_add = own_postgresql.stop
@@ -134,7 +138,7 @@ def test_postgresql_stopped_after_the_data_landed_but_before_its_commit(
     store.after_add = None
     own_postgresql.start()
     clean_up_after_the_lease(outage_app, store, clock)
-    assert_nothing_stranded(outage_app, store_root, image_id, clock)
+    assert_nothing_stranded(outage_app, store_root, image_id, clock, ini)
 
 
 def test_redis_stopped_mid_upload_changes_nothing_but_speed(settings, store, store_root, clock, tmp_path):
