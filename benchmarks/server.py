@@ -39,14 +39,16 @@ def db_floor_view(request: Request) -> dict[str, bool]:
 
 
 def settings(database_url: str, store_root: Path) -> dict[str, str]:
-    """The deployment the test suite uses (keystone headers), with the Redis cache switched off.
+    """The deployment the test suite uses (identity headers, noauth), with the Redis cache switched off.
 
     The image endpoints do not read the cache; leaving Redis out keeps one moving part out of the numbers.
     """
     return {
         "locquota.database_url": database_url,
         "locquota.redis_url": "",
-        "locquota.auth_strategy": "keystone",
+        # Identity from headers, as auth_token sets them, with the policy asked as in production.
+        "locquota.auth_strategy": "noauth",
+        "locquota.allow_insecure_noauth": "true",
         "locquota.enabled_stores": "file",
         "locquota.default_store": "file",
         "locquota.store.file.datadir": str(store_root),

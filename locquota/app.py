@@ -5,7 +5,9 @@ from collections.abc import Mapping
 from pyramid.config import Configurator
 from pyramid.request import Request
 
+from locquota.pipeline import require_auth_token
 from locquota.serving import WsgiApp, bound_client_silence
+from locquota.settings import AuthStrategy
 
 
 def _retry_attempts(request: Request) -> int | None:
@@ -63,6 +65,11 @@ def configure(raw: Mapping[str, str]) -> Configurator:
 
 
 def main(global_config: Mapping[str, str], **settings: str) -> WsgiApp:
-    """The paste app factory named in development.ini and production.ini."""
+    """The paste app factory named in development.ini and production.ini.
+
+    With the keystone strategy it refuses to start unless the .ini runs auth_token in front of the app.
+    """
     router = configure(settings).make_wsgi_app()
+    if router.registry["locquota.settings"].auth_strategy is AuthStrategy.KEYSTONE:
+        require_auth_token(global_config)
     return bound_client_silence(router, router.registry["locquota.settings"].client_idle_timeout_seconds)

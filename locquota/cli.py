@@ -73,5 +73,34 @@ def tokens_create(app: LazyApp, project: str, roles: str, description: str, expi
     click.echo(token)
 
 
+@tokens.command("list")
+@click.option("--project", default=None, help="Only this project's tokens.")
+@click.pass_obj
+def tokens_list(app: LazyApp, project: str | None) -> None:
+    """Every token: id, project, roles, expiry and description (the tokens themselves are never stored)."""
+    with app.request() as request, request.tm:
+        clock = request.find_service(Clock)
+        now = clock.now()
+        for token in TokenService(request.db, clock).listed(project):
+            expiry = token.expires_at.isoformat(sep=" ", timespec="seconds") if token.expires_at else "never"
+            if token.expires_at is not None and token.expires_at <= now:
+                expiry += " (expired)"
+            click.echo(f"{token.id}\t{token.project_id}\t{token.roles}\texpires {expiry}\t{token.description}")
+
+
+@tokens.command("revoke")
+@click.argument("token_ids", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.pass_obj
+def tokens_revoke(app: LazyApp, token_ids: tuple[int, ...]) -> None:
+    """Revoke tokens by the ids `tokens list` shows; the next request with one of them gets 401."""
+    with app.request() as request, request.tm:
+        revoked = TokenService(request.db, request.find_service(Clock)).revoke(list(token_ids))
+    missing = sorted(set(token_ids) - set(revoked))
+    if revoked:
+        click.echo(f"revoked {', '.join(map(str, revoked))}")
+    if missing:
+        raise click.ClickException(f"no token with id {', '.join(map(str, missing))}")
+
+
 for command in (scrub, reap, restore, purge, reconcile, audit, import_glance, locations, limits):
     cli.add_command(command)

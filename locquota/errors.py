@@ -211,6 +211,12 @@ class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
 
 
+class KeystoneUnavailable(ServiceUnavailable):
+    """Keystone did not answer: a token cannot be checked, or limits kept there cannot be read."""
+
+    code = "keystone_unavailable"
+
+
 def _render(request: Request, status: int, code: str, message: str, details: dict[str, object]) -> dict[str, object]:
     # One top-level key: glanceclient calls .get("message") on every top-level value of an error body.
     request.response.status_code = status

@@ -10,6 +10,7 @@ from pyramid.request import Request
 from pyramid.scripting import prepare
 from sqlalchemy.orm import Session
 
+from locquota.pipeline import app_section_of
 from locquota.settings import SettingsError
 
 UnitOfWork = Callable[[], AbstractContextManager[Session]]
@@ -19,7 +20,7 @@ class LazyApp:
     """The application built from --config when a command first needs it."""
 
     def __init__(self, config_uri: str) -> None:
-        self.config_uri = config_uri
+        self.config_uri = app_section_of(config_uri)
         self._registry: Registry | None = None
 
     @property

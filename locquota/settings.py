@@ -39,6 +39,13 @@ class SettingsError(ValueError):
     """A bad .ini value; the message names the key."""
 
 
+class LimitsSource(StrEnum):
+    """Where tenants' limits come from."""
+
+    LOCAL = "local"  # the .ini's defaults and locquota's own per-tenant overrides
+    KEYSTONE = "keystone"  # Keystone's unified limits, through oslo.limit
+
+
 class AuthStrategy(StrEnum):
     """How a request's identity is established (SPEC section 4)."""
 
@@ -167,6 +174,7 @@ class Settings:
     redis_timeout_seconds: float = 0.25
     auth_strategy: AuthStrategy = AuthStrategy.TOKENS
     allow_insecure_noauth: bool = False
+    policy_file: str = ""  # an oslo.policy YAML file overriding Glance's defaults (locquota.policies)
     enabled_stores: tuple[str, ...] = ("file",)
     default_store: str = "file"
     store_options: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -188,6 +196,9 @@ class Settings:
     scrub_retry_base_seconds: int = 30
     scrub_retry_max_seconds: int = 3600
     default_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    limits_source: LimitsSource = LimitsSource.LOCAL
+    unified_limits_config_file: str = ""  # an oslo.config file whose [oslo_limit] section oslo.limit reads
+    unified_limits_cache_seconds: float = 30.0
     usage_cache_ttl_seconds: int = 10
     redis_sentinels: tuple[str, ...] = ()
     redis_sentinel_service: str = "mymaster"
@@ -211,6 +222,10 @@ class Settings:
             "redis_timeout_seconds": _positive_seconds,
             "auth_strategy": lambda v: AuthStrategy(v.strip()),
             "allow_insecure_noauth": _boolean,
+            "policy_file": str.strip,
+            "limits_source": lambda v: LimitsSource(v.strip()),
+            "unified_limits_config_file": str.strip,
+            "unified_limits_cache_seconds": _positive_seconds,
             "enabled_stores": _names,
             "default_store": str.strip,
             "show_multiple_locations": _boolean,
@@ -287,6 +302,11 @@ class Settings:
             # timeout apart, so a live upload's lease could otherwise run out between two chunks.
             raise SettingsError(
                 "locquota.upload_lease_seconds: must be more than twice locquota.client_idle_timeout_seconds"
+            )
+        if self.limits_source is LimitsSource.KEYSTONE and not self.unified_limits_config_file:
+            raise SettingsError(
+                "locquota.limits_source = keystone: set locquota.unified_limits_config_file to the oslo.config "
+                "file whose [oslo_limit] section says how to reach Keystone"
             )
         if self.redis_sentinels and not self.redis_sentinel_service:
             raise SettingsError("locquota.redis_sentinel_service: empty, but locquota.redis_sentinels is set")

@@ -4,7 +4,7 @@ import hashlib
 import secrets
 from datetime import datetime
 
-from sqlalchemy import String, select
+from sqlalchemy import String, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from locquota.clock import Clock
@@ -63,3 +63,15 @@ class TokenService:
         if found is None or (found.expires_at is not None and found.expires_at <= self._clock.now()):
             return None
         return found
+
+    def listed(self, project_id: str | None = None) -> list[Token]:
+        """Every token (of one project), oldest first: what the CLI shows, never a secret or its hash."""
+        query = select(Token).order_by(Token.id)
+        if project_id is not None:
+            query = query.where(Token.project_id == project_id)
+        return list(self._db.scalars(query))
+
+    def revoke(self, token_ids: list[int]) -> list[int]:
+        """Delete these tokens (the next request with one gets 401); the ids that existed."""
+        removed = self._db.execute(delete(Token).where(Token.id.in_(token_ids)).returning(Token.id))
+        return sorted(removed.scalars())

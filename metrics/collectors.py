@@ -23,6 +23,7 @@ from locquota.cache import Cache
 from locquota.clock import Clock
 from quota.services.limits import LimitService
 from quota.services.reconcile import last_run
+from quota.services.unified_limits import UnifiedLimits
 from quota.services.usage import largest_tenants
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,12 @@ class ScrapeCollector:
         cache: Cache,
         default_limits: dict[str, int],
         *,
+        unified: UnifiedLimits | None = None,
         top_tenants: int,
         timeout_seconds: float,
     ) -> None:
         self._sessions, self._clock, self._cache, self._defaults = sessions, clock, cache, default_limits
-        self._top_tenants, self._timeout = top_tenants, timeout_seconds
+        self._top_tenants, self._timeout, self._unified = top_tenants, timeout_seconds, unified
 
     def collect(self) -> Iterator[Metric]:
         """Every part's families, then each part's health and duration."""
@@ -126,7 +128,8 @@ class ScrapeCollector:
         )
         if self._top_tenants:
             tenants = largest_tenants(session, self._top_tenants)
-            limits = LimitService(session, self._clock, self._defaults).for_tenants([tenant for tenant, _ in tenants])
+            service = LimitService(session, self._clock, self._defaults, self._unified)
+            limits = service.for_tenants([tenant for tenant, _ in tenants])
             for tenant_id, totals in tenants:
                 for resource, value in totals.items():
                     usage.add_metric([tenant_id, resource.value], value)

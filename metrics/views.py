@@ -38,6 +38,7 @@ def metrics(request: Request) -> Response:
         request.find_service(Clock),
         request.find_service(Cache),
         settings.default_limits,
+        unified=request.registry.get("locquota.unified_limits"),
         top_tenants=settings.metrics_top_tenants,
         timeout_seconds=settings.metrics_query_timeout_seconds,
     )

@@ -60,9 +60,7 @@ def show(app: LazyApp, tenant_id: str) -> None:
 def set_limits(app: LazyApp, tenant_id: str, assignments: tuple[str, ...]) -> None:
     """Override limits of TENANT_ID: RESOURCE=VALUE ... (the tenant's other overrides stay)."""
     changes = dict(_assignment(text) for text in assignments)
-    with app.request() as request, request.tm:
-        updated = request.find_service(LimitService).update(tenant_id, changes)
-    _echo_limits(tenant_id, updated)
+    _echo_limits(tenant_id, _update(app, tenant_id, changes))
 
 
 @limits.command("reset")
@@ -72,6 +70,13 @@ def set_limits(app: LazyApp, tenant_id: str, assignments: tuple[str, ...]) -> No
 def reset(app: LazyApp, tenant_id: str, resources: tuple[str, ...]) -> None:
     """Return RESOURCES of TENANT_ID (all, if none named) to the defaults."""
     names = resources or tuple(RESOURCE_NAMES)
-    with app.request() as request, request.tm:
-        updated = request.find_service(LimitService).update(tenant_id, dict.fromkeys(map(Resource, names)))
-    _echo_limits(tenant_id, updated)
+    _echo_limits(tenant_id, _update(app, tenant_id, dict.fromkeys(map(Resource, names))))
+
+
+def _update(app: LazyApp, tenant_id: str, changes: dict[Resource, int | None]) -> Limits:
+    """Change overrides in one transaction; a refusal (limits kept in Keystone) is one clean line."""
+    try:
+        with app.request() as request, request.tm:
+            return request.find_service(LimitService).update(tenant_id, changes)
+    except LocquotaError as exc:
+        raise click.ClickException(exc.message) from exc

@@ -124,11 +124,16 @@ def store_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str, store_root: Path) -> dict[str, str]:
-    """The .ini settings of a test deployment: identity from keystonemiddleware's headers."""
+    """The .ini settings of a test deployment: identity from headers shaped as keystonemiddleware sets them.
+
+    noauth trusts those headers (development only); the keystone strategy trusts only what a real
+    auth_token filter left in the environ, which tests/e2e/test_keystone*.py run against a real Keystone.
+    """
     return {
         "locquota.database_url": database_url,
         "locquota.redis_url": redis_url,
-        "locquota.auth_strategy": "keystone",
+        "locquota.auth_strategy": "noauth",
+        "locquota.allow_insecure_noauth": "true",
         "locquota.enabled_stores": "file",
         "locquota.default_store": "file",
         "locquota.store.file.datadir": str(store_root),
@@ -199,7 +204,7 @@ def ini(settings: dict[str, str], tmp_path: Path) -> Path:
 
 
 def identity(tenant: str, *roles: str) -> dict[str, str]:
-    """The headers keystonemiddleware's auth_token filter sets for an authenticated caller."""
+    """The headers keystonemiddleware's auth_token filter sets for an authenticated caller (noauth reads them)."""
     return {"X-Identity-Status": "Confirmed", "X-Project-Id": tenant, "X-Roles": ",".join(roles or ("member",))}
 
 
@@ -279,7 +284,8 @@ def database_down_settings(redis_url: str, tmp_path: Path) -> dict[str, str]:
         "locquota.database_url": closed_port_url("postgresql://postgres@", "locquota"),
         "locquota.auto_migrate": "false",
         "locquota.redis_url": redis_url,
-        "locquota.auth_strategy": "keystone",
+        "locquota.auth_strategy": "noauth",
+        "locquota.allow_insecure_noauth": "true",
         "locquota.enabled_stores": "file",
         "locquota.default_store": "file",
         "locquota.store.file.datadir": str(tmp_path / "images"),

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from locations.models import HIDDEN_IMAGE_STATUSES, Image, ImageProperty, ImageTag, Location, LocationStatus
 from locations.schemas import ImageQuery
+from locations.services.image_policy import authorize_image, image_target
 from locations.services.sqljson import json_document, json_rows
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import ImageNotFound, InvalidMarker, InvalidQueryParameter
@@ -159,10 +160,13 @@ class ImageCatalog:
         row = self._db.execute(self._select().where(Image.id == image_id, visible_to(caller))).first()
         if row is None:
             raise ImageNotFound("No image found with this id.")
-        return ImageView.from_row(row, self._vault)
+        view = ImageView.from_row(row, self._vault)
+        authorize_image(caller, "get_image", image_target(view.id, view.owner, view.visibility))
+        return view
 
     def page(self, caller: Identity, query: ImageQuery) -> tuple[list[ImageView], str | None]:
         """One page and the marker of the next one (None on the last page)."""
+        caller.authorize("get_images")
         keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
         if "id" not in {key.name for key in query.sort}:
             keys.append((Image.id, query.sort[-1].descending))

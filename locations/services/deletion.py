@@ -48,7 +48,7 @@ class DeletionService:
         Without it the data goes now, but pending_delete is committed first: a crash or a store error
         leaves the location pending_delete for the scrubber, so data is never leaked or lost track of.
         """
-        image = self._images.get(caller, image_id, for_update=True, with_details=False)
+        image = self._images.get(caller, image_id, "delete_image", for_update=True, with_details=False)
         if image.protected:
             raise ImageProtected("Image is protected and cannot be deleted.")
         live = image.active_locations

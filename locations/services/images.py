@@ -18,6 +18,7 @@ from locations.models import (
 )
 from locations.schemas import EDITABLE_BASE, ImageCreate, ImagePatch, PatchOperation, validate_image_document
 from locations.services.catalog import visible_to
+from locations.services.image_policy import authorize_image, image_target
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.location_changes import LocationChanges
 from locquota.clock import Clock
@@ -46,10 +47,14 @@ def check_counts(tags: int, properties: int) -> None:
         raise TooManyProperties(f"An image may carry at most {MAX_PROPERTIES_PER_IMAGE} custom properties.")
 
 
-def check_visibility_change(caller: Identity, visibility: object) -> None:
-    """Only admins may publish an image to every tenant (Glance's publicize_image rule)."""
-    if visibility == "public" and not caller.is_admin:
-        raise Forbidden("Only an administrator may make an image public.")
+VISIBILITY_RULES = {"public": "publicize_image", "community": "communitize_image"}
+
+
+def check_visibility_change(caller: Identity, visibility: object, target: dict[str, object]) -> None:
+    """Publishing an image to every tenant is the publicize_image rule (admin); community, communitize_image."""
+    rule = VISIBILITY_RULES.get(str(visibility))
+    if rule is not None and not caller.may(rule, target):
+        raise Forbidden(f"Policy does not allow {rule}: you may not make an image {visibility}.", rule=rule)
 
 
 def check_owner_change(caller: Identity, owner: object) -> None:
@@ -68,9 +73,15 @@ class ImageService:
         self._lifecycle = LocationLifecycle(db, clock)
 
     def get(
-        self, caller: Identity, image_id: uuid.UUID, *, for_update: bool = False, with_details: bool = True
+        self,
+        caller: Identity,
+        image_id: uuid.UUID,
+        rule: str,
+        *,
+        for_update: bool = False,
+        with_details: bool = True,
     ) -> Image:
-        """The image if the caller may see it; another tenant's image is indistinguishable from none (404).
+        """The image if the caller may see it and the policy lets it do rule to it (see authorize_image).
 
         Without details, properties and tags are loaded only if touched (uploads and deletes need neither).
         """
@@ -82,6 +93,7 @@ class ImageService:
         image = self._db.scalar(query)
         if image is None:
             raise ImageNotFound("No image found with this id.")
+        authorize_image(caller, rule, image_target(image.id, image.owner, image.visibility))
         return image
 
     def reload(self, image_id: uuid.UUID) -> Image:
@@ -92,8 +104,11 @@ class ImageService:
     def create(self, caller: Identity, request: ImageCreate) -> Image:
         """A new queued image owned by the caller's project (or the owner an admin names), charged to the owner."""
         check_owner_change(caller, request.attributes.get("owner"))
-        check_visibility_change(caller, request.attributes.get("visibility"))
         image_id = request.image_id or uuid.uuid4()
+        owner = request.attributes.get("owner") or caller.tenant_id
+        target = image_target(image_id, str(owner), request.attributes.get("visibility", Visibility.SHARED.value))
+        caller.authorize("add_image", target)
+        check_visibility_change(caller, request.attributes.get("visibility"), target)
         if self._db.get(Image, image_id) is not None:
             raise ImageConflict("An image with this id already exists.")
         now = self._clock.now()
@@ -125,7 +140,7 @@ class ImageService:
 
     def apply_patch(self, caller: Identity, image_id: uuid.UUID, patch: ImagePatch) -> Image:
         """Apply a Glance json-patch: attributes and properties, then locations, all or nothing."""
-        image = self.get(caller, image_id, for_update=bool(patch.locations))
+        image = self.get(caller, image_id, "modify_image", for_update=bool(patch.locations))
         if patch.properties:
             self._patch_properties(caller, image, patch.properties)
         if patch.locations:
@@ -150,7 +165,9 @@ class ImageService:
             raise InvalidBody("owner may not be removed or null: every image has an owner.")
         check_owner_change(caller, patched["owner"])
         if patched["visibility"] != document["visibility"]:
-            check_visibility_change(caller, patched["visibility"])
+            check_visibility_change(
+                caller, patched["visibility"], image_target(image.id, image.owner, image.visibility)
+            )
         self._write_document(image, patched)
 
     def _editable_document(self, image: Image) -> dict[str, object]:
@@ -179,7 +196,7 @@ class ImageService:
 
     def add_tag(self, caller: Identity, image_id: uuid.UUID, tag: str) -> None:
         """Tag the image; tagging twice is harmless, as in Glance."""
-        image = self.get(caller, image_id)
+        image = self.get(caller, image_id, "modify_image")
         if tag in {existing.value for existing in image.tags}:
             return
         check_counts(len(image.tags) + 1, 0)
@@ -189,7 +206,7 @@ class ImageService:
 
     def remove_tag(self, caller: Identity, image_id: uuid.UUID, tag: str) -> None:
         """Untag the image; 404 if it does not carry the tag."""
-        image = self.get(caller, image_id)
+        image = self.get(caller, image_id, "modify_image")
         kept = [existing for existing in image.tags if existing.value != tag]
         if len(kept) == len(image.tags):
             raise TagNotFound("The image has no such tag.")

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.schemas import LocationChange, LocationSpec
 from locations.services.data_references import DataKeys, DataReferences
+from locations.services.image_policy import image_target
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
 from locations.stores.base import DataIdentity, StoreError, StoreRegistry
@@ -138,8 +139,8 @@ class LocationChanges:
                 raise LocationPendingDelete("This data is being deleted; it cannot be added back now.")
 
     def _remove(self, caller: Identity, image: Image, location: Location) -> Location:
-        if not caller.is_admin:
-            raise Forbidden("Removing a location needs the admin role.")
+        if not caller.may("delete_image_location", image_target(image.id, image.owner, image.visibility)):
+            raise Forbidden("Policy does not allow delete_image_location: removing a location needs the admin role.")
         if image.status is ImageStatus.ACTIVE and len(image.active_locations) == 1:
             raise Forbidden("Cannot remove last location in the image.")
         self._lifecycle.retire(location, delay=self._delay or timedelta(0))

@@ -137,7 +137,7 @@ class ImageDataService:
 
     def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
         """Stream body into the default store; the image ends active, or queued/killed with nothing kept."""
-        image = self._images.get(caller, image_id, with_details=False)
+        image = self._images.get(caller, image_id, "upload_image", with_details=False)
         if image.status is not ImageStatus.QUEUED:
             raise InvalidImageStatus(f"Image status transition from {image.status} to saving is not allowed.")
         if not image.disk_format or not image.container_format:
@@ -277,7 +277,7 @@ class ImageDataService:
         Each location is read only through its own store, and only if its URL still reaches the data it was
         keyed for when added: a symlink swapped since then leaks nothing (it is skipped and counted).
         """
-        image = self._images.get(caller, image_id, with_details=False)
+        image = self._images.get(caller, image_id, "download_image", with_details=False)
         locations, changed = image.active_locations, False
         for location in locations:
             try:

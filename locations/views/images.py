@@ -14,11 +14,16 @@ from locquota.errors import LengthRequired, UnsupportedMediaType
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
 
 
-def _present(request: Request, view: ImageView) -> dict[str, object]:
+def _shown_locations(request: Request) -> tuple[bool, bool]:
+    """Whether locations and direct_url are shown: the deployment's switches, and the get_image_location rule."""
     settings = request.settings
-    return presenters.image(
-        view, show_locations=settings.show_multiple_locations, show_direct_url=settings.show_image_direct_url
-    )
+    allowed = request.identity.may("get_image_location")
+    return settings.show_multiple_locations and allowed, settings.show_image_direct_url and allowed
+
+
+def _present(request: Request, view: ImageView) -> dict[str, object]:
+    show_locations, show_direct_url = _shown_locations(request)
+    return presenters.image(view, show_locations=show_locations, show_direct_url=show_direct_url)
 
 
 @view_config(route_name="images.collection", request_method="GET", renderer="json")
@@ -26,13 +31,9 @@ def list_images(request: Request) -> dict[str, object]:
     """A page of the caller's images, newest first unless sorted otherwise."""
     query = schemas.image_list_query(request, request.settings)
     views, next_marker = request.find_service(ImageCatalog).page(request.identity, query)
-    settings = request.settings
+    show_locations, show_direct_url = _shown_locations(request)
     return presenters.image_list(
-        views,
-        list(request.GET.items()),
-        next_marker,
-        show_locations=settings.show_multiple_locations,
-        show_direct_url=settings.show_image_direct_url,
+        views, list(request.GET.items()), next_marker, show_locations=show_locations, show_direct_url=show_direct_url
     )
 
 

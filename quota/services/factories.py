@@ -10,7 +10,12 @@ from quota.services.usage_cache import UsageCache
 
 def limit_service_factory(_context: object, request: Request) -> LimitService:
     """Limits with this deployment's defaults."""
-    return LimitService(request.db, request.find_service(Clock), request.settings.default_limits)
+    return LimitService(
+        request.db,
+        request.find_service(Clock),
+        request.settings.default_limits,
+        request.registry.get("locquota.unified_limits"),
+    )
 
 
 def usage_reader_factory(_context: object, request: Request) -> UsageReader:

@@ -292,3 +292,41 @@ def test_scrub_metrics_port_refuses_multiprocess_mode(ini, monkeypatch, tmp_path
     result = CliRunner().invoke(cli, ["--config", str(ini), "scrub", "--metrics-port", "9"])
     assert result.exit_code == 2
     assert "unset PROMETHEUS_MULTIPROC_DIR" in result.output
+
+
+def test_tokens_list_shows_no_secret_and_revoke_ends_a_token(ini, tokens_app, test_db):
+    kept = run("--config", str(ini), "tokens", "create", "--project", "p", "--description", "ci").stdout.strip()
+    gone = run("--config", str(ini), "tokens", "create", "--project", "q", "--roles", "reader").stdout.strip()
+    tokens_app.get("/v2/images", headers={"X-Auth-Token": gone}, status=200)
+
+    listed = run("--config", str(ini), "tokens", "list")
+    only_q = run("--config", str(ini), "tokens", "list", "--project", "q")
+
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [(row[1], row[2], row[3], row[4]) for row in rows] == [
+        ("p", "member", "expires never", "ci"),
+        ("q", "reader", "expires never", ""),
+    ]
+    stored = {token.project_id: token for token in stored_tokens(test_db)}
+    for secret in (kept, gone, stored["p"].token_hash, stored["q"].token_hash):
+        assert secret not in listed.stdout
+    assert [line.split("\t")[1] for line in only_q.stdout.splitlines()] == ["q"]
+
+    revoked = run("--config", str(ini), "tokens", "revoke", rows[1][0])
+
+    assert revoked.exit_code == 0, revoked.output
+    assert tokens_app.get("/v2/images", headers={"X-Auth-Token": gone}, status=401).json["error"]["code"] == (
+        "unauthorized"
+    )
+    tokens_app.get("/v2/images", headers={"X-Auth-Token": kept}, status=200)
+
+
+def test_tokens_revoke_of_an_unknown_id_fails_and_changes_nothing(ini, test_db):
+    run("--config", str(ini), "tokens", "create", "--project", "p")
+
+    result = run("--config", str(ini), "tokens", "revoke", "999")
+
+    assert result.exit_code == 1
+    assert "no token with id 999" in result.output
+    assert len(stored_tokens(test_db)) == 1

@@ -42,10 +42,10 @@ def send(app: TestApp, method: str, path: str, headers: dict[str, str]):
 @pytest.mark.parametrize(
     ("strategy", "headers"),
     [
-        ("keystone", identity("tenant-a", "admin", "member")),
+        ("noauth", identity("tenant-a", "admin", "member")),
         ("tokens", {"X-Auth-Token": "lq_" + "x" * 43}),
     ],
-    ids=["keystone-headers", "token"],
+    ids=["identity-headers", "token"],
 )
 def test_every_route_answers_json_503_or_a_4xx_while_the_database_is_down(
     make_app, database_down_settings, strategy, headers

@@ -818,8 +818,15 @@ NOT_AUTHENTICATED = {
     "confirmed-project-control-chars": {"X-Identity-Status": "Confirmed", "X-Project-Id": "a%0Ab", "X-Roles": "member"},
     "confirmed-project-too-long": {"X-Identity-Status": "Confirmed", "X-Project-Id": "p" * 256, "X-Roles": "member"},
     "token-only": {"X-Auth-Token": "whatever"},
+    "forged-confirmed-admin": {"X-Identity-Status": "Confirmed", "X-Project-Id": "tenant-a", "X-Roles": "admin"},
 }
 INVALID_IDENTITY = {"X-Identity-Status": "Invalid", "X-Project-Id": "tenant-a", "X-Roles": "admin"}
+
+
+@pytest.fixture
+def keystone_app(settings, make_app):
+    """The API under the keystone strategy with no auth_token in front: no header, however forged, is anyone."""
+    return make_app({**settings, "locquota.auth_strategy": "keystone"})
 
 
 def send(app: TestApp, route: tuple[str, str, str | None, bytes | None], image_id: str, headers: dict[str, str]):
@@ -831,18 +838,18 @@ def send(app: TestApp, route: tuple[str, str, str | None, bytes | None], image_i
 
 @pytest.mark.parametrize("headers", [{}, INVALID_IDENTITY], ids=["no-headers", "identity-invalid"])
 @pytest.mark.parametrize("route", IMAGE_ROUTES, ids=ROUTE_IDS)
-def test_unauthenticated_request_is_401(app, image, state, headers, route):
+def test_unauthenticated_request_is_401(keystone_app, image, state, headers, route):
     before = state()
-    res = send(app, route, image["id"], headers)
+    res = send(keystone_app, route, image["id"], headers)
     assert_error(res, 401, "unauthorized")
     assert res.headers.get("WWW-Authenticate")
     assert state() == before
 
 
 @pytest.mark.parametrize("headers", NOT_AUTHENTICATED.values(), ids=NOT_AUTHENTICATED.keys())
-def test_headers_that_name_no_confirmed_project_are_401_on_every_route(app, image, state, headers):
+def test_headers_that_name_no_confirmed_project_are_401_on_every_route(keystone_app, image, state, headers):
     before = state()
-    answers = {f"{route[0]} {route[1]}": send(app, route, image["id"], headers) for route in IMAGE_ROUTES}
+    answers = {f"{route[0]} {route[1]}": send(keystone_app, route, image["id"], headers) for route in IMAGE_ROUTES}
     wrong = {name: res.text[:200] for name, res in answers.items() if res.status_int != 401}
     assert wrong == {}
     assert {res.json["error"]["code"] for res in answers.values()} == {"unauthorized"}

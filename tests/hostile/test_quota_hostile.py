@@ -423,17 +423,24 @@ NOT_AUTHENTICATED = {
     "confirmed-project-nul": {"X-Identity-Status": "Confirmed", "X-Project-Id": "a%00b", "X-Roles": "admin"},
     "confirmed-project-too-long": {"X-Identity-Status": "Confirmed", "X-Project-Id": "p" * 256, "X-Roles": "admin"},
     "token-only": {"X-Auth-Token": "whatever"},
+    "forged-confirmed-admin": {"X-Identity-Status": "Confirmed", "X-Project-Id": "operators", "X-Roles": "admin"},
 }
 
 
-def test_unauthenticated_request_is_401(app, state):
+@pytest.fixture
+def keystone_app(settings, make_app):
+    """The API under the keystone strategy with no auth_token in front: no header, however forged, is anyone."""
+    return make_app({**settings, "locquota.auth_strategy": "keystone"})
+
+
+def test_unauthenticated_request_is_401(keystone_app, state):
     rows = {
         f"{route} {name}": (call(method, path, headers, body), 401, "unauthorized")
         for name, headers in NOT_AUTHENTICATED.items()
         for route, (method, path, body) in ALL_ROUTES.items()
     }
-    assert_refused(app, state, rows)
-    assert request(app, "GET", "/v1/usage", {}).headers.get("WWW-Authenticate")
+    assert_refused(keystone_app, state, rows)
+    assert request(keystone_app, "GET", "/v1/usage", {}).headers.get("WWW-Authenticate")
 
 
 NOT_ADMIN = {

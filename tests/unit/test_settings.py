@@ -243,7 +243,7 @@ def test_a_bad_environment_value_names_the_key():
 def test_production_ini_boots_from_the_environment_and_refuses_without_it(monkeypatch, tmp_path):
     from pyramid.paster import get_appsettings  # noqa: PLC0415
 
-    raw = get_appsettings(str(Path(__file__).parents[2] / "production.ini"))
+    raw = get_appsettings(str(Path(__file__).parents[2] / "production.ini"), name="locquota")
     with pytest.raises(SettingsError, match=r"locquota\.database_url: empty"):
         Settings.from_ini(raw, {})
     settings = Settings.from_ini(raw, {"LOCQUOTA_DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"})
