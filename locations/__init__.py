@@ -20,7 +20,10 @@ from locations.stores.base import StoreRegistry, load_stores
 def includeme(config: Configurator) -> None:
     """Glance image routes, the image and store services, and their views."""
     settings = config.registry["locquota.settings"]
-    stores = StoreRegistry(load_stores(settings.enabled_stores, settings.store_options), settings.default_store)
+    setting = "enabled_backends" if settings.is_multi_store else "enabled_stores"
+    stores = StoreRegistry(
+        load_stores(settings.backends, settings.store_options, setting), settings.default_backend_name
+    )
     vault, session_factory = config.registry["locquota.url_vault"], config.registry["locquota.session_factory"]
     check_key_ring(session_factory, vault)  # a wrong or missing key refuses to start, naming the setting
     if vault.is_enabled:

@@ -125,7 +125,7 @@ def audit(ctx: click.Context, app: LazyApp, fix: bool, json_report: bool, grace_
         unit_of_work, stores, clock, upload_lease_terms(settings), batch_size=settings.scrub_batch_size, vault=vault
     )
     auditor = Auditor(
-        unit_of_work, stores, settings.enabled_stores, clock,
+        unit_of_work, stores, [name for name, _ in settings.backends], clock,
         grace=timedelta(seconds=grace_seconds), batch_size=batch_size, vault=vault,
     )  # fmt: skip
     repairs = AuditRepairs(unit_of_work, stores, clock, reaper.run_once, vault=vault) if fix else None

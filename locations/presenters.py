@@ -5,6 +5,7 @@ from urllib.parse import urlencode
 
 from locations.services.backlog import BacklogEntry, StoreTotal
 from locations.services.catalog import ImageView
+from locations.stores.base import StoreRegistry
 
 GLANCE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -14,7 +15,9 @@ def glance_time(moment: datetime) -> str:
     return moment.strftime(GLANCE_TIME_FORMAT)
 
 
-def image(view: ImageView, *, show_locations: bool = False, show_direct_url: bool = False) -> dict[str, object]:
+def image(
+    view: ImageView, *, show_locations: bool = False, show_direct_url: bool = False, show_stores: bool = False
+) -> dict[str, object]:
     """One image as Glance v2 shows it: custom properties at top level, links, no internal status."""
     body: dict[str, object] = dict(view.properties)
     body.update(
@@ -43,6 +46,8 @@ def image(view: ImageView, *, show_locations: bool = False, show_direct_url: boo
             "schema": "/v2/schemas/image",
         }
     )
+    if show_stores and view.stores:
+        body["stores"] = ",".join(view.stores)  # Glance's multi-store attribute: "fast,cheap"
     if show_locations:
         body["locations"] = [{"url": url, "metadata": metadata} for url, metadata in view.locations]
     if show_direct_url and view.locations:
@@ -57,11 +62,15 @@ def image_list(
     *,
     show_locations: bool = False,
     show_direct_url: bool = False,
+    show_stores: bool = False,
 ) -> dict[str, object]:
     """A page of images with Glance's first/next links (next only when there may be more)."""
     kept = [(key, value) for key, value in params if key != "marker"]
     body: dict[str, object] = {
-        "images": [image(view, show_locations=show_locations, show_direct_url=show_direct_url) for view in views],
+        "images": [
+            image(view, show_locations=show_locations, show_direct_url=show_direct_url, show_stores=show_stores)
+            for view in views
+        ],
         "first": "/v2/images" + (f"?{urlencode(kept)}" if kept else ""),
         "schema": "/v2/schemas/images",
     }
@@ -98,3 +107,19 @@ def backlog(
     if next_marker is not None:
         body["next"] = f"/v1/scrubber/backlog?limit={limit}&marker={next_marker}"
     return body
+
+
+def stores(registry: StoreRegistry, *, detail: bool) -> dict[str, object]:
+    """Glance's stores document: id, description, "default"/"read-only" as the strings "true"."""
+    shown = []
+    for store in registry:
+        entry: dict[str, object] = {"id": store.name, "description": store.description}
+        if store is registry.default:
+            entry["default"] = "true"
+        if store.is_read_only:
+            entry["read-only"] = "true"
+        if detail:
+            entry["type"] = store.scheme
+            entry["properties"] = {}
+        shown.append(entry)
+    return {"stores": shown}

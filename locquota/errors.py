@@ -80,6 +80,10 @@ class LocationDataMissing(LocquotaError):
     code = "location_data_missing"
 
 
+class UnknownStore(LocquotaError):
+    code = "unknown_store"
+
+
 class InvalidTenantId(LocquotaError):
     code = "invalid_tenant_id"
 
@@ -122,6 +126,10 @@ class NotFound(LocquotaError):
 
 class MethodNotAllowed(LocquotaError):
     status, code = 405, "method_not_allowed"
+
+
+class StoreReadOnly(LocquotaError):
+    status, code = 410, "store_read_only"
 
 
 class ImageConflict(LocquotaError):

@@ -98,6 +98,22 @@ def _names(value: str) -> tuple[str, ...]:
     return tuple(aslist(value.replace(",", " ")))
 
 
+def _backends(value: str) -> tuple[tuple[str, str], ...]:
+    """Glance's enabled_backends: `name:type` pairs (`fast:file, ceph:rbd`), names unique."""
+    pairs = []
+    for item in _names(value):
+        name, sep, kind = item.partition(":")
+        if not sep or not name.strip() or not kind.strip():
+            raise ValueError(f"{item!r}: expected name:type, as in `fast:file, ceph:rbd`")
+        pairs.append((name.strip(), kind.strip()))
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError("a store name appears twice")
+    if not pairs:
+        raise ValueError("no store named")
+    return tuple(pairs)
+
+
 def _key_ring(value: str) -> tuple[str, ...]:
     """Fernet keys separated by commas and/or white space, primary first; each checked, none echoed."""
     keys = _names(value)
@@ -177,6 +193,10 @@ class Settings:
     policy_file: str = ""  # an oslo.policy YAML file overriding Glance's defaults (locquota.policies)
     enabled_stores: tuple[str, ...] = ("file",)
     default_store: str = "file"
+    # Glance's multi-store configuration: `name:type` pairs and the default store's name. When set, they
+    # replace enabled_stores/default_store (single-store settings, where each store's name is its type).
+    enabled_backends: tuple[tuple[str, str], ...] = ()
+    default_backend: str = ""
     store_options: dict[str, dict[str, str]] = field(default_factory=dict)
     show_multiple_locations: bool = False
     show_image_direct_url: bool = False
@@ -208,6 +228,21 @@ class Settings:
     location_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     location_encryption_key_file: str = ""
 
+    @property
+    def backends(self) -> tuple[tuple[str, str], ...]:
+        """The stores as (name, type): enabled_backends, or each of enabled_stores named after its type."""
+        return self.enabled_backends or tuple((name, name) for name in self.enabled_stores)
+
+    @property
+    def default_backend_name(self) -> str:
+        """The store uploads go to when none is asked for."""
+        return self.default_backend if self.enabled_backends else self.default_store
+
+    @property
+    def is_multi_store(self) -> bool:
+        """Whether Glance's multi-store API shows (stores on images and locations, /v2/info/stores)."""
+        return bool(self.enabled_backends)
+
     @classmethod
     def from_ini(cls, raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Self:
         """Parse every locquota.* key; raise SettingsError naming the key on any bad or unknown one.
@@ -228,6 +263,8 @@ class Settings:
             "unified_limits_cache_seconds": _positive_seconds,
             "enabled_stores": _names,
             "default_store": str.strip,
+            "enabled_backends": _backends,
+            "default_backend": str.strip,
             "show_multiple_locations": _boolean,
             "show_image_direct_url": _boolean,
             "max_request_body_bytes": _positive_int,
@@ -286,7 +323,12 @@ class Settings:
 
     def check(self) -> None:
         """Cross-field rules that no single parser sees."""
-        if self.default_store not in self.enabled_stores:
+        if self.enabled_backends:
+            if self.default_backend not in {name for name, _ in self.enabled_backends}:
+                raise SettingsError(
+                    f"locquota.default_backend = {self.default_backend!r}: not a store of locquota.enabled_backends"
+                )
+        elif self.default_store not in self.enabled_stores:
             raise SettingsError(f"locquota.default_store = {self.default_store!r}: not in locquota.enabled_stores")
         if self.auth_strategy is AuthStrategy.NOAUTH and not self.allow_insecure_noauth:
             raise SettingsError(

@@ -8,7 +8,7 @@ round trip whatever its size, and location status stays in SQL, never reaching a
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Row, Select, and_, exists, false, func, or_, select
@@ -73,6 +73,7 @@ class ImageView:
     properties: dict[str, str]
     tags: list[str]
     locations: list[tuple[str, dict[str, object]]]
+    stores: list[str] = field(default_factory=list)  # of its active locations, in their order (multi-store)
 
     @classmethod
     def from_record(cls, image: Image, vault: UrlVault = PLAINTEXT, *, with_locations: bool = True) -> "ImageView":
@@ -83,6 +84,7 @@ class ImageView:
             properties={prop.name: prop.value for prop in image.properties},
             tags=sorted(tag.value for tag in image.tags),
             locations=open_locations(vault, stored),
+            stores=_in_order((loc.id, loc.store) for loc in image.active_locations),
         )
 
     @classmethod
@@ -95,7 +97,13 @@ class ImageView:
             properties=dict(mapping["properties_json"] or []),
             tags=sorted(tag for (tag,) in mapping["tags_json"] or []),
             locations=open_locations(vault, locations),
+            stores=_in_order(mapping.get("stores_json") or []),
         )
+
+
+def _in_order(stores: Iterable[tuple[int, str]]) -> list[str]:
+    """Store names of (location id, store) pairs, by location id, each once."""
+    return list(dict.fromkeys(store for _, store in sorted(stores)))
 
 
 def open_locations(
@@ -121,7 +129,7 @@ def visible_to(caller: Identity) -> ColumnElement[bool]:
     return shown if caller.is_admin else and_(Image.owner == caller.tenant_id, shown)
 
 
-def view_columns(*, with_locations: bool) -> list[ColumnElement[object]]:
+def view_columns(*, with_locations: bool, with_stores: bool = False) -> list[ColumnElement[object]]:
     """The image columns plus its collections as JSON, each a correlated subquery on an indexed key."""
     properties = select(json_rows(ImageProperty.name, ImageProperty.value)).where(ImageProperty.image_id == Image.id)
     tags = select(json_rows(ImageTag.value)).where(ImageTag.image_id == Image.id)
@@ -135,25 +143,36 @@ def view_columns(*, with_locations: bool) -> list[ColumnElement[object]]:
             Location.image_id == Image.id, Location.status == LocationStatus.ACTIVE
         )
         columns.append(locations.scalar_subquery().label("locations_json"))
+    if with_stores:  # Glance's `stores` attribute, shown with multi-store only
+        stores = select(json_rows(Location.id, Location.store)).where(
+            Location.image_id == Image.id, Location.status == LocationStatus.ACTIVE
+        )
+        columns.append(stores.scalar_subquery().label("stores_json"))
     return columns
 
 
 # Built once: constructing the statement and its subqueries on every request cost more than running it.
-VIEW_SELECTS = {shown: select(*view_columns(with_locations=shown)) for shown in (False, True)}
+VIEW_SELECTS = {
+    (shown, stores): select(*view_columns(with_locations=shown, with_stores=stores))
+    for shown in (False, True)
+    for stores in (False, True)
+}
 
 
 class ImageCatalog:
     """Reads images as the API shows them."""
 
-    def __init__(self, db: Session, *, with_locations: bool, vault: UrlVault = PLAINTEXT) -> None:
-        self._db, self._with_locations, self._vault = db, with_locations, vault
+    def __init__(
+        self, db: Session, *, with_locations: bool, with_stores: bool = False, vault: UrlVault = PLAINTEXT
+    ) -> None:
+        self._db, self._with_locations, self._with_stores, self._vault = db, with_locations, with_stores, vault
 
     def view_of(self, image: Image) -> ImageView:
         """The view of an image just written through the ORM (create, patch, restore)."""
         return ImageView.from_record(image, self._vault, with_locations=self._with_locations)
 
     def _select(self) -> Select[tuple[object, ...]]:
-        return VIEW_SELECTS[self._with_locations]
+        return VIEW_SELECTS[self._with_locations, self._with_stores]
 
     def show(self, caller: Identity, image_id: uuid.UUID) -> ImageView:
         """One image, or 404 (also for another tenant's image: existence does not leak)."""
@@ -161,7 +180,7 @@ class ImageCatalog:
         if row is None:
             raise ImageNotFound("No image found with this id.")
         view = ImageView.from_row(row, self._vault)
-        authorize_image(caller, "get_image", image_target(view.id, view.owner, view.visibility))
+        authorize_image(caller, "get_image", image_target(view.owner, view.visibility))
         return view
 
     def page(self, caller: Identity, query: ImageQuery) -> tuple[list[ImageView], str | None]:

@@ -76,7 +76,12 @@ def image_catalog_factory(_context: object, request: Request) -> ImageCatalog:
     """The read path; it aggregates locations only when the deployment shows them."""
     settings = request.settings
     with_locations = settings.show_multiple_locations or settings.show_image_direct_url
-    return ImageCatalog(request.db, with_locations=with_locations, vault=request.find_service(UrlVault))
+    return ImageCatalog(
+        request.db,
+        with_locations=with_locations,
+        with_stores=settings.is_multi_store,
+        vault=request.find_service(UrlVault),
+    )
 
 
 def image_data_service_factory(_context: object, request: Request) -> ImageDataService:
@@ -93,5 +98,6 @@ def image_data_service_factory(_context: object, request: Request) -> ImageDataS
         size_cap_bytes=settings.image_size_cap_bytes,
         lease=upload_lease_terms(settings),
         scrub_policy=scrub_policy(settings),
+        multi_store=settings.is_multi_store,
         vault=request.find_service(UrlVault),
     )

@@ -1,14 +1,15 @@
 """Image rules asked with the image as their target (Glance's ImageTarget): its owner, its visibility."""
 
-import uuid
-
 from locquota.errors import Forbidden, ImageNotFound
 from locquota.identity import Identity
 
 
-def image_target(image_id: uuid.UUID, owner: str, visibility: object) -> dict[str, object]:
-    """What an image rule is checked against: its owner is the project the rule's project_id names."""
-    return {"project_id": owner, "owner": owner, "visibility": str(visibility), "image_id": str(image_id)}
+def image_target(owner: str, visibility: object) -> dict[str, object]:
+    """What an image rule is checked against: its owner is the project the rule's project_id names.
+
+    Only what the rules read: decisions then repeat across images, and the policy answers them from memory.
+    """
+    return {"project_id": owner, "owner": owner, "visibility": str(visibility)}
 
 
 def authorize_image(caller: Identity, rule: str, target: dict[str, object]) -> None:

@@ -93,7 +93,7 @@ class ImageService:
         image = self._db.scalar(query)
         if image is None:
             raise ImageNotFound("No image found with this id.")
-        authorize_image(caller, rule, image_target(image.id, image.owner, image.visibility))
+        authorize_image(caller, rule, image_target(image.owner, image.visibility))
         return image
 
     def reload(self, image_id: uuid.UUID) -> Image:
@@ -106,7 +106,7 @@ class ImageService:
         check_owner_change(caller, request.attributes.get("owner"))
         image_id = request.image_id or uuid.uuid4()
         owner = request.attributes.get("owner") or caller.tenant_id
-        target = image_target(image_id, str(owner), request.attributes.get("visibility", Visibility.SHARED.value))
+        target = image_target(str(owner), request.attributes.get("visibility", Visibility.SHARED.value))
         caller.authorize("add_image", target)
         check_visibility_change(caller, request.attributes.get("visibility"), target)
         if self._db.get(Image, image_id) is not None:
@@ -165,9 +165,7 @@ class ImageService:
             raise InvalidBody("owner may not be removed or null: every image has an owner.")
         check_owner_change(caller, patched["owner"])
         if patched["visibility"] != document["visibility"]:
-            check_visibility_change(
-                caller, patched["visibility"], image_target(image.id, image.owner, image.visibility)
-            )
+            check_visibility_change(caller, patched["visibility"], image_target(image.owner, image.visibility))
         self._write_document(image, patched)
 
     def _editable_document(self, image: Image) -> dict[str, object]:

@@ -111,7 +111,14 @@ class LocationLifecycle:
         return self._new_location(image, url, identity, store, metadata, size_bytes)
 
     def land_upload(
-        self, image: Image, url: str, identity: DataIdentity, store: str, size_bytes: int, limits: Limits
+        self,
+        image: Image,
+        url: str,
+        identity: DataIdentity,
+        store: str,
+        size_bytes: int,
+        limits: Limits,
+        metadata: dict[str, object] | None = None,
     ) -> Location:
         """An upload's data is in the store: its first location, and the image saving -> active.
 
@@ -122,7 +129,7 @@ class LocationLifecycle:
         self._ledger.charge(image.owner, deltas, within=limits)
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, size_bytes)
         image.status, image.updated_at = ImageStatus.ACTIVE, self._clock.now()
-        return self._new_location(image, url, identity, store, {}, size_bytes)
+        return self._new_location(image, url, identity, store, metadata or {}, size_bytes)
 
     def _new_location(
         self,

@@ -139,7 +139,7 @@ class LocationChanges:
                 raise LocationPendingDelete("This data is being deleted; it cannot be added back now.")
 
     def _remove(self, caller: Identity, image: Image, location: Location) -> Location:
-        if not caller.may("delete_image_location", image_target(image.id, image.owner, image.visibility)):
+        if not caller.may("delete_image_location", image_target(image.owner, image.visibility)):
             raise Forbidden("Policy does not allow delete_image_location: removing a location needs the admin role.")
         if image.status is ImageStatus.ACTIVE and len(image.active_locations) == 1:
             raise Forbidden("Cannot remove last location in the image.")

@@ -44,6 +44,7 @@ from locquota.errors import (
     LocquotaError,
     QuotaExceeded,
     StoreFull,
+    StoreReadOnly,
     StoreUnavailable,
     UploadInterrupted,
 )
@@ -124,6 +125,7 @@ class ImageDataService:
         size_cap_bytes: int,
         lease: LeaseTerms,
         scrub_policy: ScrubPolicy,
+        multi_store: bool = False,
         vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._db, self._images, self._stores, self._clock = db, images, stores, clock
@@ -131,12 +133,21 @@ class ImageDataService:
         self._chunk_bytes, self._cap, self._lease, self._scrub_policy = chunk_bytes, size_cap_bytes, lease, scrub_policy
         self._lifecycle = LocationLifecycle(db, clock, vault=vault)
         self._keys = DataKeys(stores, vault)
+        self._multi_store = multi_store  # locations then carry metadata {"store": name}, as Glance's do
 
     def _checkpoint(self) -> None:
         commit_and_begin(self._transactions)
 
-    def upload(self, caller: Identity, image_id: uuid.UUID, body: BinaryIO, content_length: int | None) -> Image:
-        """Stream body into the default store; the image ends active, or queued/killed with nothing kept."""
+    def upload(
+        self,
+        caller: Identity,
+        image_id: uuid.UUID,
+        body: BinaryIO,
+        content_length: int | None,
+        *,
+        store: str | None = None,
+    ) -> Image:
+        """Stream body into the store named (the default if None); the image ends active, or queued/killed."""
         image = self._images.get(caller, image_id, "upload_image", with_details=False)
         if image.status is not ImageStatus.QUEUED:
             raise InvalidImageStatus(f"Image status transition from {image.status} to saving is not allowed.")
@@ -148,11 +159,13 @@ class ImageDataService:
         remaining = self._lifecycle.space_left(owner, limits)
         if remaining is not None and content_length is not None and content_length > remaining:
             raise quota_refusal(content_length, remaining)
-        store = self._stores.default
-        target = store.plan_upload(image_id)
+        target_store = self._stores.default if store is None else self._stores[store]
+        if target_store.is_read_only:
+            raise StoreReadOnly(f"Store {target_store.name!r} is read-only: data cannot be uploaded to it.")
+        target = target_store.plan_upload(image_id)
         lease = UploadLease(self._db, self._clock, self._lease, self._vault, image_id)
         self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, ImageStatus.SAVING, limits=limits)
-        lease.take(store.name, target)
+        lease.take(target_store.name, target)
         self._checkpoint()
         reader = HashingReader(
             body, content_length, self._cap, self._chunk_bytes, remaining, lambda: lease.keep_alive(self._checkpoint)
@@ -160,7 +173,8 @@ class ImageDataService:
         try:
             # Renewed once more when the bytes are durable, just before they are put in place: data is never
             # linked under a lease the reaper may have taken over.
-            url = store.add(target, reader.chunks(), ready=lambda: lease.keep_alive(self._checkpoint, force=True))
+            ready = lambda: lease.keep_alive(self._checkpoint, force=True)  # noqa: E731 - named for the comment
+            url = target_store.add(target, reader.chunks(), ready=ready)
         except Exception as exc:
             # The store cleaned up: nothing is stored. Give the image back (or kill it), if it is still ours.
             broken = isinstance(exc, StoreError) and not isinstance(exc, StoreDuplicateError)
@@ -173,7 +187,7 @@ class ImageDataService:
                 raise StoreUnavailable("The store failed while writing the image data.") from exc
             raise
         try:
-            return self._activate(lease, image_id, store.name, url, reader, limits)
+            return self._activate(lease, image_id, target_store.name, url, reader, limits)
         except Exception:
             # Refused (concurrent requests used the space while the bytes streamed) or failed: nothing of
             # this unit stays; the image goes back to queued and its data to the scrubber, not stranded.
@@ -228,7 +242,8 @@ class ImageDataService:
         if image.status is not ImageStatus.SAVING:  # deleted while its data streamed in
             raise InvalidImageStatus(f"Image status transition from {image.status} to active is not allowed.")
         identity = self._stores[store_name].identify(url)
-        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, limits)
+        metadata: dict[str, object] = {"store": store_name} if self._multi_store else {}
+        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, limits, metadata)
         image.size, image.checksum = reader.size, reader.md5.hexdigest()
         image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
         self._db.delete(upload)

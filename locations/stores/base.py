@@ -70,6 +70,8 @@ class Store(Protocol):
 
     name: str
     scheme: str
+    description: str  # shown by GET /v2/info/stores (Glance's store_description)
+    is_read_only: bool  # data is only read from it (Glance's http store)
 
     def plan_upload(self, image_id: uuid.UUID) -> UploadTarget:
         """Name the data an upload will write, before it writes anything."""
@@ -110,6 +112,10 @@ class StoreRegistry:
         self._stores = dict(stores)
         self.default = self._stores[default]
 
+    def __iter__(self) -> Iterator[Store]:
+        """The stores in the order they were enabled."""
+        return iter(self._stores.values())
+
     def __getitem__(self, name: str) -> Store:
         return self._stores[name]
 
@@ -145,15 +151,23 @@ class StoreRegistry:
         return DataIdentity(url) if store is None else store.identify(url)
 
 
-def load_stores(enabled: Iterable[str], options: Mapping[str, Mapping[str, str]]) -> dict[str, Store]:
-    """Instantiate each enabled store from its entry point with its locquota.store.<name>.* options."""
+def load_stores(
+    backends: Iterable[tuple[str, str]], options: Mapping[str, Mapping[str, str]], setting: str = "enabled_backends"
+) -> dict[str, Store]:
+    """Instantiate each (name, type) store from its type's entry point with its locquota.store.<name>.* options.
+
+    setting: the .ini key that named the stores, for the error message.
+    """
     available = {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
     stores: dict[str, Store] = {}
-    for name in enabled:
-        if name not in available:
-            raise ValueError(f"locquota.enabled_stores: no store plug-in named {name!r}")
-        stores[name] = available[name].load()(name, options.get(name, {}))
-    unknown = set(options) - set(enabled)
+    for name, kind in backends:
+        if kind not in available:
+            known = ", ".join(sorted(available))
+            raise ValueError(
+                f"locquota.{setting}: store {name!r} has type {kind!r}, which no plug-in provides ({known})"
+            )
+        stores[name] = available[kind].load()(name, options.get(name, {}))
+    unknown = set(options) - set(stores)
     if unknown:
         raise ValueError(f"locquota.store.{sorted(unknown)[0]}.*: that store is not enabled")
     return stores

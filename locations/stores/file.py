@@ -42,14 +42,19 @@ class FileStore:
 
     scheme = "file"
 
+    is_read_only = False
+
     def __init__(self, name: str, options: Mapping[str, str]) -> None:
-        unknown = set(options) - {"datadir"}
+        unknown = set(options) - {"datadir", "filesystem_store_datadir", "store_description"}
         if unknown:
             raise ValueError(f"locquota.store.{name}.{sorted(unknown)[0]}: unknown option")
-        if not options.get("datadir"):
-            raise ValueError(f"locquota.store.{name}.datadir: required")
+        # glance_store's option name, or locquota's older one.
+        datadir = options.get("filesystem_store_datadir") or options.get("datadir")
+        if not datadir:
+            raise ValueError(f"locquota.store.{name}.filesystem_store_datadir: required")
         self.name = name
-        self.root = Path(options["datadir"]).resolve()
+        self.description = options.get("store_description", "")
+        self.root = Path(datadir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
     def url_for(self, path: Path) -> str:

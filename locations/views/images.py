@@ -9,7 +9,8 @@ from locations.services.catalog import ImageCatalog, ImageView
 from locations.services.deletion import DeletionService
 from locations.services.images import ImageService
 from locations.services.upload import ImageDataService
-from locquota.errors import LengthRequired, UnsupportedMediaType
+from locations.stores.base import StoreRegistry
+from locquota.errors import LengthRequired, UnknownStore, UnsupportedMediaType
 
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
 
@@ -23,7 +24,12 @@ def _shown_locations(request: Request) -> tuple[bool, bool]:
 
 def _present(request: Request, view: ImageView) -> dict[str, object]:
     show_locations, show_direct_url = _shown_locations(request)
-    return presenters.image(view, show_locations=show_locations, show_direct_url=show_direct_url)
+    return presenters.image(
+        view,
+        show_locations=show_locations,
+        show_direct_url=show_direct_url,
+        show_stores=request.settings.is_multi_store,
+    )
 
 
 @view_config(route_name="images.collection", request_method="GET", renderer="json")
@@ -33,7 +39,12 @@ def list_images(request: Request) -> dict[str, object]:
     views, next_marker = request.find_service(ImageCatalog).page(request.identity, query)
     show_locations, show_direct_url = _shown_locations(request)
     return presenters.image_list(
-        views, list(request.GET.items()), next_marker, show_locations=show_locations, show_direct_url=show_direct_url
+        views,
+        list(request.GET.items()),
+        next_marker,
+        show_locations=show_locations,
+        show_direct_url=show_direct_url,
+        show_stores=request.settings.is_multi_store,
     )
 
 
@@ -91,16 +102,27 @@ def remove_tag(request: Request) -> Response:
 
 @view_config(route_name="images.file", request_method="PUT")
 def upload_image_data(request: Request) -> Response:
-    """Stream the body into the default store (chunked or with Content-Length); 204."""
+    """Stream the body into the default store, or the one X-Image-Meta-Store names (chunked or sized); 204."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
     if request.content_type != UPLOAD_MEDIA_TYPE:
         raise UnsupportedMediaType(f"Image data must be sent as {UPLOAD_MEDIA_TYPE}.")
     if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
         # Without a length or a server that ends the chunked body for us, the end of the data is unknowable.
         raise LengthRequired("Send Content-Length or Transfer-Encoding: chunked through a server that decodes it.")
+    store = _requested_store(request)
     data = request.find_service(ImageDataService)
-    data.upload(request.identity, image_id, request.body_file, request.content_length)
+    data.upload(request.identity, image_id, request.body_file, request.content_length, store=store)
     return Response(status=204)
+
+
+def _requested_store(request: Request) -> str | None:
+    """The store X-Image-Meta-Store names (multi-store only, as in Glance); 400 if it is not one."""
+    name = request.headers.get("X-Image-Meta-Store")
+    if name is None or not request.settings.is_multi_store:
+        return None
+    if request.find_service(StoreRegistry).get(name.strip()) is None:
+        raise UnknownStore(f"Store {name.strip()[:64]!r} is not one of this deployment's stores.")
+    return name.strip()
 
 
 @view_config(route_name="images.file", request_method="GET")

@@ -34,4 +34,11 @@ RULES = [
     _rule("get_image_location", base.ADMIN_OR_PROJECT_READER, "Show an image's locations.", "GET", IMAGE),
     _rule("set_image_location", base.ADMIN_OR_PROJECT_MEMBER, "Add or replace an image's locations.", "PATCH", IMAGE),
     _rule("delete_image_location", base.ADMIN, "Remove a location from an image.", "PATCH", IMAGE),
+    _rule(
+        "stores_info_detail",
+        f"{base.ADMIN} or {base.SERVICE}",
+        "Show every store's type.",
+        "GET",
+        "/v2/info/stores/detail",
+    ),
 ]

@@ -217,7 +217,7 @@ def test_configure_refuses_enabled_store_without_plugin(app_settings):
 def test_configure_refuses_file_store_without_datadir(app_settings):
     del app_settings["locquota.store.file.datadir"]
 
-    with pytest.raises(ValueError, match=re.escape("locquota.store.file.datadir")):
+    with pytest.raises(ValueError, match=re.escape("locquota.store.file.filesystem_store_datadir: required")):
         configure(app_settings)
 
 
