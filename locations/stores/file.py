@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from locations.stores.base import (
@@ -35,6 +35,7 @@ MAX_URL_CHARS = 4096
 LOCAL_HOSTS = ("", "localhost")
 PROC_FD = Path("/proc/self/fd")
 SCRATCH_SUFFIX = ".partial"
+T = TypeVar("T")
 
 
 class FileStore:
@@ -122,25 +123,32 @@ class FileStore:
         """Write the scratch file, then link it in place: a failed upload never leaves a partial image behind.
 
         A hard link, not a rename, puts the data in place: it fails if the name is taken, so data another
-        location may reach (a file left behind, or one a tenant added by URL) is never replaced.
+        location may reach (a file left behind, or one a tenant added by URL) is never replaced. Only this
+        store's own I/O errors become StoreError: what the chunks or ready() raise goes through unchanged.
         """
         final, partial = self.path_for(target.url), self.path_for(target.scratch_url)
+        handle = self._io(lambda: partial.open("xb"))
         try:
-            with partial.open("xb") as handle:
+            with handle:
                 for chunk in chunks:
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
+                    self._io(lambda chunk=chunk: handle.write(chunk))
+                self._io(handle.flush)
+                self._io(lambda: os.fsync(handle.fileno()))
             ready()
-            os.link(partial, final)
+            self._io(lambda: os.link(partial, final))
+        finally:
+            partial.unlink(missing_ok=True)
+        return self.url_for(final)
+
+    def _io(self, operation: Callable[[], T]) -> T:
+        """Run one filesystem call; its OSError as the StoreError the rest of locquota understands."""
+        try:
+            return operation()
         except FileExistsError as exc:
             raise StoreDuplicateError(f"file store {self.name}: data is already stored under this name") from exc
         except OSError as exc:
             error = StoreFullError if exc.errno == errno.ENOSPC else StoreError
             raise error(f"file store {self.name}: {exc.strerror}") from exc
-        finally:
-            partial.unlink(missing_ok=True)
-        return self.url_for(final)
 
     def inventory(self) -> Iterator[StoredData]:
         """Every regular file under the root, by path; symlinks are names of data, not data, and are skipped."""
