@@ -23,6 +23,7 @@ from waitress import wasyncore
 
 from locquota.app import configure
 from locquota.cli import cli
+from tests.ceph import ceph_fixture  # noqa: F401  (the session's real Ceph: mon, memstore OSD, radosgw)
 from tests.keystone import keystone_fixture  # noqa: F401  (the session's real Keystone, `keystone`)
 
 LOCAL_HOSTS = "127.0.0.1,localhost"

@@ -13,7 +13,11 @@ from locquota.errors import database_outage_tween_factory
 from tests.conftest import identity
 
 # Routes that answer without the database (the metrics scrape reports its failed parts as collector_up 0).
-DATABASE_FREE = {"versions.root", "versions.list", "schemas.image", "schemas.images", "health.live", "metrics"}
+# Answered from configuration alone: no database needed, so no 503 (under an identity that needs none).
+DATABASE_FREE = {
+    "versions.root", "versions.list", "schemas.image", "schemas.images", "health.live", "metrics",
+    "info.stores", "info.stores.detail",
+}  # fmt: skip
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 PLACEHOLDERS = {"image_id": str(uuid.uuid4()), "tenant_id": "tenant-a", "tag": "blue"}
 BODIES = {"POST": b"{}", "PUT": b"{}", "PATCH": b"[]"}
