@@ -25,6 +25,7 @@ from locquota.app import configure
 from locquota.cli import cli
 from tests.ceph import ceph_fixture  # noqa: F401  (the session's real Ceph: mon, memstore OSD, radosgw)
 from tests.keystone import keystone_fixture  # noqa: F401  (the session's real Keystone, `keystone`)
+from tests.swift import swift_fixture  # noqa: F401  (the session's real Swift, behind that Keystone)
 
 LOCAL_HOSTS = "127.0.0.1,localhost"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
