@@ -32,6 +32,7 @@ def image_service_factory(_context: object, request: Request) -> ImageService:
         request.find_service(LimitService),
         delayed_delete=settings.delayed_delete,
         scrub_delay=timedelta(seconds=settings.scrub_time_seconds),
+        multi_store=settings.is_multi_store,
         vault=request.find_service(UrlVault),
     )
     return ImageService(request.db, clock, locations, request.find_service(LimitService))

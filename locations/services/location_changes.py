@@ -28,6 +28,7 @@ from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import (
     DuplicateLocation,
     Forbidden,
+    InvalidBody,
     InvalidImageStatus,
     InvalidPatchPath,
     LocationDataMissing,
@@ -54,9 +55,11 @@ class LocationChanges:
         *,
         delayed_delete: bool,
         scrub_delay: timedelta,
+        multi_store: bool = False,
         vault: UrlVault = PLAINTEXT,
     ) -> None:
         self._db, self._stores, self._clock, self._checkpoint = db, stores, clock, checkpoint
+        self._multi_store = multi_store  # locations then carry metadata {"store": name}, as Glance's do
         self._policy, self._limits, self._vault = policy, limits, vault
         self._delay = scrub_delay if delayed_delete else None
         self._lifecycle = LocationLifecycle(db, clock, vault=vault)
@@ -101,6 +104,15 @@ class LocationChanges:
             if location.id in current and current[location.id] not in wanted_keys
         ]
 
+    def _metadata(self, spec: LocationSpec, store: str) -> dict[str, object]:
+        """The location's metadata; with several stores it names the store its URL is in (400 if it names another)."""
+        if not self._multi_store:
+            return spec.metadata
+        named = spec.metadata.get("store", store)
+        if named != store:
+            raise InvalidBody(f"The location's metadata names store {str(named)[:64]!r}, but its URL is in {store!r}.")
+        return {**spec.metadata, "store": store}
+
     def _key_of(self, location: Location) -> str | None:
         opened = self._references.keys.opened(location.url, location.store)
         return None if opened is None else opened[1].key
@@ -114,7 +126,9 @@ class LocationChanges:
         except StoreError as exc:
             raise LocationDataMissing("No data at this location.") from exc
         charged = image.size if image.size is not None else size
-        self._lifecycle.add(image, spec.url, identity, store.name, spec.metadata, charged, limits=limits)
+        self._lifecycle.add(
+            image, spec.url, identity, store.name, self._metadata(spec, store.name), charged, limits=limits
+        )
         if image.status is ImageStatus.QUEUED:
             # Glance: a queued image given a location becomes active, sized by its data.
             image.size = size

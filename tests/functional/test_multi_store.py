@@ -115,3 +115,37 @@ def test_a_single_store_deployment_has_no_stores_api(app, tenant):
 def test_a_bad_multi_store_configuration_is_refused_naming_the_setting(raw, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_ini(raw)
+
+
+PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
+
+
+def add_location(app, image_id: str, url: str, metadata: dict, status: int | str = 200):
+    body = [{"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": metadata}}]
+    return app.patch_json(f"/v2/images/{image_id}", body, headers={**identity("tenant-a"), **PATCH}, status=status)
+
+
+def test_an_added_location_names_the_store_its_url_is_in(multi, tmp_path):
+    data = tmp_path / "cheap" / "copy"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(b"copy")
+    image = multi.post_json("/v2/images", IMAGE, headers=identity("tenant-a"), status=201).json
+
+    added = add_location(multi, image["id"], f"file://{data}", {"kind": "copy"}).json
+
+    assert added["locations"] == [{"url": f"file://{data}", "metadata": {"kind": "copy", "store": "cheap"}}]
+    assert added["stores"] == "cheap"
+
+
+def test_a_location_whose_metadata_names_another_store_is_400_and_changes_nothing(multi, tmp_path, usage_of):
+    data = tmp_path / "cheap" / "copy"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(b"copy")
+    image = multi.post_json("/v2/images", IMAGE, headers=identity("tenant-a"), status=201).json
+    before = usage_of("tenant-a")
+
+    refused = add_location(multi, image["id"], f"file://{data}", {"store": "fast"}, status=400).json
+
+    assert refused["error"]["code"] == "invalid_body"
+    assert multi.get(f"/v2/images/{image['id']}", headers=identity("tenant-a")).json["status"] == "queued"
+    assert usage_of("tenant-a") == before
