@@ -34,6 +34,8 @@ import port_for
 import pytest
 import requests
 
+from tests.servers import log_tail
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 CEPH_PYTHON_SCRIPT = REPOSITORY / "scripts" / "ceph-python-modules"
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph-authtool", "monmaptool")
@@ -136,13 +138,6 @@ def ensure_ceph_python() -> tuple[ModuleType, ModuleType]:
     import rbd  # noqa: PLC0415
 
     return rados, rbd
-
-
-def _tail(*paths: Path, chars: int = 3000) -> str:
-    """The end of each log that exists, for a failure message."""
-    return "\n".join(
-        f"--- {path.name}:\n{path.read_text(errors='replace')[-chars:]}" for path in paths if path.exists()
-    )
 
 
 def _free_ports(count: int) -> list[int]:
@@ -268,7 +263,7 @@ class CephCluster:
                 timeout=COMMAND_DEADLINE,
             )
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{' '.join(command)} did not finish within {COMMAND_DEADLINE} s:\n{_tail(*self._logs())}")
+            pytest.fail(f"{' '.join(command)} did not finish within {COMMAND_DEADLINE} s:\n{log_tail(*self._logs())}")
         if done.returncode != 0:
             pytest.fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return done.stdout
@@ -283,7 +278,7 @@ class CephCluster:
     def _check_running(self) -> None:
         for name, process in self._processes.items():
             if process.poll() is not None:
-                pytest.fail(f"{name} exited ({process.returncode}):\n{_tail(*self._logs())}")
+                pytest.fail(f"{name} exited ({process.returncode}):\n{log_tail(*self._logs())}")
 
     def _wait_until(self, what: str, condition: Any, deadline: float = START_DEADLINE) -> None:
         """Poll a condition of the cluster until it holds; fail with the logs if a daemon dies or time runs out."""
@@ -291,7 +286,7 @@ class CephCluster:
         while not condition():
             self._check_running()
             if time.monotonic() > end:
-                pytest.fail(f"Ceph: {what} not within {deadline} s:\n{_tail(*self._logs())}")
+                pytest.fail(f"Ceph: {what} not within {deadline} s:\n{log_tail(*self._logs())}")
             time.sleep(POLL_INTERVAL)  # polling an observed condition (a poll interval, not a synchronisation)
 
     @contextlib.contextmanager
@@ -317,14 +312,14 @@ class CephCluster:
         except self.rados.Error as error:
             cluster.shutdown()
             self._check_running()
-            pytest.fail(f"Ceph: {name} could not connect: {error}\n{_tail(*self._logs())}")
+            pytest.fail(f"Ceph: {name} could not connect: {error}\n{log_tail(*self._logs())}")
         return cluster
 
     def _mon_command(self, command: dict[str, Any]) -> Any:
         """A monitor command as client.admin; its JSON answer (None when it prints nothing)."""
         ret, out, status = self._admin.mon_command(json.dumps({**command, "format": "json"}), b"")
         if ret != 0:
-            pytest.fail(f"Ceph: {command['prefix']} failed ({ret}): {status}\n{_tail(*self._logs())}")
+            pytest.fail(f"Ceph: {command['prefix']} failed ({ret}): {status}\n{log_tail(*self._logs())}")
         return json.loads(out) if out else None
 
     def _osd_is_up(self) -> bool:

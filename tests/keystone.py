@@ -37,6 +37,8 @@ import requests
 from keystoneauth1 import session as ksa_session
 from keystoneauth1.identity import v3
 
+from tests.servers import log_tail
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 KEYSTONE_VENV = REPOSITORY / ".venv-keystone"
 KEYSTONE_VENV_SCRIPT = REPOSITORY / "scripts" / "keystone-venv"
@@ -134,13 +136,6 @@ def _user(name: str) -> User:
     return ADMIN if name == ADMIN.name else USERS[name]
 
 
-def _tail(*paths: Path, chars: int = 3000) -> str:
-    """The end of each log that exists, for a failure message."""
-    return "\n".join(
-        f"--- {path.name}:\n{path.read_text(errors='replace')[-chars:]}" for path in paths if path.exists()
-    )
-
-
 def ensure_keystone_venv() -> None:
     """Create (or check) .venv-keystone with scripts/keystone-venv; fail the test run if that cannot be done."""
     try:
@@ -232,7 +227,7 @@ class KeystoneServer:
             if process.returncode != 0:
                 failed.append(f"{process.args[3]} ({process.returncode})")
         if failed:
-            pytest.fail(f"keystone-manage failed: {', '.join(failed)}\n{_tail(*self._logs)}")
+            pytest.fail(f"keystone-manage failed: {', '.join(failed)}\n{log_tail(*self._logs)}")
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -253,10 +248,10 @@ class KeystoneServer:
         deadline = time.monotonic() + START_DEADLINE
         while not self._answers():
             if self.process.poll() is not None:
-                pytest.fail(f"Keystone's gunicorn exited ({self.process.returncode}):\n{_tail(*self._logs)}")
+                pytest.fail(f"Keystone's gunicorn exited ({self.process.returncode}):\n{log_tail(*self._logs)}")
             if time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"Keystone did not answer GET /v3 within {START_DEADLINE} s:\n{_tail(*self._logs)}")
+                pytest.fail(f"Keystone did not answer GET /v3 within {START_DEADLINE} s:\n{log_tail(*self._logs)}")
             time.sleep(0.05)  # polling an observed condition (a poll interval, not a synchronisation)
 
     def _answers(self) -> bool:

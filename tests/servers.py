@@ -30,6 +30,13 @@ START_DEADLINE = 10
 STOP_DEADLINE = 10
 
 
+def log_tail(*paths: Path, chars: int = 3000) -> str:
+    """The end of each log that exists, for a failure message."""
+    return "\n".join(
+        f"--- {path.name}:\n{path.read_text(errors='replace')[-chars:]}" for path in paths if path.exists()
+    )
+
+
 def _pg_bindir() -> Path:
     """The server binaries: pg_config's bindir, else the newest /usr/lib/postgresql/N/bin."""
     if pg_config := shutil.which("pg_config"):

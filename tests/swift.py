@@ -44,6 +44,7 @@ from keystoneauth1 import session as ksa_session
 from keystoneauth1.identity import v3
 
 from tests.keystone import DOMAIN, REGION, KeystoneServer
+from tests.servers import log_tail
 
 # Debian's interpreter and tools: another python3 may be first on PATH, and only this one imports Debian's swift.
 SWIFT_PYTHON = "/usr/bin/python3"
@@ -191,13 +192,6 @@ for ring in rings:
 
 def _password(user: str) -> str:
     return f"{user}-secret"
-
-
-def _tail(*paths: Path, chars: int = 3000) -> str:
-    """The end of each log that exists, for a failure message."""
-    return "\n".join(
-        f"--- {path.name}:\n{path.read_text(errors='replace')[-chars:]}" for path in paths if path.exists()
-    )
 
 
 def _http() -> requests.Session:
@@ -431,9 +425,9 @@ class SwiftCluster:
                     timeout=RING_DEADLINE,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
-                pytest.fail(f"swift-ring-builder did not finish within {RING_DEADLINE} s:\n{_tail(log_path)}")
+                pytest.fail(f"swift-ring-builder did not finish within {RING_DEADLINE} s:\n{log_tail(log_path)}")
         if done.returncode != 0:
-            pytest.fail(f"swift-ring-builder failed ({done.returncode}):\n{_tail(log_path)}")
+            pytest.fail(f"swift-ring-builder failed ({done.returncode}):\n{log_tail(log_path)}")
 
     def _register(self) -> None:
         """The swift service with its endpoint, the proxy's service user and the glance user, in Keystone."""
@@ -511,16 +505,16 @@ class SwiftCluster:
         deadline = time.monotonic() + START_DEADLINE
         while not self._answers(server):
             if process.poll() is not None:
-                pytest.fail(f"Swift's {server} exited ({process.returncode}):\n{_tail(*self._logs())}")
+                pytest.fail(f"Swift's {server} exited ({process.returncode}):\n{log_tail(*self._logs())}")
             if time.monotonic() > deadline:
-                pytest.fail(f"Swift's {server} did not answer within {START_DEADLINE} s:\n{_tail(*self._logs())}")
+                pytest.fail(f"Swift's {server} did not answer within {START_DEADLINE} s:\n{log_tail(*self._logs())}")
             time.sleep(0.05)  # polling an observed condition (a poll interval, not a synchronisation)
 
     def _check_login(self) -> None:
         """The glance user's token opens its account through the proxy (auth_token and keystoneauth at work)."""
         response = self._http.head(self.account_url, headers={"X-Auth-Token": self.token()}, timeout=REQUEST_TIMEOUT)
         if not 200 <= response.status_code < 300:
-            pytest.fail(f"Swift refused the glance user's token ({response.status_code}):\n{_tail(*self._logs())}")
+            pytest.fail(f"Swift refused the glance user's token ({response.status_code}):\n{log_tail(*self._logs())}")
 
     def _stop(self, server: str) -> None:
         process = self.processes.pop(server, None)

@@ -22,6 +22,7 @@ from oslo_config import cfg
 from tests.ceph import (
     CephCluster,
 )
+from tests.glance_stores import glance_stores
 
 SMALL = (1 << 20) + 7  # one RBD chunk (8 MiB), one S3 PUT
 LARGE = (12 << 20) + 3  # two RBD chunks; three S3 parts of 5 MiB (s3_store_large_object_size = 5)
@@ -89,21 +90,8 @@ def test_restarted_rgw_serves_what_was_stored_before(ceph):
 
 @pytest.fixture(scope="module")
 def glance_conf(ceph: CephCluster) -> Iterator[cfg.ConfigOpts]:
-    """glance_store's stores `ceph` (rbd, as client.glance) and `s3` on this cluster, in the process-wide cfg.CONF.
-
-    It has to be cfg.CONF: multi_backend's get(), delete(), get_size_from_uri_and_backend() and the store lookup
-    of add_with_multihash() read it whatever conf they are given. `enabled_backends` is Glance's own option
-    (glance_store reads it and registers none), so it is registered here, and set before register_store_opts(),
-    which registers each backend's group from it. Overrides only: parsing cfg.CONF again would check the options
-    of every library that shares it.
-    """
-    conf = cfg.CONF
-    if "enabled_backends" not in conf:
-        conf.register_opt(cfg.DictOpt("enabled_backends"))
-    conf.set_override("enabled_backends", {"ceph": "rbd", "s3": "s3"})
-    multi_backend.register_store_opts(conf)
+    """glance_store's stores `ceph` (rbd, as client.glance) and `s3` on this cluster (tests.glance_stores)."""
     options = {
-        "glance_store": {"default_backend": "ceph"},
         "ceph": {
             "rbd_store_pool": ceph.pool,
             "rbd_store_user": ceph.user,
@@ -121,16 +109,9 @@ def glance_conf(ceph: CephCluster) -> Iterator[cfg.ConfigOpts]:
             "s3_store_large_object_chunk_size": 5,
         },
     }
-    for group, values in options.items():
-        for name, value in values.items():
-            conf.set_override(name, value, group=group)
     # Connects to the cluster as client.glance (the rbd store asks for the fsid of its URLs).
-    multi_backend.create_multi_stores(conf)
-    yield conf
-    for group, values in options.items():
-        for name in values:
-            conf.clear_override(name, group=group)
-    conf.clear_override("enabled_backends")
+    with glance_stores({"ceph": "rbd", "s3": "s3"}, "ceph", options) as conf:
+        yield conf
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from glance_store import exceptions as store_exceptions
 from glance_store import location, multi_backend
 from oslo_config import cfg
 
+from tests.glance_stores import glance_stores
 from tests.keystone import KeystoneServer
 from tests.swift import (
     CONTAINER,
@@ -135,35 +136,16 @@ def test_restarted_proxy_serves_what_was_stored_before(swift, connection):
 
 @pytest.fixture(scope="module")
 def glance_conf(swift: SwiftCluster) -> Iterator[cfg.ConfigOpts]:
-    """glance_store's store `swift1` on this Swift, its credentials in its own section, in the process-wide cfg.CONF.
-
-    It has to be cfg.CONF: multi_backend's get(), delete(), get_size_from_uri_and_backend() and the store lookup
-    of add_with_multihash() read it whatever conf they are given. `enabled_backends` is Glance's own option
-    (glance_store registers none), set before register_store_opts(), which registers each backend's group from it.
-    Overrides only: parsing cfg.CONF would check the options of every library that shares it.
-    """
-    conf = cfg.CONF
-    if "enabled_backends" not in conf:
-        conf.register_opt(cfg.DictOpt("enabled_backends"))
-    conf.set_override("enabled_backends", {BACKEND: "swift"})
-    multi_backend.register_store_opts(conf)
+    """glance_store's store `swift1` on this Swift, its credentials in its own section (tests.glance_stores)."""
     options = {
-        "glance_store": {"default_backend": BACKEND},
         BACKEND: {
             **swift.glance_store_options(),
             "swift_store_large_object_size": 1,  # STORE_MB: SEGMENTED and UNKNOWN_SIZE go up in segments
             "swift_store_large_object_chunk_size": 1,
         },
     }
-    for group, values in options.items():
-        for name, value in values.items():
-            conf.set_override(name, value, group=group)
-    multi_backend.create_multi_stores(conf)
-    yield conf
-    for group, values in options.items():
-        for name in values:
-            conf.clear_override(name, group=group)
-    conf.clear_override("enabled_backends")
+    with glance_stores({BACKEND: "swift"}, BACKEND, options) as conf:
+        yield conf
 
 
 @dataclass(frozen=True, slots=True)
