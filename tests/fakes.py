@@ -59,7 +59,7 @@ class FakeFailingStore:
 
     def __init__(self, inner: FileStore) -> None:
         self.inner = inner
-        self.name, self.scheme = inner.name, inner.scheme
+        self.name, self.scheme, self.schemes = inner.name, inner.scheme, inner.schemes
         self.description, self.is_read_only = inner.description, inner.is_read_only
         self.fail_deletes = 0
         self.after_add: Callable[[], None] | None = None  # runs once the data is in place, before add returns

@@ -69,7 +69,8 @@ class Store(Protocol):
     """One configured backend where image data lives."""
 
     name: str
-    scheme: str
+    scheme: str  # the store's type, as Glance's /v2/info/stores/detail shows it (file, rbd, swift, s3, http)
+    schemes: tuple[str, ...]  # the URL schemes of its locations (swift: swift, swift+http, swift+https, swift+config)
     description: str  # shown by GET /v2/info/stores (Glance's store_description)
     is_read_only: bool  # data is only read from it (Glance's http store)
 
@@ -126,7 +127,7 @@ class StoreRegistry:
     def for_url(self, url: str) -> Store:
         """The store that owns url; 400 if its scheme is not enabled or it lies outside every store."""
         scheme = url.partition(":")[0].lower() if ":" in url else ""
-        candidates = [store for store in self._stores.values() if store.scheme == scheme]
+        candidates = [store for store in self._stores.values() if scheme in store.schemes]
         if not candidates:
             raise UnsupportedScheme("The location URL's scheme is not enabled.", scheme=scheme[:32])
         refusal: LocationOutsideStore | None = None

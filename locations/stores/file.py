@@ -42,6 +42,7 @@ class FileStore:
     """A directory on a local or mounted filesystem."""
 
     scheme = "file"
+    schemes = ("file",)
 
     is_read_only = False
 

@@ -324,7 +324,7 @@ from locquota.scripting import LazyApp
 
 class BlockingStore:
     def __init__(self, inner):
-        self.inner, self.name, self.scheme = inner, inner.name, inner.scheme
+        self.inner, self.name, self.scheme, self.schemes = inner, inner.name, inner.scheme, inner.schemes
         self.calls, self.lock = 0, threading.Lock()
 
     def validate_url(self, url):
