@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from locations.stores.base import Store, StoreDuplicateError, StoreError
+from locations.stores.base import Store, StoreDuplicateError, StoreError, StoreNotFoundError
 
 CHUNK = 64 * 1024
 
@@ -106,7 +106,7 @@ class StoreContract:
         store.delete(url)
         store.delete(url)
 
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreNotFoundError):  # "not there", never a store error that proves nothing
             store.get_size(url)
 
     def test_deleting_data_that_never_was_is_harmless(self, store):

@@ -33,7 +33,7 @@ from locations.models import (
     Upload,
 )
 from locations.services.data_references import DataKeys, DataReferences, Question
-from locations.stores.base import DataIdentity, Store, StoredData, StoreError, StoreRegistry
+from locations.stores.base import DataIdentity, Store, StoredData, StoreError, StoreNotFoundError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
@@ -283,13 +283,16 @@ class Auditor:
         """Missing or wrong-size data of an active location."""
         try:
             size_bytes = store.get_size(url)
-        except StoreError:
+        except StoreNotFoundError:
             # An unmounted or emptied root lists nothing, and then every location looks lost: none is marked so.
             is_listed = store.name in self.tally.listed
             detail = "its data is gone" if is_listed else "its data is gone, but its store listed no data (unmounted?)"
             return Found(
                 Finding.MISSING, expected_bytes=location.size_bytes, detail=detail, is_repairable=is_listed, **facts
             )
+        except StoreError as exc:  # the store did not answer: nothing is concluded about the data
+            detail = f"its store cannot be reached now: {exc}"
+            return Found(Finding.UNREADABLE, detail=detail, is_repairable=False, **facts)
         except LocquotaError as exc:
             detail = f"its data cannot be examined ({exc.code})"
             return Found(Finding.UNREADABLE, detail=detail, is_repairable=False, **facts)

@@ -26,7 +26,7 @@ from locations.models import Image, ImageStatus, Location, LocationStatus, Uploa
 from locations.services.audit import Finding, Found, upload_names
 from locations.services.data_references import DataKeys, DataReferences
 from locations.services.lifecycle import LocationLifecycle
-from locations.stores.base import StoreError, StoreRegistry
+from locations.stores.base import StoreError, StoreNotFoundError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
@@ -92,10 +92,10 @@ class AuditRepairs:
                 return Repair.CHANGED
             try:
                 self._stores[location.store].get_size(self._keys.vault.open(location.url))
-            except StoreError:
+            except StoreNotFoundError:
                 pass  # still gone
-            except (LocquotaError, UrlNotReadableError):
-                return Repair.CHANGED
+            except (StoreError, LocquotaError, UrlNotReadableError):
+                return Repair.CHANGED  # a store that does not answer now proves nothing: kept
             else:
                 return Repair.CHANGED  # the data is back
             lifecycle.move(location, LocationStatus.DELETED)

@@ -22,7 +22,7 @@ from locations.services.data_references import DataKeys, DataReferences
 from locations.services.image_policy import image_target
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
-from locations.stores.base import DataIdentity, StoreError, StoreRegistry
+from locations.stores.base import DataIdentity, StoreError, StoreNotFoundError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import (
@@ -34,6 +34,7 @@ from locquota.errors import (
     LocationDataMissing,
     LocationInUse,
     LocationPendingDelete,
+    StoreUnavailable,
 )
 from locquota.identity import Identity
 from quota.services.limits import Limits, LimitService
@@ -123,8 +124,10 @@ class LocationChanges:
         self._check_data_is_free(image, identity, spec.url)
         try:
             size = store.get_size(spec.url)
-        except StoreError as exc:
+        except StoreNotFoundError as exc:
             raise LocationDataMissing("No data at this location.") from exc
+        except StoreError as exc:
+            raise StoreUnavailable("The location's store cannot be reached; try again later.") from exc
         charged = image.size if image.size is not None else size
         self._lifecycle.add(
             image, spec.url, identity, store.name, self._metadata(spec, store.name), charged, limits=limits

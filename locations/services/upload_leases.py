@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from locations.models import Image, ImageStatus, Location, Upload
 from locations.services.data_references import DataReferences
 from locations.services.lifecycle import LocationLifecycle
-from locations.stores.base import DataIdentity, StoreError, StoreRegistry, UploadTarget
+from locations.stores.base import DataIdentity, StoreNotFoundError, StoreRegistry, UploadTarget
 from locquota.clock import Clock
 from locquota.crypto import UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError, UploadInterrupted
@@ -93,6 +93,7 @@ def find_data(stores: StoreRegistry, vault: UrlVault, upload: Upload) -> list[Fo
     """What is at an upload's names now (store calls: outside any transaction).
 
     A name whose store is gone or refuses it yields nothing: `locquota audit` reports what is left there.
+    A store that cannot answer now raises StoreError: nothing can be concluded, so the caller tries later.
     """
     store = stores.get(upload.store) if upload.store else None
     if store is None:
@@ -105,7 +106,7 @@ def find_data(stores: StoreRegistry, vault: UrlVault, upload: Upload) -> list[Fo
             url = vault.open(sealed)
             size = store.get_size(url)
             found.append(FoundData(url, store.identify(url), size))
-        except StoreError:
+        except StoreNotFoundError:
             continue  # nothing there: the upload had not written (or had already cleaned up) this name
         except (LocquotaError, UrlNotReadableError) as exc:
             log.error(

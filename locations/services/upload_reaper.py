@@ -20,7 +20,7 @@ from locations.models import Image, Upload
 from locations.services.data_references import DataKeys, DataReferences
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.upload_leases import UPLOAD_LEASE, FoundData, find_data, hand_over
-from locations.stores.base import StoreRegistry
+from locations.stores.base import StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.leases import LeaseTerms, new_holder
@@ -71,7 +71,13 @@ class UploadReaper:
             if not taken:
                 break
             for item in taken:
-                found = find_data(self._stores, self._vault, item.upload)  # store calls: outside a transaction
+                try:
+                    found = find_data(self._stores, self._vault, item.upload)  # store calls: outside a transaction
+                except StoreError as exc:
+                    # The store cannot say what is there now: this lease (now the reaper's) runs out again
+                    # and a later pass looks again. Nothing is concluded from a store that is down.
+                    log.warning("image %s: its upload's store cannot be examined now (%s)", item.image_id, exc)
+                    continue
                 sent = self._hand_over(item, found)
                 if sent is None:
                     continue

@@ -21,6 +21,14 @@ class StoreError(Exception):
     """The store could not do what was asked; the data is in an unknown state for that call."""
 
 
+class StoreNotFoundError(StoreError):
+    """No data at this name: the store answered, and it has nothing there.
+
+    Only this means "gone" to the audit and the upload reaper; any other StoreError (a store that cannot be
+    reached, a timeout, a refusal) says nothing about the data, and nothing is concluded from it.
+    """
+
+
 class StoreFullError(StoreError):
     """No space left for the data."""
 
@@ -94,7 +102,7 @@ class Store(Protocol):
         """Remove the data at url; data already gone is not an error (deleting twice is harmless)."""
 
     def get_size(self, url: str) -> int:
-        """The size in bytes of the data at url; StoreError if there is none."""
+        """The size in bytes of the data at url; StoreNotFoundError if there is none (never 0 for an error)."""
 
     def validate_url(self, url: str) -> None:
         """Raise LocationOutsideStore unless url names data inside this store."""

@@ -27,6 +27,7 @@ from locations.stores.base import (
     StoreDuplicateError,
     StoreError,
     StoreFullError,
+    StoreNotFoundError,
     UploadTarget,
 )
 from locquota.errors import LocationNotAFile, LocationOutsideStore, LocationUndecidable
@@ -172,6 +173,8 @@ class FileStore:
         path = self.path_for(url)
         try:
             fd = _open_where_expected(path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise StoreNotFoundError(f"file store {self.name}: no such file") from exc
         except OSError as exc:
             raise StoreError(f"file store {self.name}: {exc.strerror}") from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -183,7 +186,7 @@ class FileStore:
         """The file's size; a location must name data that is there."""
         status = self._resolve(url)[1]
         if status is None:
-            raise StoreError(f"file store {self.name}: no such file")
+            raise StoreNotFoundError(f"file store {self.name}: no such file")
         return status.st_size
 
     def delete(self, url: str) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from locations.stores.base import DataIdentity, StoredData, StoreError, UploadTarget
+from locations.stores.base import DataIdentity, StoredData, StoreError, StoreNotFoundError, UploadTarget
 from locations.stores.options import StoreOptions
 from locquota.errors import LocationOutsideStore
 
@@ -115,6 +115,9 @@ class HttpStore:
                 except LocationOutsideStore:
                     raise StoreError(f"http store {self.name}: redirected to a host it may not read from") from None
                 continue
+            if response.status_code in (404, 410):
+                response.close()
+                raise StoreNotFoundError(f"http store {self.name}: {method} answered {response.status_code}")
             if response.status_code != 200:
                 response.close()
                 raise StoreError(f"http store {self.name}: {method} answered {response.status_code}")

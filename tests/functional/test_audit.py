@@ -611,6 +611,35 @@ def test_a_store_whose_inventory_fails_is_unchecked_and_its_missing_data_not_mar
     assert (store_root / kept).exists()
 
 
+class FakeUnreachableStore(FakeFailingStore):
+    """A store that lists its data, then stops answering: every size asked for is a StoreError, not "not found"."""
+
+    def get_size(self, url: str) -> int:
+        raise StoreError("fake store: connection refused")
+
+
+def test_a_store_that_stops_answering_is_unreadable_never_missing_and_nothing_is_marked_lost(
+    engine, uploaded, store_root
+):
+    image_id = uploaded()
+    store = FakeUnreachableStore.at(store_root)
+    auditor = Auditor(
+        unit_of_work_on(engine), registry_of(store), ["file"], Clock(), grace=timedelta(hours=1), batch_size=10
+    )
+    list(auditor.stored_data("file"))  # the store listed data: a missing location there would be repairable
+
+    [found] = [found for batch in auditor.locations() for found in batch.findings]
+    [location_id] = [found.location_id]
+    missing = Found(Finding.MISSING, "file", location_id, uuid.UUID(image_id), "tenant-a", expected_bytes=len(DATA))
+    repaired = AuditRepairs(unit_of_work_on(engine), registry_of(store), Clock(), lambda: None).repair(missing)
+
+    assert (found.kind, found.is_repairable) == (Finding.UNREADABLE, False)
+    assert "cannot be reached" in found.detail
+    assert repaired is Repair.CHANGED  # re-checked under lock: a store that does not answer proves nothing
+    with Session(engine) as session:
+        assert session.get(Location, location_id).status is LocationStatus.ACTIVE
+
+
 def test_a_store_with_locations_not_keyed_yet_is_not_compared_and_fails_the_run(engine, locquota, uploaded, store_root):
     image_id = uploaded()
     with Session(engine) as session:

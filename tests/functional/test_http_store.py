@@ -261,3 +261,25 @@ def test_uploads_into_the_http_store_are_refused(web_app):
     )
 
     assert refused.json["error"]["code"] == "store_read_only"
+
+
+def test_adding_a_location_tells_missing_data_from_a_server_that_does_not_answer(web_app, web, usage_of):
+    image = web_app.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+    patch_headers = {**TENANT, "Content-Type": PATCH_TYPE}
+
+    def add(url: str, status: int) -> dict:
+        value = {"url": url, "metadata": {}}
+        body = [{"op": "add", "path": "/locations/-", "value": value}]
+        return web_app.patch_json(
+            f"/v2/images/{image}", body, headers=patch_headers, content_type=PATCH_TYPE, status=status
+        ).json
+
+    missing = add(f"{base(web)}/missing", 400)
+    web.shutdown()
+    web.server_close()
+    unreachable = add(f"{base(web)}/image", 503)
+
+    assert missing["error"]["code"] == "location_data_missing"
+    assert unreachable["error"]["code"] == "store_unavailable"
+    assert web_app.get(f"/v2/images/{image}", headers=TENANT).json["status"] == "queued"
+    assert usage_of("tenant-a")["space"] == {}

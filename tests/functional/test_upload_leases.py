@@ -21,11 +21,11 @@ from locations.models import Image, ImageStatus, Location, LocationStatus, Uploa
 from locations.scrubber import Scrubber
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.upload_reaper import UploadReaper
-from locations.stores.base import StoreRegistry
+from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locquota.leases import LeaseTerms
 from locquota.settings import Settings, SettingsError
-from tests.fakes import POLICY, unit_of_work_on
+from tests.fakes import POLICY, FakeFailingStore, registry_of, unit_of_work_on
 from tests.uploading import ObservingBody, send_upload
 
 LEASE = timedelta(seconds=300)  # the default locquota.upload_lease_seconds
@@ -265,6 +265,40 @@ def test_a_dead_upload_that_wrote_nothing_only_gives_its_image_back(
     assert (reaper.run_once().uploads, locations_of(engine, image["id"])) == (1, [])
     assert image_of(engine, image["id"]).status is ImageStatus.QUEUED
     assert totals(usage_of) == idle_usage()
+
+
+class UnreachableStore(FakeFailingStore):
+    """The file store, but sizes fail as a store that is down fails them (a StoreError, not "not found")."""
+
+    reachable = False
+
+    def get_size(self, url: str) -> int:
+        if not self.reachable:
+            raise StoreError("fake store: connection refused")
+        return self.inner.get_size(url)
+
+
+def test_a_dead_upload_in_a_store_that_does_not_answer_is_kept_until_it_does(
+    wsgi_app, engine, tenant, new_image, clock, store_root, usage_of
+):
+    image = new_image()
+    die_mid_upload(wsgi_app, engine, tenant, image["id"], sent=2 * CHUNK)
+    store = UnreachableStore.at(store_root)
+    reaper = UploadReaper(unit_of_work_on(engine), registry_of(store), clock, LeaseTerms(LEASE), batch_size=10)
+    clock.advance(seconds=LEASE.total_seconds() + 1)
+
+    assert reaper.run_once().uploads == 0  # nothing concluded: the data may well be there
+    assert image_of(engine, image["id"]).status is ImageStatus.SAVING
+    assert upload_row(engine, image["id"]) is not None
+    assert len(files_in(store_root)) == 1
+
+    store.reachable = True
+    clock.advance(seconds=LEASE.total_seconds() + 1)  # the reaper's own hold on the lease runs out in turn
+    assert (reaper.run_once().uploads, locations_of(engine, image["id"])) == (
+        1,
+        [(LocationStatus.PENDING_DELETE, 2 * CHUNK)],
+    )
+    assert image_of(engine, image["id"]).status is ImageStatus.QUEUED
 
 
 def test_data_a_live_location_reaches_by_the_same_name_is_left_to_it(

@@ -1,0 +1,226 @@
+"""Each real backend end to end (issue 15): glanceclient uploads into it, the server's own client finds the object,
+the download is byte-identical, a location is added, and a delayed delete scrubbed by `locquota scrub` removes the
+object and gives the tenant's usage back exactly.
+
+One locquota server with four stores (`local:file, ceph:rbd, s3:s3, swift:swift`) on the suite's real Ceph
+(RBD and radosgw) and real Swift behind the real Keystone; a fresh bucket and container per test.
+"""
+
+import io
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import glanceclient
+import pytest
+from click.testing import CliRunner
+
+from locations.stores.base import Store, load_stores
+from locquota.cli import cli
+from tests.ceph import CephCluster
+from tests.swift import SwiftCluster
+
+DATA = bytes(range(251)) * 9000  # 2.2 MB: several RBD chunks, S3 parts and Swift segments at the sizes below
+BACKENDS = ("ceph", "s3", "swift")
+LOCQUOTA = str(Path(sys.executable).with_name("locquota"))
+PROCESS_TIMEOUT = 120
+RETRY_DEADLINE = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Backends:
+    """Where each store keeps its data in its server, and how to look there with the server's own client."""
+
+    ceph: CephCluster
+    swift: SwiftCluster
+    bucket: str
+    container: str
+
+    def names(self, store: str) -> list[str]:
+        """The names of the data in the store's pool, bucket or container (the server's own client)."""
+        if store == "ceph":
+            return self.ceph.rbd_images()
+        if store == "s3":
+            return self.ceph.s3_objects(self.bucket)
+        return self.swift.objects(self.container)
+
+
+def backend_options(ceph: CephCluster, swift: SwiftCluster, bucket: str, container: str) -> dict[str, dict[str, str]]:
+    """Each real store's section, with glance_store's option names; small parts so the multi-part paths run."""
+    return {
+        "ceph": {
+            "rbd_store_pool": ceph.pool,
+            "rbd_store_user": ceph.user,
+            "rbd_store_ceph_conf": str(ceph.conf_path),
+            "rbd_store_chunk_size": "1",
+            "rados_connect_timeout": "5",
+        },
+        "s3": {
+            "s3_store_host": ceph.rgw_url,
+            "s3_store_access_key": ceph.s3_access_key,
+            "s3_store_secret_key": ceph.s3_secret_key,
+            "s3_store_bucket": bucket,
+            "s3_store_create_bucket_on_put": "true",
+            "s3_store_bucket_url_format": "path",
+            "s3_store_large_object_chunk_size": "5",
+        },
+        "swift": {
+            **swift.glance_store_options(container),
+            "swift_store_large_object_size": "1",
+            "swift_store_large_object_chunk_size": "1",
+        },
+    }
+
+
+@pytest.fixture
+def backends(ceph: CephCluster, swift: SwiftCluster) -> Backends:
+    suffix = uuid.uuid4().hex[:12]
+    return Backends(ceph, swift, f"lq-{suffix}", f"lq-{suffix}")
+
+
+@pytest.fixture
+def live_settings(settings: dict[str, str], backends: Backends, tmp_path: Path) -> dict[str, str]:
+    single = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
+    single.pop("locquota.enabled_stores")
+    single.pop("locquota.default_store")
+    options = backend_options(backends.ceph, backends.swift, backends.bucket, backends.container)
+    return {
+        **single,
+        "locquota.auth_strategy": "tokens",
+        "locquota.enabled_backends": "local:file, ceph:rbd, s3:s3, swift:swift",
+        "locquota.default_backend": "local",
+        "locquota.store.local.filesystem_store_datadir": str(tmp_path / "local"),
+        **{
+            f"locquota.store.{store}.{key}": value
+            for store, section in options.items()
+            for key, value in section.items()
+        },
+        "locquota.show_multiple_locations": "true",
+        "locquota.delayed_delete": "true",
+        "locquota.scrub_time": "0",
+        "locquota.scrub_retry_base_seconds": "1",  # a failed deletion is due again a second later
+    }
+
+
+@pytest.fixture
+def stores(live_settings: dict[str, str], backends: Backends) -> dict[str, Store]:
+    """The same stores as the server's, for writing data a location is then added for."""
+    options = backend_options(backends.ceph, backends.swift, backends.bucket, backends.container)
+    return load_stores([(name, kind) for name, kind in zip(BACKENDS, ("rbd", "s3", "swift"), strict=True)], options)
+
+
+@pytest.fixture
+def glance(live_url: str, token: str) -> object:
+    return glanceclient.Client(endpoint=f"{live_url}/v2", token=token)
+
+
+@pytest.fixture
+def scrub(deployment_ini: Path) -> Callable[[], str]:
+    def run() -> str:
+        result = CliRunner().invoke(cli, ["--config", str(deployment_ini), "scrub"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return run
+
+
+@pytest.fixture
+def cleanup(stores: dict[str, Store]) -> Iterator[list[tuple[str, str]]]:
+    """(store, url) of data a test wrote; deleted afterwards whatever the test did (deleting twice is harmless)."""
+    written: list[tuple[str, str]] = []
+    yield written
+    for store, url in written:
+        stores[store].delete(url)
+
+
+@pytest.mark.parametrize("store", BACKENDS)
+def test_a_backend_round_trip_through_glanceclient(store, glance, backends, stores, scrub, usage_of, cleanup):
+    image = glance.images.create(name=f"on-{store}", disk_format="raw", container_format="bare")
+
+    glance.images.upload(image.id, io.BytesIO(DATA), backend=store)
+
+    shown = glance.images.get(image.id)
+    cleanup.append((store, shown["locations"][0]["url"]))
+    assert (shown["status"], shown["size"], shown["stores"]) == ("active", len(DATA), store)
+    assert shown["locations"][0]["metadata"] == {"store": store}
+    assert [name for name in backends.names(store) if image.id in name]  # the object, seen by the server's client
+    assert b"".join(glance.images.data(image.id)) == DATA
+
+    second = stores[store].add(stores[store].plan_upload(uuid.uuid4()), iter([b"second copy " * 1000]))
+    cleanup.append((store, second))
+    glance.images.add_location(image.id, second, {})
+    assert usage_of("p1")["space"] == {(store, "active"): (len(DATA) + 12000, 2)}
+
+    glance.images.delete(image.id)
+    assert usage_of("p1")["space"] == {(store, "pending_delete"): (len(DATA) + 12000, 2)}
+    output = scrub()
+
+    assert "deleted" in output
+    assert [name for name in backends.names(store) if image.id in name] == []
+    with pytest.raises(Exception):  # noqa: B017, PT011  (the store's own error: the data is gone)
+        stores[store].get_size(second)
+    assert usage_of("p1")["space"] == {}
+
+
+def test_scrubber_processes_share_a_mixed_backlog_in_three_stores(
+    glance, backends, stores, deployment_ini, usage_of, cleanup
+):
+    images = []
+    for count in range(9):
+        store = BACKENDS[count % 3]
+        image = glance.images.create(name=f"backlog-{count}", disk_format="raw", container_format="bare")
+        glance.images.upload(image.id, io.BytesIO(DATA[: 1000 + count]), backend=store)
+        cleanup.append((store, glance.images.get(image.id)["locations"][0]["url"]))
+        images.append((store, image.id))
+    for _, image_id in images:
+        glance.images.delete(image_id)
+
+    processes = [
+        subprocess.Popen(
+            [LOCQUOTA, "--config", str(deployment_ini), "scrub"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=PROCESS_TIMEOUT)[0].decode() for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    for store, image_id in images:
+        assert [name for name in backends.names(store) if image_id in name] == [], store
+    assert usage_of("p1")["space"] == {}
+
+
+def test_a_stopped_store_fails_alone_and_the_scrubber_retries_it(glance, backends, scrub, usage_of, cleanup):
+    uploaded = {}
+    for store in BACKENDS:
+        image = glance.images.create(name=f"outage-{store}", disk_format="raw", container_format="bare")
+        glance.images.upload(image.id, io.BytesIO(DATA[:5000]), backend=store)
+        cleanup.append((store, glance.images.get(image.id)["locations"][0]["url"]))
+        uploaded[store] = image.id
+        glance.images.delete(image.id)
+
+    backends.ceph.stop_rgw()
+    try:
+        refused = glance.images.create(name="while-s3-is-down", disk_format="raw", container_format="bare")
+        with pytest.raises(glanceclient.exc.HTTPServiceUnavailable):
+            glance.images.upload(refused.id, io.BytesIO(b"x" * 100), backend="s3")
+        fine = glance.images.create(name="while-s3-is-down", disk_format="raw", container_format="bare")
+        glance.images.upload(fine.id, io.BytesIO(b"y" * 100), backend="swift")
+        cleanup.append(("swift", glance.images.get(fine.id)["locations"][0]["url"]))
+        scrub()
+        assert usage_of("p1")["space"] == {("s3", "pending_delete"): (5000, 1), ("swift", "active"): (100, 1)}
+
+        assert [name for name in backends.names("ceph") if uploaded["ceph"] in name] == []
+        assert [name for name in backends.names("swift") if uploaded["swift"] in name] == []
+    finally:
+        backends.ceph.start_rgw()
+    assert [name for name in backends.names("s3") if uploaded["s3"] in name]  # still there, to be retried
+
+    deadline = time.monotonic() + RETRY_DEADLINE
+    while usage_of("p1")["space"] != {("swift", "active"): (100, 1)}:
+        assert time.monotonic() < deadline, "the scrubber did not retry the s3 deletion"
+        scrub()  # each pass finds it once its backoff (1 s) has passed
+    assert [name for name in backends.names("s3") if uploaded["s3"] in name] == []
