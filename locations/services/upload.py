@@ -176,9 +176,14 @@ class ImageDataService:
             ready = lambda: lease.keep_alive(self._checkpoint, force=True)  # noqa: E731 - named for the comment
             url = target_store.add(target, reader.chunks(), ready=ready)
         except Exception as exc:
-            # The store cleaned up: nothing is stored. Give the image back (or kill it), if it is still ours.
             broken = isinstance(exc, StoreError) and not isinstance(exc, StoreDuplicateError)
-            self._end_without_data(lease, owner, ImageStatus.KILLED if broken else ImageStatus.QUEUED)
+            if broken and self._may_have_left_data(lease):
+                # The store failed, and so may have its own clean-up (a store that went down mid-write): what
+                # is at the upload's names goes to the scrubber; while the store does not answer, the lease
+                # runs out and the reaper does it.
+                self._give_back(lease, owner)
+            else:  # the store cleaned up: nothing is stored. Give the image back (or kill it), if still ours.
+                self._end_without_data(lease, owner, ImageStatus.KILLED if broken else ImageStatus.QUEUED)
             if isinstance(exc, StoreDuplicateError):
                 raise ImageConflict("Data is already stored under this image's name in the store.") from exc
             if isinstance(exc, StoreFullError):
@@ -193,6 +198,17 @@ class ImageDataService:
             # this unit stays; the image goes back to queued and its data to the scrubber, not stranded.
             self._give_back(lease, owner)
             raise
+
+    def _may_have_left_data(self, lease: UploadLease) -> bool:
+        """Whether the store holds something at the upload's names, or cannot say (store calls, no transaction)."""
+        abort_and_begin(self._transactions)
+        upload = self._db.get(Upload, lease.image_id)
+        if upload is None or upload.holder != lease.holder:
+            return False  # taken over: the reaper looks
+        try:
+            return bool(find_data(self._stores, self._vault, upload))
+        except StoreError:
+            return True
 
     def _end_without_data(self, lease: UploadLease, owner: str, status: ImageStatus) -> None:
         """The image from saving to status and the lease ended, if still held (else the reaper does it later)."""

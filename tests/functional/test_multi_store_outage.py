@@ -6,12 +6,16 @@ PostgreSQL and SQLite.
 """
 
 import shutil
+import uuid
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from webtest import TestApp
 
+from locations.models import Location, LocationStatus, Upload
 from locations.scrubber import Scrubber
-from locations.stores.base import StoreRegistry
+from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locquota.app import configure
 from locquota.clock import Clock
@@ -97,3 +101,44 @@ def test_the_scrubber_retries_a_failing_store_and_finishes_the_others(split_app,
     assert second.deleted == 1
     assert usage_of("tenant-a")["space"] == {}
     assert split_app.get("/v1/scrubber/backlog", headers=ADMIN).json["locations"] == []
+
+
+class FailingMidWriteStore(FakeFailingStore):
+    """A store that dies after writing part of the data and cannot clean up (an S3 multipart upload left open)."""
+
+    def add(self, target, chunks, ready=lambda: None):
+        self.inner.path_for(target.scratch_url).write_bytes(next(iter(chunks)))
+        raise StoreError("fake store: connection reset mid-write, clean-up failed too")
+
+
+def test_what_a_store_failing_mid_write_leaves_goes_to_the_scrubber_not_the_audit(
+    settings, roots, registry, clock, engine, usage_of
+):
+    failing = FailingMidWriteStore(registry["cheap"].inner)
+    stores = StoreRegistry({"fast": registry["fast"], "cheap": failing}, "fast")
+    raw = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
+    raw.pop("locquota.enabled_stores")
+    raw.pop("locquota.default_store")
+    raw.update(
+        {
+            "locquota.enabled_backends": "fast:file, cheap:file",
+            "locquota.default_backend": "fast",
+            "locquota.store.fast.filesystem_store_datadir": str(roots["fast"]),
+            "locquota.store.cheap.filesystem_store_datadir": str(roots["cheap"]),
+        }
+    )
+    config = configure(scrub_settings(raw, delayed_delete=True))
+    config.register_service(stores, iface=StoreRegistry)
+    config.register_service(clock, iface=Clock)
+    app = TestApp(config.make_wsgi_app())
+
+    image = upload_into(app, "cheap", b"x" * 10000, status=503)
+
+    assert app.get(f"/v2/images/{image}", headers=TENANT).json["status"] == "queued"
+    with Session(engine) as session:
+        left = session.scalars(select(Location).where(Location.image_id == uuid.UUID(image))).all()
+        assert [(location.status, location.store) for location in left] == [(LocationStatus.DELETED, "cheap")]
+        assert session.get(Upload, uuid.UUID(image)) is None
+    assert list(roots["cheap"].iterdir()) == []  # deleted at once, as an immediate delete is
+    assert usage_of("tenant-a")["space"] == {}
+    app.app.registry["locquota.engine"].dispose()
