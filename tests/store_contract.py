@@ -25,10 +25,7 @@ def chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
 
 def payload(size: int) -> bytes:
     """Deterministic, not repetitive: a truncated or shifted copy would not compare equal."""
-    blocks, counter = [], 0
-    while sum(map(len, blocks)) < size:
-        blocks.append(hashlib.sha256(counter.to_bytes(8, "big")).digest())
-        counter += 1
+    blocks = (hashlib.sha256(counter.to_bytes(8, "big")).digest() for counter in range(size // 32 + 1))
     return b"".join(blocks)[:size]
 
 
