@@ -105,7 +105,7 @@ use = egg:swift#{server}
 PROXY_CONF = """\
 
 [pipeline:main]
-pipeline = catch_errors proxy-logging cache authtoken keystoneauth proxy-logging proxy-server
+pipeline = catch_errors proxy-logging cache authtoken keystoneauth slo dlo proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -144,6 +144,14 @@ service_token_roles_required = True
 use = egg:swift#keystoneauth
 operator_roles = admin, member
 reseller_prefix = AUTH_
+
+# Static and dynamic large objects, as every stock proxy pipeline has them: locquota's swift store writes
+# images above one segment as a Static Large Object, glance_store as a Dynamic one.
+[filter:slo]
+use = egg:swift#slo
+
+[filter:dlo]
+use = egg:swift#dlo
 """
 
 # run_wsgi reads /etc/swift/swift.conf unless told otherwise, and logs to /dev/log (else UDP syslog on

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import glanceclient
 import pytest
+import requests
 from click.testing import CliRunner
 
 from locations.stores.base import Store, load_stores
 from locquota.cli import cli
+from tests.backends import backend_options
 from tests.ceph import CephCluster
 from tests.swift import SwiftCluster
 
@@ -47,33 +49,6 @@ class Backends:
         if store == "s3":
             return self.ceph.s3_objects(self.bucket)
         return self.swift.objects(self.container)
-
-
-def backend_options(ceph: CephCluster, swift: SwiftCluster, bucket: str, container: str) -> dict[str, dict[str, str]]:
-    """Each real store's section, with glance_store's option names; small parts so the multi-part paths run."""
-    return {
-        "ceph": {
-            "rbd_store_pool": ceph.pool,
-            "rbd_store_user": ceph.user,
-            "rbd_store_ceph_conf": str(ceph.conf_path),
-            "rbd_store_chunk_size": "1",
-            "rados_connect_timeout": "5",
-        },
-        "s3": {
-            "s3_store_host": ceph.rgw_url,
-            "s3_store_access_key": ceph.s3_access_key,
-            "s3_store_secret_key": ceph.s3_secret_key,
-            "s3_store_bucket": bucket,
-            "s3_store_create_bucket_on_put": "true",
-            "s3_store_bucket_url_format": "path",
-            "s3_store_large_object_chunk_size": "5",
-        },
-        "swift": {
-            **swift.glance_store_options(container),
-            "swift_store_large_object_size": "1",
-            "swift_store_large_object_chunk_size": "1",
-        },
-    }
 
 
 @pytest.fixture
@@ -150,13 +125,13 @@ def test_a_backend_round_trip_through_glanceclient(store, glance, backends, stor
     assert [name for name in backends.names(store) if image.id in name]  # the object, seen by the server's client
     assert b"".join(glance.images.data(image.id)) == DATA
 
-    second = stores[store].add(stores[store].plan_upload(uuid.uuid4()), iter([b"second copy " * 1000]))
+    second = stores[store].add(stores[store].plan_upload(uuid.uuid4()), iter([DATA]))  # a copy of the image
     cleanup.append((store, second))
     glance.images.add_location(image.id, second, {})
-    assert usage_of("p1")["space"] == {(store, "active"): (len(DATA) + 12000, 2)}
+    assert usage_of("p1")["space"] == {(store, "active"): (2 * len(DATA), 2)}  # each location is charged
 
     glance.images.delete(image.id)
-    assert usage_of("p1")["space"] == {(store, "pending_delete"): (len(DATA) + 12000, 2)}
+    assert usage_of("p1")["space"] == {(store, "pending_delete"): (2 * len(DATA), 2)}
     output = scrub()
 
     assert "deleted" in output
@@ -193,7 +168,9 @@ def test_scrubber_processes_share_a_mixed_backlog_in_three_stores(
     assert usage_of("p1")["space"] == {}
 
 
-def test_a_stopped_store_fails_alone_and_the_scrubber_retries_it(glance, backends, scrub, usage_of, cleanup):
+def test_a_stopped_store_fails_alone_and_the_scrubber_retries_it(
+    glance, live_server, backends, scrub, usage_of, cleanup
+):
     uploaded = {}
     for store in BACKENDS:
         image = glance.images.create(name=f"outage-{store}", disk_format="raw", container_format="bare")
@@ -205,6 +182,7 @@ def test_a_stopped_store_fails_alone_and_the_scrubber_retries_it(glance, backend
     backends.ceph.stop_rgw()
     try:
         refused = glance.images.create(name="while-s3-is-down", disk_format="raw", container_format="bare")
+        live_server.expected_unavailable.add(f"/v2/images/{refused.id}/file")
         with pytest.raises(glanceclient.exc.HTTPServiceUnavailable):
             glance.images.upload(refused.id, io.BytesIO(b"x" * 100), backend="s3")
         fine = glance.images.create(name="while-s3-is-down", disk_format="raw", container_format="bare")
@@ -224,3 +202,44 @@ def test_a_stopped_store_fails_alone_and_the_scrubber_retries_it(glance, backend
         assert time.monotonic() < deadline, "the scrubber did not retry the s3 deletion"
         scrub()  # each pass finds it once its backoff (1 s) has passed
     assert [name for name in backends.names("s3") if uploaded["s3"] in name] == []
+
+
+SECRET = "not-the-stores-secret-0123456789"  # noqa: S105  (a wrong one, on purpose)
+
+
+def hostile_urls(backends: Backends) -> list[str]:
+    """Per scheme: another cluster, pool, bucket, container or host, and credentials that are not the store's."""
+    ceph, swift = backends.ceph, backends.swift
+    rgw = ceph.rgw_url.removeprefix("http://")
+    keystone = swift.keystone.url.removeprefix("http://")
+    image = str(uuid.uuid4())
+    return [
+        f"rbd://{uuid.uuid4()}/{ceph.pool}/{image}/snap",  # another cluster
+        f"rbd://{ceph.fsid}/rbd/{image}/snap",  # another pool
+        f"rbd://{ceph.fsid}/{ceph.pool}/..%2F{image}/snap",
+        f"s3://{rgw}/another-bucket/{image}",
+        f"s3://{ceph.s3_access_key}:{SECRET}@{rgw}/{backends.bucket}/{image}",
+        f"s3://169.254.169.254/{backends.bucket}/{image}",
+        f"s3+https://{rgw}/{backends.bucket}/{image}?versionId=1",
+        f"swift+http://service%3Aglance-swift:{SECRET}@{keystone}/{backends.container}/{image}",
+        f"swift+http://{keystone}/another-container/{image}",
+        f"swift+config://no-such-reference/{backends.container}/{image}",
+        f"swift+http://10.0.0.1:5000/v3/{backends.container}/{image}",
+    ]
+
+
+def test_hostile_urls_are_refused_without_echoing_them(glance, live_url, token, backends, usage_of):
+    image = glance.images.create(name="hostile", disk_format="raw", container_format="bare")
+    refused = []
+    for url in hostile_urls(backends):
+        response = requests.patch(
+            f"{live_url}/v2/images/{image.id}",
+            json=[{"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": {}}}],
+            headers={"X-Auth-Token": token, "Content-Type": "application/openstack-images-v2.1-json-patch"},
+            timeout=60,
+        )
+        refused.append((url, response.status_code, SECRET in response.text or url in response.text))
+
+    assert [(url, status, echoed) for url, status, echoed in refused if status != 400 or echoed] == []
+    assert glance.images.get(image.id)["status"] == "queued"
+    assert usage_of("p1")["space"] == {}
