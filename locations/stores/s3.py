@@ -25,16 +25,13 @@ seconds: s3_store_connect_timeout (5 s), s3_store_read_timeout (30 s), s3_store_
 """
 
 import contextlib
-import hmac
 import logging
 import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Self, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -51,25 +48,15 @@ from locations.stores.base import (
     UploadTarget,
 )
 from locations.stores.options import StoreOptions
-from locquota.errors import LocationOutsideStore
+from locations.stores.s3_names import BUCKET_NAME, FINAL_KEY, SCRATCH_KEY, Endpoint, S3Names
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-MAX_URL_CHARS = 4096
 MAX_PARTS = 10_000
 COPY_OBJECT_MAX_BYTES = 5 << 30  # S3's limit for one CopyObject (RGW has none); larger data is copied in parts
-DEFAULT_PORTS = {"http": 80, "https": 443}
 URL_FORMATS = ("auto", "path", "virtual")
 CHECKSUM_MODES = ("when_required", "when_supported")
-UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-FINAL_KEY = re.compile(UUID, re.IGNORECASE)  # Glance takes image ids in either case; a key keeps its own
-SCRATCH_KEY = re.compile(rf"{UUID}\.[0-9a-f]{{32}}\.partial")
-URL_CHARACTERS = re.compile(r"[\x21-\x7e]+")  # printable ASCII: no spaces, controls, NUL or look-alikes
-HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
-PORT = re.compile(r"[1-9][0-9]{0,4}")
-PATH_SEGMENT = re.compile(r"(?!\.\.?$)[A-Za-z0-9._~-]+")
-BUCKET_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 FULL_CODES = frozenset({"QuotaExceeded", "EntityTooLarge", "InsufficientCapacity", "InsufficientStorage"})
 TRANSPORT_ERRORS = (BotoCoreError, Urllib3Error, OSError)
@@ -84,51 +71,6 @@ OPTIONS = tuple(
     )
 )  # fmt: skip
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where the S3 API answers: transport, lower-case host ([bracketed] for IPv6), port, path segments."""
-
-    transport: str
-    host: str
-    port: int
-    path: tuple[str, ...]
-
-    @classmethod
-    def from_option(cls, key: str, raw: str) -> Self:
-        """s3_store_host, checked at start; without a scheme it is http, as glance_store has it."""
-        parts = urlsplit(raw if "://" in raw else f"http://{raw}")
-        transport, host = parts.scheme.lower(), parts.hostname or ""
-        try:
-            port = parts.port or DEFAULT_PORTS.get(transport, 0)
-        except ValueError:
-            port = 0
-        path = tuple(segment for segment in parts.path.split("/") if segment)
-        endpoint = cls(transport, f"[{host}]" if ":" in host else host, port, path)
-        is_plain = not ("@" in parts.netloc or parts.query or parts.fragment)
-        if transport not in DEFAULT_PORTS or not HOST_NAME.fullmatch(endpoint.host) or not port or not is_plain:
-            raise ValueError(f"{key}: expected http(s)://host[:port][/path]")
-        if not all(PATH_SEGMENT.fullmatch(segment) for segment in path):
-            raise ValueError(f"{key}: expected http(s)://host[:port][/path]")
-        return endpoint
-
-    @property
-    def url(self) -> str:
-        """The endpoint as botocore takes it."""
-        return f"{self.transport}://{self.host}:{self.port}" + "".join(f"/{segment}" for segment in self.path)
-
-
-def _refuse(reason: str) -> NoReturn:
-    raise LocationOutsideStore(f"The location URL is not data of this S3 store: {reason}.")
-
-
-def _same(given: str, expected: str) -> bool:
-    """Whether a URL's credential is the configured one, as is or percent-encoded once (in constant time)."""
-    spellings = [given]
-    with contextlib.suppress(UnicodeDecodeError):
-        spellings.append(unquote(given, errors="strict"))
-    return any(hmac.compare_digest(spelling.encode(), expected.encode()) for spelling in spellings)
 
 
 def _choice(options: StoreOptions, option: str, choices: tuple[str, ...]) -> str:
@@ -178,68 +120,26 @@ class S3Store:
             request_checksum_calculation=checksums[0] if is_checked else CHECKSUM_MODES[0],
             response_checksum_validation=checksums[1] if is_checked else CHECKSUM_MODES[0],
         )
-        port = self.endpoint.port
-        self._url_prefix = "s3://{}{}{}/{}/".format(
-            self.endpoint.host,
-            "" if port == DEFAULT_PORTS[self.endpoint.transport] else f":{port}",
-            "".join(f"/{segment}" for segment in self.endpoint.path),
-            self.bucket,
-        )
+        self.names = S3Names(self.endpoint, self.bucket, self.schemes, self._access_key, self._secret_key)
         self._client_of_process: tuple[int, Any] | None = None
 
     # Names -------------------------------------------------------------------------------------------------
 
     def url_for(self, key: str) -> str:
         """The canonical URL of a key, which is its data key too."""
-        return self._url_prefix + key
+        return self.names.url_for(key)
 
     def plan_upload(self, image_id: uuid.UUID) -> UploadTarget:
         """<image-id>, written first (when larger than one part) as <image-id>.<random hex>.partial."""
-        return UploadTarget(self.url_for(str(image_id)), self.url_for(f"{image_id}.{uuid.uuid4().hex}.partial"))
+        return self.names.upload_target(image_id)
 
     def validate_url(self, url: str) -> None:
         """Refuse (400) a URL that is not an image object of this bucket; a scratch name is no location."""
-        self._key_of(url, is_scratch_allowed=False)
+        self.names.key_of(url, is_scratch_allowed=False)
 
     def identify(self, url: str) -> DataIdentity:
         """The canonical URL, without credentials or scheme variant; no network needed."""
-        return DataIdentity(self.url_for(self._key_of(url, is_scratch_allowed=True)))
-
-    def _key_of(self, url: str, is_scratch_allowed: bool) -> str:
-        """The object key a URL names, parsed strictly by hand: whatever is not understood is refused."""
-        if not isinstance(url, str) or len(url) > MAX_URL_CHARS or not URL_CHARACTERS.fullmatch(url):
-            _refuse("not a plain S3 URL")
-        scheme, separator, rest = url.partition("://")
-        if not separator or scheme.lower() not in self.schemes:
-            _refuse("not an S3 URL of this store's endpoint")
-        if any(character in rest for character in "?#\\"):
-            _refuse("a query, fragment or backslash")
-        credentials, has_credentials, place = rest.rpartition("@")
-        access, has_colon, secret = credentials.partition(":")
-        if has_credentials and not (has_colon and _same(access, self._access_key) and _same(secret, self._secret_key)):
-            _refuse("credentials that are not this store's")
-        if "%" in place:
-            _refuse("a percent-encoded name")
-        netloc, _, path = place.partition("/")
-        if self._host_and_port(netloc) != (self.endpoint.host, self.endpoint.port):
-            _refuse("another host or port")
-        *folder, key = path.split("/")
-        if tuple(folder) != (*self.endpoint.path, self.bucket):
-            _refuse("another bucket or path")
-        if not (FINAL_KEY.fullmatch(key) or (is_scratch_allowed and SCRATCH_KEY.fullmatch(key))):
-            _refuse("not an object name this store writes")
-        return key
-
-    def _host_and_port(self, netloc: str) -> tuple[str, int]:
-        has_port = netloc.rfind(":") > netloc.rfind("]")
-        host, _, port = netloc.rpartition(":") if has_port else (netloc, "", "")
-        if not HOST_NAME.fullmatch(host := host.lower()):
-            _refuse("not a host name")
-        if not has_port:
-            return host, DEFAULT_PORTS[self.endpoint.transport]
-        if not PORT.fullmatch(port) or int(port) > 65535:
-            _refuse("not a port number")
-        return host, int(port)
+        return DataIdentity(self.url_for(self.names.key_of(url, is_scratch_allowed=True)))
 
     # The client and its errors -----------------------------------------------------------------------------
 
@@ -287,8 +187,8 @@ class S3Store:
 
         What the chunks or ready() raise goes through unchanged, once whatever was written is removed.
         """
-        final = self._key_of(target.url, is_scratch_allowed=False)
-        scratch = self._key_of(target.scratch_url, is_scratch_allowed=True)
+        final = self.names.key_of(target.url, is_scratch_allowed=False)
+        scratch = self.names.key_of(target.scratch_url, is_scratch_allowed=True)
         if not SCRATCH_KEY.fullmatch(scratch):
             raise ValueError("an upload's scratch name must be the one plan_upload() gave")
         if self.creates_bucket:
@@ -385,7 +285,7 @@ class S3Store:
 
     def get(self, url: str, chunk_bytes: int) -> Iterator[bytes]:
         """Stream the object in chunks of at most chunk_bytes; missing data fails here, not at the first read."""
-        body = self._request("get", "get_object", Key=self._key_of(url, is_scratch_allowed=True))["Body"]
+        body = self._request("get", "get_object", Key=self.names.key_of(url, is_scratch_allowed=True))["Body"]
         return self._read(body, chunk_bytes)
 
     def _read(self, body: Any, chunk_bytes: int) -> Iterator[bytes]:
@@ -397,7 +297,7 @@ class S3Store:
 
     def get_size(self, url: str) -> int:
         """The object's size; for an incomplete multipart upload under the name, the bytes of its parts."""
-        key = self._key_of(url, is_scratch_allowed=True)
+        key = self.names.key_of(url, is_scratch_allowed=True)
         try:
             return self._request("size", "head_object", Key=key)["ContentLength"]
         except StoreNotFoundError:
@@ -408,7 +308,7 @@ class S3Store:
 
     def delete(self, url: str) -> None:
         """Abort the name's incomplete multipart uploads, then delete its object; already gone is fine."""
-        self._delete_key(self._key_of(url, is_scratch_allowed=True))
+        self._delete_key(self.names.key_of(url, is_scratch_allowed=True))
 
     def _delete_key(self, key: str) -> None:
         for upload_id in self._uploads_of(key):  # first: a claimed name keeps its object until the end

@@ -1,4 +1,4 @@
-"""The rbd store's URL reader (locations/stores/rbd.py): hostile location URLs, and spellings of one image.
+"""The rbd store's URL reader (locations/stores/rbd_names.py): hostile location URLs, and spellings of one image.
 
 No cluster and no Ceph modules: RbdLocations is given the cluster's fsid as the store would find it. The
 store's options are checked before it imports rados, so their refusals are tested here too.
@@ -9,7 +9,8 @@ import re
 import pytest
 
 from locations.stores.base import StoreError
-from locations.stores.rbd import RbdLocations, RbdStore
+from locations.stores.rbd import RbdStore
+from locations.stores.rbd_names import RbdLocations
 from locquota.errors import LocationOutsideStore
 
 FSID = "7b4c2e1a-3f5d-4e6b-8a9c-0d1e2f3a4b5c"
