@@ -84,6 +84,10 @@ class UnknownStore(LocquotaError):
     code = "unknown_store"
 
 
+class StoreNotEnabled(LocquotaError):
+    status, code = 409, "store_not_enabled"  # Glance's 409 for a store not enabled on this node
+
+
 class InvalidTenantId(LocquotaError):
     code = "invalid_tenant_id"
 

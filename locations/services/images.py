@@ -147,6 +147,12 @@ class ImageService:
             self._locations.apply(caller, image, patch.locations)
         return image
 
+    def remove_from_store(self, caller: Identity, image_id: uuid.UUID, store_name: str) -> None:
+        """DELETE /v2/stores/{store}/{image}: the image's data in one store leaves service (Glance's rules)."""
+        self._locations.check_store_enabled(store_name)  # 409 first, as Glance answers before it looks
+        image = self.get(caller, image_id, "delete_image_location", for_update=True, with_details=False)
+        self._locations.remove_from_store(image, store_name)
+
     def _patch_properties(self, caller: Identity, image: Image, changes: list[PatchOperation]) -> None:
         document = self._editable_document(image)
         operations = []

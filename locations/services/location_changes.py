@@ -34,6 +34,8 @@ from locquota.errors import (
     LocationDataMissing,
     LocationInUse,
     LocationPendingDelete,
+    NotFound,
+    StoreNotEnabled,
     StoreUnavailable,
 )
 from locquota.identity import Identity
@@ -87,6 +89,36 @@ class LocationChanges:
         self._db.flush()
         if retired and self._delay is None:
             ids = [location.id for location in retired]
+            delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids, vault=self._vault)
+
+    def check_store_enabled(self, store_name: str) -> None:
+        """409 unless the store is configured here."""
+        if self._stores.get(store_name) is None:
+            raise StoreNotEnabled("The store is not enabled here.", store=store_name[:64])
+
+    def remove_from_store(self, image: Image, store_name: str) -> None:
+        """Retire the image's active locations in one store (the caller may: delete_image_location, checked).
+
+        Glance's rules: only an active image (409), never its only location (403: an image keeps data
+        somewhere), 404 if it has none in that store. Retired as a removed location is: pending_delete,
+        charged until scrubbed, or deleted at once without delayed delete.
+        """
+        if image.status is not ImageStatus.ACTIVE:
+            raise InvalidImageStatus("Data can only be removed from a store of an active image.")
+        active = image.active_locations
+        if len(active) == 1:
+            raise Forbidden("Cannot delete image data from the only store containing it.")
+        in_store = [location for location in active if location.store == store_name]
+        if not in_store:
+            raise NotFound("The image has no data in this store.")
+        if len(in_store) == len(active):
+            raise Forbidden("Cannot delete image data from the only store containing it.")
+        for location in in_store:
+            self._lifecycle.retire(location, delay=self._delay or timedelta(0))
+        image.updated_at = self._clock.now()
+        self._db.flush()
+        if self._delay is None:
+            ids = [location.id for location in in_store]
             delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids, vault=self._vault)
 
     def _replace(

@@ -243,3 +243,25 @@ def test_hostile_urls_are_refused_without_echoing_them(glance, live_url, token, 
     assert [(url, status, echoed) for url, status, echoed in refused if status != 400 or echoed] == []
     assert glance.images.get(image.id)["status"] == "queued"
     assert usage_of("p1")["space"] == {}
+
+
+def test_glanceclient_removes_an_images_data_from_one_backend(
+    glance, live_url, issue_token, backends, stores, scrub, usage_of, cleanup
+):
+    image = glance.images.create(name="in-two-backends", disk_format="raw", container_format="bare")
+    glance.images.upload(image.id, io.BytesIO(DATA), backend="ceph")
+    cleanup.append(("ceph", glance.images.get(image.id)["locations"][0]["url"]))
+    copy = stores["s3"].add(stores["s3"].plan_upload(uuid.uuid4()), iter([DATA]))
+    cleanup.append(("s3", copy))
+    glance.images.add_location(image.id, copy, {})
+    admin = glanceclient.Client(endpoint=f"{live_url}/v2", token=issue_token("operators", "admin"))
+
+    admin.images.delete_from_store("s3", image.id)  # `glance stores-delete --store s3 <image>`
+
+    shown = glance.images.get(image.id)
+    assert (shown["status"], shown["stores"]) == ("active", "ceph")
+    assert usage_of("p1")["space"] == {("ceph", "active"): (len(DATA), 1), ("s3", "pending_delete"): (len(DATA), 1)}
+    scrub()
+    assert copy.rsplit("/", 1)[1] not in backends.names("s3")
+    assert usage_of("p1")["space"] == {("ceph", "active"): (len(DATA), 1)}
+    assert b"".join(glance.images.data(image.id)) == DATA
