@@ -10,8 +10,10 @@ from locations.services.factories import (
     image_catalog_factory,
     image_data_service_factory,
     image_service_factory,
+    location_api_factory,
 )
 from locations.services.images import ImageService
+from locations.services.location_api import LocationApi
 from locations.services.upload import ImageDataService
 from locations.services.url_encryption import check_key_ring, refuse_plaintext
 from locations.stores.base import StoreRegistry, load_stores
@@ -31,6 +33,7 @@ def includeme(config: Configurator) -> None:
     config.include(".routes")
     config.register_service(stores, iface=StoreRegistry)
     config.register_service_factory(image_service_factory, iface=ImageService)
+    config.register_service_factory(location_api_factory, iface=LocationApi)
     config.register_service_factory(image_catalog_factory, iface=ImageCatalog)
     config.register_service_factory(deletion_service_factory, iface=DeletionService)
     config.register_service_factory(backlog_service_factory, iface=BacklogService)

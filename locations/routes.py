@@ -15,6 +15,7 @@ def includeme(config: Configurator) -> None:
     config.add_route("images.item", "/v2/images/{image_id}")
     config.add_route("images.file", "/v2/images/{image_id}/file")
     config.add_route("images.tag", "/v2/images/{image_id}/tags/{tag}")
+    config.add_route("images.locations", "/v2/images/{image_id}/locations")
     config.add_route("stores.image", "/v2/stores/{store_id}/{image_id}")
     config.add_route("admin.restore", "/v1/images/{image_id}/restore")
     config.add_route("admin.backlog", "/v1/scrubber/backlog")

@@ -8,6 +8,7 @@ from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
 from locations.services.deletion import DeletionService
 from locations.services.images import ImageService
+from locations.services.location_api import LocationApi
 from locations.services.location_changes import LocationChanges
 from locations.services.scrubbing import ScrubPolicy
 from locations.services.upload import ImageDataService
@@ -20,13 +21,13 @@ from locquota.settings import Settings
 from quota.services.limits import LimitService
 
 
-def image_service_factory(_context: object, request: Request) -> ImageService:
-    """The image service for this request's session, with the location rules of this deployment."""
-    settings, clock = request.settings, request.find_service(Clock)
-    locations = LocationChanges(
+def _location_changes(request: Request) -> LocationChanges:
+    """Location changes in this request's session, with the location rules of this deployment."""
+    settings = request.settings
+    return LocationChanges(
         request.db,
         request.find_service(StoreRegistry),
-        clock,
+        request.find_service(Clock),
         lambda: commit_and_begin(request.tm),
         scrub_policy(settings),
         request.find_service(LimitService),
@@ -35,7 +36,23 @@ def image_service_factory(_context: object, request: Request) -> ImageService:
         multi_store=settings.is_multi_store,
         vault=request.find_service(UrlVault),
     )
-    return ImageService(request.db, clock, locations, request.find_service(LimitService))
+
+
+def image_service_factory(_context: object, request: Request) -> ImageService:
+    """The image service for this request's session."""
+    clock = request.find_service(Clock)
+    return ImageService(request.db, clock, _location_changes(request), request.find_service(LimitService))
+
+
+def location_api_factory(_context: object, request: Request) -> LocationApi:
+    """The v2.17 locations API for this request."""
+    return LocationApi(
+        request.find_service(ImageService),
+        _location_changes(request),
+        request.find_service(StoreRegistry),
+        request.settings.upload_chunk_bytes,
+        vault=request.find_service(UrlVault),
+    )
 
 
 def scrub_policy(settings: Settings) -> ScrubPolicy:

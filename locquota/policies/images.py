@@ -35,6 +35,14 @@ RULES = [
     _rule("set_image_location", base.ADMIN_OR_PROJECT_MEMBER, "Add or replace an image's locations.", "PATCH", IMAGE),
     _rule("delete_image_location", base.ADMIN, "Remove a location from an image.", "PATCH", IMAGE),
     _rule(
+        "add_image_location",
+        base.SERVICE_OR_MEMBER_OF_OWNER,
+        "Add a location to a queued image (the v2.17 locations API; http URLs only without the service role).",
+        "POST",
+        f"{IMAGE}/locations",
+    ),
+    _rule("fetch_image_location", base.SERVICE, "List an image's locations.", "GET", f"{IMAGE}/locations"),
+    _rule(
         "stores_info_detail",
         f"{base.ADMIN} or {base.SERVICE}",
         "Show every store's type.",

@@ -27,6 +27,12 @@ RULES = [
     _rule("locquota:limits:set", base.ADMIN, "Set a project's limits.", [("PUT", "/v1/tenants/{tenant}/limits")]),
     _rule("locquota:backlog:get", base.ADMIN, "Read the scrubber's backlog.", [("GET", "/v1/scrubber/backlog")]),
     _rule(
+        "locquota:location:any_store",
+        "role:service",
+        "Add a location in any store through the locations API (Glance: the service role; others: http stores only).",
+        [("POST", "/v2/images/{image_id}/locations")],
+    ),
+    _rule(
         "locquota:image:restore",
         base.ADMIN,
         "Restore a pending_delete image before its data is scrubbed.",

@@ -1,5 +1,6 @@
 """glanceclient's location calls (add_location, delete_locations) against a deployment that shows locations."""
 
+import hashlib
 import io
 
 import glanceclient
@@ -79,3 +80,19 @@ def test_another_project_cannot_reach_an_uploaded_file_under_another_spelling(gl
 
     assert other_glance.images.get(intruder.id)["status"] == "queued"
     assert b"".join(glance.images.data(image.id)) == b"p1's bytes"
+
+
+def test_the_v2_17_locations_api_through_glanceclient(glance, live_url, issue_token, store_root):
+    """`glance add-location` on a queued image as a service does it (Nova, Cinder), then the locations listed."""
+    service = glanceclient.Client(endpoint=f"{live_url}/v2", token=issue_token("p1", "member,service"))
+    image = glance.images.create(name="v2.17", disk_format="raw", container_format="bare")
+    url = stored_file(store_root, "by-service", b"added by a service")
+    validation = {"os_hash_algo": "sha512", "os_hash_value": hashlib.sha512(b"added by a service").hexdigest()}
+
+    shown = service.images.add_image_location(image.id, url, validation)
+
+    assert (shown["status"], shown["os_hash_value"]) == ("active", validation["os_hash_value"])
+    assert service.images.get_image_locations(image.id) == [{"url": url, "metadata": {}}]
+    with pytest.raises(exc.HTTPForbidden):
+        glance.images.get_image_locations(image.id)  # a member may not list them
+    assert b"".join(glance.images.data(image.id)) == b"added by a service"
