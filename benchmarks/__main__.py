@@ -1,4 +1,4 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption] [--sizes ...]: all by default.
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores]: all by default.
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
@@ -10,7 +10,9 @@ locations, and concurrent admissions on one tenant against the raw conditional U
 The import part
 (benchmarks.import_glance, `--only import`) times `locquota import-glance` of a synthetic Glance database
 and compares its peak RSS at 10k and 100k images. The encryption part (benchmarks.encryption) compares adding
-a location and listing with location URLs sealed and not, and times key rotation. All run by default.
+a location and listing with location URLs sealed and not, and times key rotation. The stores part
+(benchmarks.stores) starts the test suite's Ceph, Keystone and Swift and times upload, download and peak RSS of
+file, rbd, s3 and swift images of 1 to 512 MiB, and the scrubber's deletions/s on each. All run by default.
 Run it from the repository root (it imports `tests.servers`).
 """
 
@@ -18,13 +20,14 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import encryption, import_glance, quota, report, scrape, scrubber
+from benchmarks import encryption, import_glance, quota, report, scrape, scrubber, stores
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.deployment import fresh_database
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
@@ -69,11 +72,12 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     is_flag=True,
     help=f"API: size {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests; scrubber: a"
     f" {scrubber.SMOKE_BACKLOG}-location backlog; quota: {quota.SMOKE_SIZES[0]} locations, clients"
-    f" {','.join(map(str, quota.SMOKE_CLIENTS))} (for CI).",
+    f" {','.join(map(str, quota.SMOKE_CLIENTS))}; stores: {stores.SMOKE_SIZES[0] >> 20} MiB images and a"
+    f" {stores.SMOKE_BACKLOG}-object backlog (for CI).",
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption"]),
+    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption", "stores"]),
     help="Run one part only. [default: all]",
 )
 @click.option(
@@ -115,31 +119,22 @@ def main(  # keyword-only: click passes every option by name
     quota_sizes: tuple[int, ...] | None,
     import_sizes: tuple[int, ...] | None,
 ) -> None:
-    """Time the read endpoints, the scrubber, quota accounting, the /metrics scrape and the Glance import."""
+    """Time the read endpoints, the scrubber, quota accounting, the /metrics scrape, the Glance import and stores."""
     with postgresql_server() as admin_url:
         report.print_facts(report.machine_facts(_server_version(admin_url)))
-        if only in (None, "api"):
-            _api(admin_url, smoke, sizes, rounds, warmup, seed)
-        if only is None:
-            print()
-        if only in (None, "scrubber"):
-            scrubber.benchmark(admin_url, smoke=smoke, backlog_size=scrub_backlog)
-        if only is None:
-            print()
-        if only in (None, "quota"):
-            quota.benchmark(admin_url, smoke=smoke, sizes=quota_sizes)
-        if only is None:
-            print()
-        if only in (None, "scrape"):
-            scrape.benchmark(admin_url, smoke=smoke)
-        if only is None:
-            print()
-        if only in (None, "import"):
-            import_glance.benchmark(admin_url, smoke=smoke, sizes=import_sizes)
-        if only is None:
-            print()
-        if only in (None, "encryption"):
-            encryption.benchmark(admin_url, smoke=smoke)
+        parts: list[tuple[str, Callable[[], None]]] = [
+            ("api", lambda: _api(admin_url, smoke, sizes, rounds, warmup, seed)),
+            ("scrubber", lambda: scrubber.benchmark(admin_url, smoke=smoke, backlog_size=scrub_backlog)),
+            ("quota", lambda: quota.benchmark(admin_url, smoke=smoke, sizes=quota_sizes)),
+            ("scrape", lambda: scrape.benchmark(admin_url, smoke=smoke)),
+            ("import", lambda: import_glance.benchmark(admin_url, smoke=smoke, sizes=import_sizes)),
+            ("encryption", lambda: encryption.benchmark(admin_url, smoke=smoke)),
+            ("stores", lambda: stores.benchmark(admin_url, smoke=smoke)),
+        ]
+        for number, (_name, run) in enumerate(part for part in parts if only in (None, part[0])):
+            if number:
+                print()
+            run()
 
 
 def _api(
