@@ -104,6 +104,7 @@ OPTIONS = (
     *IGNORED_OPTIONS,
 )
 # What the client stack raises besides ClientException: Keystone's, requests', urllib3's, sockets', JSON's.
+BUFFER_BYTES = 4 * MIB  # what an upload holds in memory: a small image whole, else one piece of a segment
 CLIENT_ERRORS = (
     keystone_errors.ClientException,
     requests.RequestException,
@@ -142,6 +143,42 @@ class _ViewReader:
     def seek(self, offset: int) -> None:
         """Swiftclient rewinds a body it sends again (swift_store_retries = 1)."""
         self._offset = offset
+
+
+class _Incoming:
+    """The upload's chunks, taken in pieces of a bounded size; what the chunks raise is kept in `failure`.
+
+    A segment's body is pulled by the HTTP library while it sends: the client's own error must still reach the
+    caller unchanged, whatever the library wraps it in.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._held = chunks, bytearray()
+        self.failure: BaseException | None = None
+
+    def take(self, most: int) -> bytes:
+        """Up to `most` bytes; fewer only at the end (b"" once everything was taken)."""
+        while len(self._held) < most:
+            try:
+                chunk = next(self._chunks, None)
+            except BaseException as exc:
+                self.failure = exc
+                raise
+            if chunk is None:
+                break
+            self._held += chunk
+        piece = bytes(self._held[:most])
+        del self._held[:most]
+        return piece
+
+    def give_back(self, piece: bytes) -> None:
+        """Put bytes taken back in front (they are sent first)."""
+        self._held[:0] = piece
+
+    def has_more(self) -> bool:
+        piece = self.take(1)
+        self.give_back(piece)
+        return bool(piece)
 
 
 class SwiftStore:
@@ -282,32 +319,40 @@ class SwiftStore:
     # Writing ---------------------------------------------------------------------------------------------------
 
     def add(self, target: UploadTarget, chunks: Iterable[bytes], ready: Callable[[], None] = lambda: None) -> str:
-        """Buffer one segment: a small image is one conditional PUT, a larger one segments and an SLO manifest.
+        """A small image is one conditional PUT from memory; a larger one is streamed as segments, then an SLO.
 
-        What the chunks or ready() raise goes through unchanged, once the segments written are removed. When a
-        manifest PUT may have landed (no answer, or a 5xx), the segments stay: the upload's names find them.
+        Memory holds at most one buffer (BUFFER_BYTES, or the segment size if smaller) whatever the image's
+        size: segments go up as chunked PUTs fed straight from the incoming chunks. What the chunks or ready()
+        raise goes through unchanged, once the segments written are removed. When a manifest PUT may have
+        landed (no answer, or a 5xx), the segments stay: the upload's names find them.
         """
         final, scratch = self.names.object_name(target.url), self.names.object_name(target.scratch_url)
         if not self.names.is_final(final) or not scratch.startswith(f"{final}."):
             raise StoreError(f"swift store {self.name}: the upload's names were not planned by this store")
-        buffer, segments, manifest_sent = bytearray(), [], False
+        incoming = _Incoming(iter(chunks))
+        segments: list[dict[str, Any]] = []
+        manifest_sent = False
         try:
-            for chunk in chunks:
-                buffer += chunk
-                while len(buffer) > self._segment_bytes:
-                    self._put_segment(scratch, segments, buffer)
-            if segments or len(buffer) > self._large_object_bytes:
-                while buffer:
-                    self._put_segment(scratch, segments, buffer)
+            small = min(BUFFER_BYTES, self._segment_bytes, self._large_object_bytes)
+            head = incoming.take(small + 1)
+            if len(head) <= small:  # all of it: one PUT
+                ready()
+                self._put_new(final, head, {})
+                return target.url
+            incoming.give_back(head)
+            if self._create_container:  # a streamed body cannot be sent again after a 404 for the container
+                with self._translated("PUT container"):
+                    self._connection().put_container(self.container)
+            while incoming.has_more():
+                self._put_streamed_segment(scratch, segments, incoming)
             ready()
-            manifest_sent = bool(segments)  # from here on, only this store's own calls can fail
-            if segments:
-                self._put_manifest(final, scratch, segments)
-            else:
-                self._put_new(final, buffer, {})
+            manifest_sent = True  # from here on, only this store's own calls can fail
+            self._put_manifest(final, scratch, segments)
         except BaseException as exc:
             if segments and (not manifest_sent or _surely_not_written(exc)):
                 self._sweep_quietly(scratch, segments)
+            if incoming.failure is not None and exc is not incoming.failure:
+                raise incoming.failure from None  # the client's own error, whatever the HTTP library made of it
             raise
         return target.url
 
@@ -338,15 +383,29 @@ class SwiftStore:
                 raise StoreDuplicateError(f"swift store {self.name}: data is already stored under this name") from exc
             raise
 
-    def _put_segment(self, scratch: str, segments: list[dict[str, Any]], buffer: bytearray) -> None:
-        """Send the buffer's first segment under the scratch prefix and drop it from the buffer."""
+    def _put_streamed_segment(self, scratch: str, segments: list[dict[str, Any]], incoming: "_Incoming") -> None:
+        """Send the next segment under the scratch prefix as a chunked PUT, hashed on the way (Swift's ETag checked)."""
         if len(segments) >= self._max_segments():
             raise StoreError(f"swift store {self.name}: the image needs more segments than a manifest may list")
-        name, size = f"{scratch}/{len(segments) + 1:08d}", min(len(buffer), self._segment_bytes)
-        with memoryview(buffer) as view, view[:size] as piece:
-            etag = self._put(name, piece, {})
-        del buffer[:size]
-        segments.append({"path": f"/{self.container}/{name}", "etag": etag, "size_bytes": size})
+        name, digest, sent = f"{scratch}/{len(segments) + 1:08d}", hashlib.md5(usedforsecurity=False), 0
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            while sent < self._segment_bytes:
+                piece = incoming.take(min(self._segment_bytes - sent, BUFFER_BYTES))
+                if not piece:
+                    return
+                digest.update(piece)
+                sent += len(piece)
+                yield piece
+
+        with self._translated("PUT"):
+            etag = self._connection().put_object(self.container, name, body())
+        if incoming.failure is not None:
+            raise incoming.failure
+        if etag != digest.hexdigest():
+            raise StoreError(f"swift store {self.name}: PUT: Swift stored other bytes than were sent")
+        segments.append({"path": f"/{self.container}/{name}", "etag": etag, "size_bytes": sent})
 
     def _put_manifest(self, final: str, scratch: str, segments: list[dict[str, Any]]) -> None:
         """Make the image appear: the manifest PUT fails (412) if anything is already at its name."""
