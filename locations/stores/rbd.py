@@ -281,6 +281,7 @@ class RbdStore:
                     if not (self.is_thin and block.count(0) == len(block)):
                         image.write(block, offset)
                 offset += len(block)
+                del block  # not held while the next block is gathered: memory stays at about two blocks
             with self._calls("add"):
                 if size_bytes != offset:
                     image.resize(offset)
@@ -430,5 +431,6 @@ def _blocks(chunks: Iterable[bytes], block_bytes: int) -> Iterator[bytes]:
                 pending.clear()
                 pending_bytes = 0
                 yield block
+                del block  # the caller has written it: not kept while the next one is gathered
     if pending_bytes:
         yield b"".join(pending)
