@@ -3,10 +3,13 @@
 Small parts and segments, so that a few MiB of data go through every store's multi-part path.
 """
 
-from collections.abc import Mapping
+from pathlib import Path
 
 from tests.ceph import CephCluster
+from tests.conftest import multi_store
 from tests.swift import SwiftCluster
+
+TYPES = {"ceph": "rbd", "s3": "s3", "swift": "swift"}
 
 
 def backend_options(ceph: CephCluster, swift: SwiftCluster, bucket: str, container: str) -> dict[str, dict[str, str]]:
@@ -36,8 +39,11 @@ def backend_options(ceph: CephCluster, swift: SwiftCluster, bucket: str, contain
     }
 
 
-def store_settings(options: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """The .ini keys of store sections: locquota.store.<name>.<option>."""
-    return {
-        f"locquota.store.{name}.{key}": value for name, section in options.items() for key, value in section.items()
-    }
+def with_real_stores(
+    settings: dict[str, str], ceph: CephCluster, swift: SwiftCluster, bucket: str, container: str, local: Path
+) -> dict[str, str]:
+    """The suite's settings with four stores: `local` (file, the default), `ceph` (rbd), `s3` and `swift`."""
+    options = backend_options(ceph, swift, bucket, container)
+    stores = {"local": ("file", {"filesystem_store_datadir": str(local)})}
+    stores |= {name: (TYPES[name], section) for name, section in options.items()}
+    return multi_store(settings, "local", stores)

@@ -203,6 +203,27 @@ def ini(settings: dict[str, str], tmp_path: Path) -> Path:
     return write_ini(tmp_path / "locquota.ini", settings)
 
 
+def multi_store(
+    settings: dict[str, str], default: str, stores: dict[str, tuple[str, dict[str, str]]]
+) -> dict[str, str]:
+    """The suite's settings with Glance's multi-store configuration in place of its one file store.
+
+    stores: name -> (type, options with glance_store's names); default: the store uploads go to.
+    """
+    single_store = ("locquota.enabled_stores", "locquota.default_store")
+    kept = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
+    return {
+        **{key: value for key, value in kept.items() if key not in single_store},
+        "locquota.enabled_backends": ", ".join(f"{name}:{kind}" for name, (kind, _) in stores.items()),
+        "locquota.default_backend": default,
+        **{
+            f"locquota.store.{name}.{key}": value
+            for name, (_, section) in stores.items()
+            for key, value in section.items()
+        },
+    }
+
+
 def identity(tenant: str, *roles: str) -> dict[str, str]:
     """The headers keystonemiddleware's auth_token filter sets for an authenticated caller (noauth reads them)."""
     return {"X-Identity-Status": "Confirmed", "X-Project-Id": tenant, "X-Roles": ",".join(roles or ("member",))}

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from locations.models import Location, LocationStatus
 from locquota.cli import cli
 from locquota.db import make_engine
-from tests.backends import backend_options
+from tests.backends import TYPES, backend_options, with_real_stores
 from tests.ceph import CephCluster
 from tests.conftest import write_ini
 from tests.glance_stores import glance_stores
@@ -35,7 +35,6 @@ FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "glance"
 # (an image deleted with delayed delete, a location removed, a 2-location image being scrubbed), one active.
 MOVED = {17: ("ceph", "pending_delete"), 26: ("s3", "pending_delete"), 4: ("swift", "pending_delete")}
 KEPT = {21: ("ceph", "active")}
-TYPES = {"ceph": "rbd", "s3": "s3", "swift": "swift"}
 # glance_store's swift store logs in through python-keystoneclient's deprecated session-less client.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -84,20 +83,11 @@ def glance_database(tmp_path: Path, glance_written: dict[int, tuple[str, str]]) 
 
 @pytest.fixture
 def ini(settings, ceph, swift, names, tmp_path: Path) -> Path:
-    single = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    single.pop("locquota.enabled_stores")
-    single.pop("locquota.default_store")
-    options = backend_options(ceph, swift, names["bucket"], names["container"])
+    stores = with_real_stores(settings, ceph, swift, names["bucket"], names["container"], tmp_path / "local")
     return write_ini(
         tmp_path / "locquota.ini",
         {
-            **single,
-            "locquota.enabled_backends": "local:file, ceph:rbd, s3:s3, swift:swift",
-            "locquota.default_backend": "local",
-            "locquota.store.local.filesystem_store_datadir": str(tmp_path / "local"),
-            **{
-                f"locquota.store.{name}.{key}": value for name, items in options.items() for key, value in items.items()
-            },
+            **stores,
             "locquota.scrub_time": "0",
         },
     )

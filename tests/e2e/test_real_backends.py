@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from locations.stores.base import Store, load_stores
 from locquota.cli import cli
-from tests.backends import backend_options
+from tests.backends import TYPES, backend_options, with_real_stores
 from tests.ceph import CephCluster
 from tests.swift import SwiftCluster
 
@@ -59,21 +59,12 @@ def backends(ceph: CephCluster, swift: SwiftCluster) -> Backends:
 
 @pytest.fixture
 def live_settings(settings: dict[str, str], backends: Backends, tmp_path: Path) -> dict[str, str]:
-    single = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    single.pop("locquota.enabled_stores")
-    single.pop("locquota.default_store")
-    options = backend_options(backends.ceph, backends.swift, backends.bucket, backends.container)
+    stores = with_real_stores(
+        settings, backends.ceph, backends.swift, backends.bucket, backends.container, tmp_path / "local"
+    )
     return {
-        **single,
+        **stores,
         "locquota.auth_strategy": "tokens",
-        "locquota.enabled_backends": "local:file, ceph:rbd, s3:s3, swift:swift",
-        "locquota.default_backend": "local",
-        "locquota.store.local.filesystem_store_datadir": str(tmp_path / "local"),
-        **{
-            f"locquota.store.{store}.{key}": value
-            for store, section in options.items()
-            for key, value in section.items()
-        },
         "locquota.show_multiple_locations": "true",
         "locquota.delayed_delete": "true",
         "locquota.scrub_time": "0",
@@ -85,7 +76,7 @@ def live_settings(settings: dict[str, str], backends: Backends, tmp_path: Path) 
 def stores(live_settings: dict[str, str], backends: Backends) -> dict[str, Store]:
     """The same stores as the server's, for writing data a location is then added for."""
     options = backend_options(backends.ceph, backends.swift, backends.bucket, backends.container)
-    return load_stores([(name, kind) for name, kind in zip(BACKENDS, ("rbd", "s3", "swift"), strict=True)], options)
+    return load_stores(list(TYPES.items()), options)
 
 
 @pytest.fixture

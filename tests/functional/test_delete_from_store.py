@@ -15,7 +15,7 @@ from locations.models import Location, LocationStatus
 from locations.scrubber import Scrubber
 from locations.stores.base import StoreRegistry
 from locations.stores.file import FileStore
-from tests.conftest import identity
+from tests.conftest import identity, multi_store
 from tests.fakes import POLICY, SCRUB_TIME, scrub_settings, unit_of_work_on
 
 TENANT = identity("tenant-a")
@@ -27,20 +27,9 @@ DATA = b"d" * 300
 
 
 def two_store_settings(settings, tmp_path, *, delayed_delete: bool) -> dict[str, str]:
-    single = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    single.pop("locquota.enabled_stores")
-    single.pop("locquota.default_store")
-    return scrub_settings(
-        {
-            **single,
-            "locquota.enabled_backends": "fast:file, cheap:file",
-            "locquota.default_backend": "fast",
-            "locquota.store.fast.filesystem_store_datadir": str(tmp_path / "fast"),
-            "locquota.store.cheap.filesystem_store_datadir": str(tmp_path / "cheap"),
-            "locquota.show_multiple_locations": "true",
-        },
-        delayed_delete=delayed_delete,
-    )
+    stores = {name: ("file", {"filesystem_store_datadir": str(tmp_path / name)}) for name in ("fast", "cheap")}
+    raw = {**multi_store(settings, "fast", stores), "locquota.show_multiple_locations": "true"}
+    return scrub_settings(raw, delayed_delete=delayed_delete)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locations.stores.http import HttpStore
 from locquota.errors import LocationOutsideStore
-from tests.conftest import closed_port_url, identity
+from tests.conftest import closed_port_url, identity, multi_store
 from tests.fakes import POLICY, SCRUB_TIME, scrub_settings, unit_of_work_on
 from tests.web_server import DATA, WebServer, base, web_fixture  # noqa: F401  (web_fixture: the `web` fixture)
 
@@ -140,18 +140,11 @@ def test_options_are_checked_at_start(options, message):
 
 @pytest.fixture
 def web_app(make_app, settings, tmp_path, web):
-    raw = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    raw.pop("locquota.enabled_stores")
-    raw.pop("locquota.default_store")
-    raw.update(
-        {
-            "locquota.enabled_backends": "local:file, web:http",
-            "locquota.default_backend": "local",
-            "locquota.store.local.filesystem_store_datadir": str(tmp_path / "local"),
-            "locquota.store.web.http_store_allowed_hosts": f"127.0.0.1:{web.server_port}",
-            "locquota.show_multiple_locations": "true",
-        }
-    )
+    stores = {
+        "local": ("file", {"filesystem_store_datadir": str(tmp_path / "local")}),
+        "web": ("http", {"http_store_allowed_hosts": f"127.0.0.1:{web.server_port}"}),
+    }
+    raw = {**multi_store(settings, "local", stores), "locquota.show_multiple_locations": "true"}
     return make_app(scrub_settings(raw, delayed_delete=True))
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import identity
+from tests.conftest import identity, multi_store
 from tests.web_server import DATA, base, web_fixture  # noqa: F401  (web_fixture: the `web` fixture)
 
 MEMBER = identity("tenant-a")
@@ -22,18 +22,11 @@ FILE_DATA = b"file data " * 1000
 
 @pytest.fixture
 def api(make_app, settings, tmp_path, web):
-    single = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    single.pop("locquota.enabled_stores")
-    single.pop("locquota.default_store")
-    return make_app(
-        {
-            **single,
-            "locquota.enabled_backends": "local:file, web:http",
-            "locquota.default_backend": "local",
-            "locquota.store.local.filesystem_store_datadir": str(tmp_path / "local"),
-            "locquota.store.web.http_store_allowed_hosts": f"127.0.0.1:{web.server_port}",
-        }
-    )
+    stores = {
+        "local": ("file", {"filesystem_store_datadir": str(tmp_path / "local")}),
+        "web": ("http", {"http_store_allowed_hosts": f"127.0.0.1:{web.server_port}"}),
+    }
+    return make_app(multi_store(settings, "local", stores))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from locations.models import Location
 from locquota.settings import Settings, SettingsError
-from tests.conftest import identity
+from tests.conftest import identity, multi_store
 
 IMAGE = {"name": "ms", "disk_format": "raw", "container_format": "bare"}
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -17,18 +17,11 @@ OCTET = {"Content-Type": "application/octet-stream"}
 
 @pytest.fixture
 def multi_settings(settings, tmp_path) -> dict[str, str]:
-    single = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    single.pop("locquota.enabled_stores")
-    single.pop("locquota.default_store")
-    return {
-        **single,
-        "locquota.enabled_backends": "fast:file, cheap:file",
-        "locquota.default_backend": "fast",
-        "locquota.store.fast.filesystem_store_datadir": str(tmp_path / "fast"),
-        "locquota.store.fast.store_description": "Fast SSDs",
-        "locquota.store.cheap.filesystem_store_datadir": str(tmp_path / "cheap"),
-        "locquota.show_multiple_locations": "true",
+    stores = {
+        "fast": ("file", {"filesystem_store_datadir": str(tmp_path / "fast"), "store_description": "Fast SSDs"}),
+        "cheap": ("file", {"filesystem_store_datadir": str(tmp_path / "cheap")}),
     }
+    return {**multi_store(settings, "fast", stores), "locquota.show_multiple_locations": "true"}
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locquota.app import configure
 from locquota.clock import Clock
-from tests.conftest import identity
+from tests.conftest import identity, multi_store
 from tests.fakes import POLICY, SCRUB_TIME, FakeFailingStore, scrub_settings, unit_of_work_on
 
 TENANT = identity("tenant-a")
@@ -42,23 +42,18 @@ def registry(roots) -> StoreRegistry:
 
 @pytest.fixture
 def split_app(settings, roots, registry, clock):
-    raw = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    raw.pop("locquota.enabled_stores")
-    raw.pop("locquota.default_store")
-    raw.update(
-        {
-            "locquota.enabled_backends": "fast:file, cheap:file",
-            "locquota.default_backend": "fast",
-            "locquota.store.fast.filesystem_store_datadir": str(roots["fast"]),
-            "locquota.store.cheap.filesystem_store_datadir": str(roots["cheap"]),
-        }
-    )
-    config = configure(scrub_settings(raw, delayed_delete=True))
+    config = configure(scrub_settings(two_stores(settings, roots), delayed_delete=True))
     config.register_service(registry, iface=StoreRegistry)
     config.register_service(clock, iface=Clock)
     router = config.make_wsgi_app()
     yield TestApp(router)
     router.registry["locquota.engine"].dispose()
+
+
+def two_stores(settings, roots) -> dict[str, str]:
+    """fast and cheap, file stores in their own roots."""
+    stores = {name: ("file", {"filesystem_store_datadir": str(root)}) for name, root in roots.items()}
+    return multi_store(settings, "fast", stores)
 
 
 def upload_into(app: TestApp, store: str, data: bytes, status: int = 204):
@@ -116,18 +111,7 @@ def test_what_a_store_failing_mid_write_leaves_goes_to_the_scrubber_not_the_audi
 ):
     failing = FailingMidWriteStore(registry["cheap"].inner)
     stores = StoreRegistry({"fast": registry["fast"], "cheap": failing}, "fast")
-    raw = {key: value for key, value in settings.items() if not key.startswith("locquota.store.")}
-    raw.pop("locquota.enabled_stores")
-    raw.pop("locquota.default_store")
-    raw.update(
-        {
-            "locquota.enabled_backends": "fast:file, cheap:file",
-            "locquota.default_backend": "fast",
-            "locquota.store.fast.filesystem_store_datadir": str(roots["fast"]),
-            "locquota.store.cheap.filesystem_store_datadir": str(roots["cheap"]),
-        }
-    )
-    config = configure(scrub_settings(raw, delayed_delete=True))
+    config = configure(scrub_settings(two_stores(settings, roots), delayed_delete=True))
     config.register_service(stores, iface=StoreRegistry)
     config.register_service(clock, iface=Clock)
     app = TestApp(config.make_wsgi_app())
