@@ -200,14 +200,17 @@ class ImageDataService:
             raise
 
     def _may_have_left_data(self, lease: UploadLease) -> bool:
-        """Whether the store holds something at the upload's names, or cannot say (store calls, no transaction)."""
-        abort_and_begin(self._transactions)
-        upload = self._db.get(Upload, lease.image_id)
-        if upload is None or upload.holder != lease.holder:
-            return False  # taken over: the reaper looks
+        """Whether the store holds something at the upload's names, or cannot say (store calls, no transaction).
+
+        A database or store that cannot answer now means "may have": _give_back then copes, or the lease runs out.
+        """
         try:
+            abort_and_begin(self._transactions)
+            upload = self._db.get(Upload, lease.image_id)
+            if upload is None or upload.holder != lease.holder:
+                return False  # taken over: the reaper looks
             return bool(find_data(self._stores, self._vault, upload))
-        except StoreError:
+        except Exception:  # noqa: BLE001 - a clean-up's question: it must never hide why the upload failed
             return True
 
     def _end_without_data(self, lease: UploadLease, owner: str, status: ImageStatus) -> None:
