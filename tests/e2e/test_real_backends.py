@@ -20,7 +20,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from locations.stores.base import Store, load_stores
+from locations.stores.base import Store, StoreNotFoundError, load_stores
 from locquota.cli import cli
 from tests.backends import TYPES, backend_options, with_real_stores
 from tests.ceph import CephCluster
@@ -127,7 +127,7 @@ def test_a_backend_round_trip_through_glanceclient(store, glance, backends, stor
 
     assert "deleted" in output
     assert [name for name in backends.names(store) if image.id in name] == []
-    with pytest.raises(Exception):  # noqa: B017, PT011  (the store's own error: the data is gone)
+    with pytest.raises(StoreNotFoundError):  # the store answers that the data is gone
         stores[store].get_size(second)
     assert usage_of("p1")["space"] == {}
 
