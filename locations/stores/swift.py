@@ -66,6 +66,7 @@ from locations.stores.base import (
     UploadTarget,
 )
 from locations.stores.options import StoreOptions
+from locations.stores.request_bodies import Incoming, ViewReader
 from locations.stores.swift_names import CREDENTIAL_OPTIONS, PLAIN_NAME, SCRATCH_NAME, SwiftNames, own_reference
 
 MIB = 1024 * 1024
@@ -123,62 +124,6 @@ class _Process:
     session: keystone_session.Session
     local: threading.local = field(default_factory=threading.local)
     max_segments: int | None = None  # from Swift's /info once asked; None: not known
-
-
-class _ViewReader:
-    """A file-like view of bytes already in memory, so a segment is sent without a second copy."""
-
-    def __init__(self, view: memoryview) -> None:
-        self._view, self._offset = view, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size < 0 else min(len(self._view), self._offset + size)
-        piece = self._view[self._offset : end].tobytes()
-        self._offset = end
-        return piece
-
-    def tell(self) -> int:
-        return self._offset
-
-    def seek(self, offset: int) -> None:
-        """Swiftclient rewinds a body it sends again (swift_store_retries = 1)."""
-        self._offset = offset
-
-
-class _Incoming:
-    """The upload's chunks, taken in pieces of a bounded size; what the chunks raise is kept in `failure`.
-
-    A segment's body is pulled by the HTTP library while it sends: the client's own error must still reach the
-    caller unchanged, whatever the library wraps it in.
-    """
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._held = chunks, bytearray()
-        self.failure: BaseException | None = None
-
-    def take(self, most: int) -> bytes:
-        """Up to `most` bytes; fewer only at the end (b"" once everything was taken)."""
-        while len(self._held) < most:
-            try:
-                chunk = next(self._chunks, None)
-            except BaseException as exc:
-                self.failure = exc
-                raise
-            if chunk is None:
-                break
-            self._held += chunk
-        piece = bytes(self._held[:most])
-        del self._held[:most]
-        return piece
-
-    def give_back(self, piece: bytes) -> None:
-        """Put bytes taken back in front (they are sent first)."""
-        self._held[:0] = piece
-
-    def has_more(self) -> bool:
-        piece = self.take(1)
-        self.give_back(piece)
-        return bool(piece)
 
 
 class SwiftStore:
@@ -329,7 +274,7 @@ class SwiftStore:
         final, scratch = self.names.object_name(target.url), self.names.object_name(target.scratch_url)
         if not self.names.is_final(final) or not scratch.startswith(f"{final}."):
             raise StoreError(f"swift store {self.name}: the upload's names were not planned by this store")
-        incoming = _Incoming(iter(chunks))
+        incoming = Incoming(iter(chunks))
         segments: list[dict[str, Any]] = []
         manifest_sent = False
         try:
@@ -364,7 +309,7 @@ class SwiftStore:
                 try:
                     with self._translated("PUT"):
                         return self._connection().put_object(
-                            self.container, name, _ViewReader(view), content_length=len(view), etag=digest,
+                            self.container, name, ViewReader(view), content_length=len(view), etag=digest,
                             headers=headers, query_string=query,
                         )  # fmt: skip
                 except StoreNotFoundError as exc:
@@ -383,7 +328,7 @@ class SwiftStore:
                 raise StoreDuplicateError(f"swift store {self.name}: data is already stored under this name") from exc
             raise
 
-    def _put_streamed_segment(self, scratch: str, segments: list[dict[str, Any]], incoming: "_Incoming") -> None:
+    def _put_streamed_segment(self, scratch: str, segments: list[dict[str, Any]], incoming: Incoming) -> None:
         """Send the next segment under the scratch prefix as a chunked PUT, hashed on the way (Swift's ETag checked)."""
         if len(segments) >= self._max_segments():
             raise StoreError(f"swift store {self.name}: the image needs more segments than a manifest may list")
