@@ -20,7 +20,7 @@ from locations.services.catalog import ImageView
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.images import ImageService
 from locations.services.location_changes import LocationChanges
-from locations.stores.base import StoreError, StoreNotFoundError, StoreRegistry
+from locations.stores.base import Store, StoreError, StoreNotFoundError, StoreRegistry
 from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.errors import (
     Forbidden,
@@ -70,7 +70,7 @@ class LocationApi:
         store = self._stores.for_url(new.url)
         if not store.is_read_only and not caller.may("locquota:location:any_store"):
             raise Forbidden("Without the service role, locations may only be added in an http store.")
-        digests = self._read(new)
+        digests = self._read(store, new)
         image = self._images.get(caller, image_id, "get_image", for_update=True)
         self._check(caller, image.status, image.owner, image.visibility)  # again, under the lock
         change = LocationChange(op="add", index=None, locations=(LocationSpec(new.url, {}),))
@@ -86,9 +86,8 @@ class LocationApi:
             raise InvalidImageStatus(f"Locations can only be added this way to a queued image, not a {status} one.")
         authorize_image(caller, "add_image_location", image_target(owner, visibility))
 
-    def _read(self, new: NewLocation) -> Digests:
+    def _read(self, store: Store, new: NewLocation) -> Digests:
         """Every byte through the store, hashed; 400 if it does not match what the caller said it is."""
-        store = self._stores.for_url(new.url)
         algorithms = {CHECKSUM_ALGORITHM, HASH_ALGORITHM} | ({new.expected_hash[0]} if new.expected_hash else set())
         hashers = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms}
         size = 0

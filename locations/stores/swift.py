@@ -1,9 +1,10 @@
 """The `swift` store: image data as objects of one container in one Swift account (Glance's single-tenant store).
 
-Writing. An image is the object `<container>/<image-id>`. Data of at most one segment is buffered in memory and,
-once ready() allows it, PUT there with `If-None-Match: *`: Swift answers 412 if the name is taken, so nothing is
-ever replaced. Larger data goes up as segments `<image-id>.<random>.partial/<n>` (the scratch URL names that
-prefix), then, after ready(), a Static Large Object manifest is PUT at the image's name, also with
+Writing. An image is the object `<container>/<image-id>`. Data of at most one 4 MiB buffer (less if the
+segment or large-object size is smaller) is held in memory and, once ready() allows it, PUT there with
+`If-None-Match: *`: Swift answers 412 if the name is taken, so nothing is ever replaced. Larger data is
+streamed, as it arrives, as segments `<image-id>.<random>.partial/<n>` (the scratch URL names that prefix),
+then, after ready(), a Static Large Object manifest is PUT at the image's name, also with
 `If-None-Match: *`, naming the prefix it owns in `X-Object-Meta-Locquota-Segments`. A crash before the manifest
 leaves segments under the scratch prefix only; after it, they belong to the image: get_size/delete of the
 scratch URL then see nothing, and deleting the image removes them. Segmented data needs Swift's `slo`
@@ -26,9 +27,9 @@ Two stores on one Keystone project in different regions would share keys: a coll
 Options: glance_store's own names and defaults: swift_store_auth_address, swift_store_user ("project:user"),
 swift_store_key, swift_store_auth_version (3 only), or instead swift_store_config_file and
 default_swift_reference (ref1); swift_store_container (glance), swift_store_create_container_on_put (false),
-swift_store_large_object_size (MiB, 5120: larger data is segmented), swift_store_large_object_chunk_size (MiB,
-200: the segment size, and the one buffer held in memory, so data above it is segmented whatever
-large_object_size says; note glance_store's "MB" is 1000 KiB), swift_store_endpoint_type (publicURL),
+swift_store_large_object_size (MiB, 5120), swift_store_large_object_chunk_size (MiB, 200: the segment size;
+data above the 4 MiB buffer is segmented whatever large_object_size says, since it is not held in memory; note
+glance_store's "MB" is 1000 KiB), swift_store_endpoint_type (publicURL),
 swift_store_service_type (object-store), swift_store_region, swift_store_endpoint (a storage URL instead of the
 catalog's), swift_store_auth_insecure (false), swift_store_cacert; swift_store_multi_tenant and
 swift_store_multiple_containers_seed are refused unless off. locquota's own: swift_store_timeout (seconds for
