@@ -17,6 +17,7 @@ from locations.services.location_api import LocationApi
 from locations.services.upload import ImageDataService
 from locations.services.url_encryption import check_key_ring, refuse_plaintext
 from locations.stores.base import StoreRegistry, load_stores
+from locations.stores.staging import staging_store
 
 
 def includeme(config: Configurator) -> None:
@@ -24,7 +25,9 @@ def includeme(config: Configurator) -> None:
     settings = config.registry["locquota.settings"]
     setting = "enabled_backends" if settings.is_multi_store else "enabled_stores"
     stores = StoreRegistry(
-        load_stores(settings.backends, settings.store_options, setting), settings.default_backend_name
+        load_stores(settings.backends, settings.store_options, setting),
+        settings.default_backend_name,
+        staging=staging_store(settings),
     )
     vault, session_factory = config.registry["locquota.url_vault"], config.registry["locquota.session_factory"]
     check_key_ring(session_factory, vault)  # a wrong or missing key refuses to start, naming the setting

@@ -29,6 +29,8 @@ class ImageStatus(StrEnum):
 
     QUEUED = "queued"
     SAVING = "saving"
+    UPLOADING = "uploading"  # data being staged or staged, waiting for its import (glance-direct)
+    IMPORTING = "importing"  # an import task is bringing the data into its stores
     ACTIVE = "active"
     KILLED = "killed"
     PENDING_DELETE = "pending_delete"
@@ -53,6 +55,8 @@ class Visibility(StrEnum):
 
 
 HIDDEN_IMAGE_STATUSES = (ImageStatus.PENDING_DELETE, ImageStatus.DELETED)
+# Images on their way to data: they count towards image_count_uploading, as Glance counts them.
+UPLOADING_IMAGE_STATUSES = (ImageStatus.SAVING, ImageStatus.UPLOADING, ImageStatus.IMPORTING)
 LIVE_LOCATION_STATUSES = (LocationStatus.ACTIVE, LocationStatus.PENDING_DELETE)  # their data is in a store
 
 
@@ -273,3 +277,77 @@ class AuditRun(Base):
     repaired: Mapped[int] = mapped_column(BigInteger, default=0)  # findings --fix repaired
     skipped: Mapped[int] = mapped_column(BigInteger, default=0)  # locations in stores not configured here
     unchecked_stores: Mapped[int] = mapped_column(Integer, default=0)  # stores that could not be compared
+
+
+class StagedData(Base):
+    """An image's data in the staging area, waiting for its glance-direct import (charged to image_stage_total).
+
+    Written when a stage request's data is durable (PUT /v2/images/{id}/stage, or a web-download's fetch);
+    removed when the import ends, its data then handed to the scrubber as a pending_delete location of
+    the staging store. url is sealed like location URLs; the hashes are the staged bytes', checked again
+    as they are copied into each store.
+    """
+
+    __tablename__ = "staged_data"
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    store: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    checksum: Mapped[str] = mapped_column(String(32))
+    os_hash_value: Mapped[str] = mapped_column(String(128))
+    staged_at: Mapped[datetime]
+
+
+class TaskStatus(StrEnum):
+    """Glance's task statuses."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+UNFINISHED_TASK_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
+
+
+class Task(Base):
+    """A Glance task (`api_image_import`): what it was asked, how far it got, how it ended.
+
+    It runs under a lease (holder, lease_expires_at; locquota.leases): a worker that dies lets it run
+    out and the import reaper ends the task cleanly (locations.services.image_import.reaper).
+    """
+
+    __tablename__ = "tasks"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    type: Mapped[str] = mapped_column(String(30))
+    status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus, 30))
+    owner: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("images.id"), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    task_input: Mapped[dict[str, object]] = mapped_column("input", JSON)
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]  # when a finished task stops being shown (Glance's task_time_to_live)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class TaskCopy(Base):
+    """Data a task is writing into a store now: where (sealed names) and the space admitted for it ahead.
+
+    Written, with the admission of reserved_bytes to image_size_total, before the first byte moves;
+    removed when the copy becomes a location, or is handed to the scrubber. A task that dies leaves
+    these rows for the import reaper, so no half-copied data is ever without a record.
+    """
+
+    __tablename__ = "task_copies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id"), index=True)
+    store: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    scratch_url: Mapped[str | None] = mapped_column(Text)
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime]

@@ -229,6 +229,34 @@ class KeystoneUnavailable(ServiceUnavailable):
     code = "keystone_unavailable"
 
 
+class ImportMethodNotEnabled(LocquotaError):
+    code = "import_method_not_enabled"
+
+
+class WebDownloadRefused(LocquotaError):
+    """A web-download URL (or a redirect it led to) that the import filter does not allow."""
+
+    code = "web_download_refused"
+
+
+class WebDownloadFailed(LocquotaError):
+    """The web server did not deliver the data (an import task fails with this message; never an API answer)."""
+
+    status, code = 502, "web_download_failed"
+
+
+class ImportInProgress(LocquotaError):
+    status, code = 409, "import_in_progress"
+
+
+class NotStaged(LocquotaError):
+    status, code = 409, "not_staged"
+
+
+class TaskNotFound(LocquotaError):
+    status, code = 404, "task_not_found"
+
+
 def _render(request: Request, status: int, code: str, message: str, details: dict[str, object]) -> dict[str, object]:
     # One top-level key: glanceclient calls .get("message") on every top-level value of an error body.
     request.response.status_code = status

@@ -114,6 +114,38 @@ def _backends(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
+
+
+def _import_methods(value: str) -> tuple[str, ...]:
+    """Glance's enabled_import_methods (glance-direct, web-download, copy-image); empty turns import off."""
+    methods = _names(value.replace("[", " ").replace("]", " ").replace("'", " ").replace('"', " "))
+    unknown = [method for method in methods if method not in IMPORT_METHODS]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not an import method ({', '.join(IMPORT_METHODS)})")
+    return tuple(dict.fromkeys(methods))
+
+
+def _ports(value: str) -> tuple[int, ...]:
+    """TCP ports separated by commas and/or white space."""
+    ports = tuple(int(port) for port in _names(value))
+    if any(not 0 < port < 65536 for port in ports):
+        raise ValueError("expected ports from 1 to 65535")
+    return ports
+
+
+def _lower_names(value: str) -> tuple[str, ...]:
+    return tuple(name.lower() for name in _names(value))
+
+
+def _staging_uri(value: str) -> str:
+    """Glance's node_staging_uri: a file:// directory (the staging store's root); empty turns staging off."""
+    value = value.strip()
+    if value and not value.startswith("file://"):
+        raise ValueError("expected a file:// URL of a directory (file:///var/lib/locquota/staging)")
+    return value
+
+
 def _key_ring(value: str) -> tuple[str, ...]:
     """Fernet keys separated by commas and/or white space, primary first; each checked, none echoed."""
     keys = _names(value)
@@ -227,6 +259,20 @@ class Settings:
     # The key ring of location URL encryption (primary first); kept out of repr, so never printed or logged.
     location_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     location_encryption_key_file: str = ""
+    # Interoperable image import (SPEC section 8b), with Glance's option names: the staging directory (its
+    # store is Glance's os_glance_staging_store; empty: no staging, so no glance-direct or web-download),
+    # the methods offered, and web-download's URL filter ([import_filtering_opts] in Glance).
+    node_staging_uri: str = ""
+    enabled_import_methods: tuple[str, ...] = IMPORT_METHODS
+    import_allowed_schemes: tuple[str, ...] = ("http", "https")
+    import_disallowed_schemes: tuple[str, ...] = ()
+    import_allowed_hosts: tuple[str, ...] = ()
+    import_disallowed_hosts: tuple[str, ...] = ()
+    import_allowed_ports: tuple[int, ...] = (80, 443)
+    import_disallowed_ports: tuple[int, ...] = ()
+    web_download_timeout_seconds: float = 30.0
+    import_workers: int = 2  # import tasks run at once in each API process (threads)
+    import_lease_seconds: int = 300
 
     @property
     def backends(self) -> tuple[tuple[str, str], ...]:
@@ -237,6 +283,17 @@ class Settings:
     def default_backend_name(self) -> str:
         """The store uploads go to when none is asked for."""
         return self.default_backend if self.enabled_backends else self.default_store
+
+    @property
+    def import_methods(self) -> tuple[str, ...]:
+        """The import methods served: those enabled whose needs are met (staging; several stores to copy to)."""
+        needs_staging = ("glance-direct", "web-download")
+        return tuple(
+            method
+            for method in self.enabled_import_methods
+            if (self.node_staging_uri or method not in needs_staging)
+            and (self.is_multi_store or method != "copy-image")
+        )
 
     @property
     def is_multi_store(self) -> bool:
@@ -289,6 +346,17 @@ class Settings:
             "metrics_top_tenants": _non_negative_int,
             "location_encryption_keys": _key_ring,
             "location_encryption_key_file": str.strip,
+            "node_staging_uri": _staging_uri,
+            "enabled_import_methods": _import_methods,
+            "import_allowed_schemes": _lower_names,
+            "import_disallowed_schemes": _lower_names,
+            "import_allowed_hosts": _lower_names,
+            "import_disallowed_hosts": _lower_names,
+            "import_allowed_ports": _ports,
+            "import_disallowed_ports": _ports,
+            "web_download_timeout_seconds": _positive_seconds,
+            "import_workers": _positive_int,
+            "import_lease_seconds": _positive_int,
         }
         raw = {**raw, **_from_environment(environ or {}, parsers)}
         values: dict[str, object] = {}
@@ -344,6 +412,11 @@ class Settings:
             # timeout apart, so a live upload's lease could otherwise run out between two chunks.
             raise SettingsError(
                 "locquota.upload_lease_seconds: must be more than twice locquota.client_idle_timeout_seconds"
+            )
+        if self.import_lease_seconds <= 2 * self.web_download_timeout_seconds:
+            # A task renews its lease between reads; reads are at most the timeout apart.
+            raise SettingsError(
+                "locquota.import_lease_seconds: must be more than twice locquota.web_download_timeout_seconds"
             )
         if self.limits_source is LimitsSource.KEYSTONE and not self.unified_limits_config_file:
             raise SettingsError(

@@ -12,7 +12,7 @@ a crash leaves both or neither (SPEC section 11).
 
     location active or pending_delete   image_size_total += its size (an image in two stores counts twice)
     image not deleted or killed         image_count_total += 1
-    image saving                        image_count_uploading += 1
+    image saving, uploading, importing  image_count_uploading += 1 (as Glance counts them)
 """
 
 import uuid
@@ -22,7 +22,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from locations.models import DATA_KEY_VERSION, LIVE_LOCATION_STATUSES, Image, ImageStatus, Location, LocationStatus
+from locations.models import (
+    DATA_KEY_VERSION,
+    LIVE_LOCATION_STATUSES,
+    UPLOADING_IMAGE_STATUSES,
+    Image,
+    ImageStatus,
+    Location,
+    LocationStatus,
+)
 from locations.stores.base import DataIdentity
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
@@ -51,7 +59,7 @@ def image_counts(status: ImageStatus | None) -> dict[Resource, int]:
     """What one image in this status counts towards (None: no image)."""
     return {
         Resource.IMAGE_COUNT_TOTAL: int(status is not None and status not in UNCOUNTED_IMAGE_STATUSES),
-        Resource.IMAGE_COUNT_UPLOADING: int(status is ImageStatus.SAVING),
+        Resource.IMAGE_COUNT_UPLOADING: int(status in UPLOADING_IMAGE_STATUSES),
     }
 
 
@@ -80,9 +88,9 @@ class LocationLifecycle:
         """Charge a new image to its owner; 413 past image_count_total, changing nothing."""
         self._ledger.charge(image.owner, count_changes(None, image.status), within=limits)
 
-    def space_left(self, owner: str, limits: Limits) -> int | None:
-        """Bytes the owner may still store (None: unlimited); an upload is cut off past it."""
-        return self._ledger.remaining(owner, Resource.IMAGE_SIZE_TOTAL, limits)
+    def space_left(self, owner: str, limits: Limits, resource: Resource = Resource.IMAGE_SIZE_TOTAL) -> int | None:
+        """Bytes the owner may still store, or stage (None: unlimited); an upload is cut off past it."""
+        return self._ledger.remaining(owner, resource, limits)
 
     def add(
         self,

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from locations.models import LIVE_LOCATION_STATUSES, Image, ImageStatus, Location
+from locations.models import (
+    LIVE_LOCATION_STATUSES,
+    UPLOADING_IMAGE_STATUSES,
+    Image,
+    Location,
+    StagedData,
+    Task,
+    TaskCopy,
+)
 from locations.services.lifecycle import CHARGED_SPACE, UNCOUNTED_IMAGE_STATUSES
 from locquota.clock import Clock
 from locquota.scripting import UnitOfWork
@@ -34,7 +42,7 @@ def recount(db: Session, tenant_ids: list[str]) -> list[TenantTotals]:
         select(
             Image.owner,
             func.sum(case((Image.status.not_in(UNCOUNTED_IMAGE_STATUSES), 1), else_=0)),
-            func.sum(case((Image.status == ImageStatus.SAVING, 1), else_=0)),
+            func.sum(case((Image.status.in_(UPLOADING_IMAGE_STATUSES), 1), else_=0)),
         )
         .where(Image.owner.in_(tenant_ids))
         .group_by(Image.owner)
@@ -54,6 +62,24 @@ def recount(db: Session, tenant_ids: list[str]) -> list[TenantTotals]:
         tenant = totals[owner]
         tenant.space[(store, CHARGED_SPACE[status])] = Space(int(size_bytes), int(locations))
         tenant.totals[Resource.IMAGE_SIZE_TOTAL] += int(size_bytes)
+    # Space admitted ahead of a copy in flight is charged as the copy's data will be (SPEC section 8b).
+    reserved = db.execute(
+        select(Image.owner, func.sum(TaskCopy.reserved_bytes))
+        .join(Task, Task.id == TaskCopy.task_id)
+        .join(Image, Image.id == Task.image_id)
+        .where(Image.owner.in_(tenant_ids))
+        .group_by(Image.owner)
+    )
+    for owner, reserved_bytes in reserved:
+        totals[owner].totals[Resource.IMAGE_SIZE_TOTAL] += int(reserved_bytes or 0)
+    staged = db.execute(
+        select(Image.owner, func.sum(StagedData.size_bytes))
+        .join(Image, Image.id == StagedData.image_id)
+        .where(Image.owner.in_(tenant_ids))
+        .group_by(Image.owner)
+    )
+    for owner, staged_bytes in staged:
+        totals[owner].totals[Resource.IMAGE_STAGE_TOTAL] = int(staged_bytes or 0)
     return list(totals.values())
 
 

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from sqlalchemy import select
@@ -51,18 +52,21 @@ from locquota.errors import (
 from locquota.identity import Identity
 from locquota.leases import LeaseTerms
 from metrics.instruments import ADMISSIONS_REFUSED, IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS
+from quota.models import Resource
 from quota.services.limits import Limits, LimitService
 
 HASH_ALGORITHM = "sha512"
 log = logging.getLogger(__name__)
 
 
-def quota_refusal(size_bytes: int, remaining_bytes: int) -> QuotaExceeded:
-    """The 413 for an upload larger than what is left of image_size_total (counted as a refused admission)."""
-    ADMISSIONS_REFUSED.labels("image_size_total").inc()
+def quota_refusal(
+    size_bytes: int, remaining_bytes: int, resource: Resource = Resource.IMAGE_SIZE_TOTAL
+) -> QuotaExceeded:
+    """The 413 for an upload larger than what is left of its resource (counted as a refused admission)."""
+    ADMISSIONS_REFUSED.labels(resource.value).inc()
     return QuotaExceeded(
-        f"Quota exceeded for image_size_total: the upload needs more than the {remaining_bytes} bytes left.",
-        resource="image_size_total",
+        f"Quota exceeded for {resource.value}: the upload needs more than the {remaining_bytes} bytes left.",
+        resource=resource.value,
         remaining=remaining_bytes,
         requested=size_bytes,
         unit="bytes",
@@ -80,9 +84,11 @@ class HashingReader:
         chunk_bytes: int,
         quota_bytes: int | None,
         keep_alive: Callable[[], None] = lambda: None,
+        *,
+        resource: Resource = Resource.IMAGE_SIZE_TOTAL,
     ) -> None:
         self._body, self._expected, self._cap, self._chunk = body, expected_bytes, cap_bytes, chunk_bytes
-        self._quota, self._keep_alive = quota_bytes, keep_alive
+        self._quota, self._keep_alive, self._resource = quota_bytes, keep_alive, resource
         self.size = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.digest = hashlib.new(HASH_ALGORITHM)
@@ -94,7 +100,7 @@ class HashingReader:
             if self.size > self._cap:
                 raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
             if self._quota is not None and self.size > self._quota:
-                raise quota_refusal(self.size, self._quota)
+                raise quota_refusal(self.size, self._quota, self._resource)
             self.md5.update(chunk)
             self.digest.update(chunk)
             self._keep_alive()  # bytes are flowing: the upload's lease must not run out under it
@@ -107,6 +113,32 @@ class HashingReader:
             return self._body.read(self._chunk)
         except OSError as exc:  # WebOb's DisconnectionError and socket errors alike
             raise IncompleteUpload("The client disconnected during the upload.") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """Data an upload put in its store, durable, not yet recorded: what the last unit of work records."""
+
+    lease: UploadLease
+    image_id: uuid.UUID
+    store: str
+    url: str
+    reader: HashingReader
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What receiving data means for one kind of request.
+
+    The image's status meanwhile, the resource its bytes count towards, and the last unit of work (an
+    upload lands a location; staging records staged data).
+    """
+
+    status: ImageStatus
+    resource: Resource
+    land: Callable[[Landed], Image]
+    kill_on_store_failure: bool = False  # an upload's image is killed when its store breaks; staging's is not
 
 
 class ImageDataService:
@@ -153,22 +185,36 @@ class ImageDataService:
             raise InvalidImageStatus(f"Image status transition from {image.status} to saving is not allowed.")
         if not image.disk_format or not image.container_format:
             raise InvalidBody("Properties disk_format and container_format must be set prior to saving data.")
-        if content_length is not None and content_length > self._cap:
-            raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
-        owner, limits = image.owner, self._limits.for_tenant(image.owner)
-        remaining = self._lifecycle.space_left(owner, limits)
-        if remaining is not None and content_length is not None and content_length > remaining:
-            raise quota_refusal(content_length, remaining)
         target_store = self._stores.default if store is None else self._stores[store]
         if target_store.is_read_only:
             raise StoreReadOnly(f"Store {target_store.name!r} is read-only: data cannot be uploaded to it.")
+        receipt = Receipt(ImageStatus.SAVING, Resource.IMAGE_SIZE_TOTAL, self._activate, kill_on_store_failure=True)
+        return self.receive(image, body, content_length, target_store, receipt)
+
+    def receive(
+        self, image: Image, body: BinaryIO, content_length: int | None, target_store: Store, receipt: "Receipt"
+    ) -> Image:
+        """Stream body into target_store under an upload lease, then land it as receipt says (or hand it back)."""
+        image_id = image.id
+        if content_length is not None and content_length > self._cap:
+            raise ImageTooLarge(f"The image is larger than the {self._cap}-byte limit.")
+        owner, limits = image.owner, self._limits.for_tenant(image.owner)
+        remaining = self._lifecycle.space_left(owner, limits, receipt.resource)
+        if remaining is not None and content_length is not None and content_length > remaining:
+            raise quota_refusal(content_length, remaining, receipt.resource)
         target = target_store.plan_upload(image_id)
         lease = UploadLease(self._db, self._clock, self._lease, self._vault, image_id)
-        self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, ImageStatus.SAVING, limits=limits)
+        self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, receipt.status, limits=limits)
         lease.take(target_store.name, target)
         self._checkpoint()
         reader = HashingReader(
-            body, content_length, self._cap, self._chunk_bytes, remaining, lambda: lease.keep_alive(self._checkpoint)
+            body,
+            content_length,
+            self._cap,
+            self._chunk_bytes,
+            remaining,
+            lambda: lease.keep_alive(self._checkpoint),
+            resource=receipt.resource,
         )
         try:
             # Renewed once more when the bytes are durable, just before they are put in place: data is never
@@ -183,7 +229,8 @@ class ImageDataService:
                 # runs out and the reaper does it.
                 self._give_back(lease, owner)
             else:  # the store cleaned up: nothing is stored. Give the image back (or kill it), if still ours.
-                self._end_without_data(lease, owner, ImageStatus.KILLED if broken else ImageStatus.QUEUED)
+                ending = ImageStatus.KILLED if broken and receipt.kill_on_store_failure else ImageStatus.QUEUED
+                self._end_without_data(lease, owner, receipt.status, ending)
             if isinstance(exc, StoreDuplicateError):
                 raise ImageConflict("Data is already stored under this image's name in the store.") from exc
             if isinstance(exc, StoreFullError):
@@ -192,7 +239,8 @@ class ImageDataService:
                 raise StoreUnavailable("The store failed while writing the image data.") from exc
             raise
         try:
-            return self._activate(lease, image_id, target_store.name, url, reader, limits)
+            landed = Landed(lease, image_id, target_store.name, url, reader, limits)
+            return receipt.land(landed)
         except Exception:
             # Refused (concurrent requests used the space while the bytes streamed) or failed: nothing of
             # this unit stays; the image goes back to queued and its data to the scrubber, not stranded.
@@ -213,8 +261,8 @@ class ImageDataService:
         except Exception:  # noqa: BLE001 - a clean-up's question: it must never hide why the upload failed
             return True
 
-    def _end_without_data(self, lease: UploadLease, owner: str, status: ImageStatus) -> None:
-        """The image from saving to status and the lease ended, if still held (else the reaper does it later)."""
+    def _end_without_data(self, lease: UploadLease, owner: str, during: ImageStatus, status: ImageStatus) -> None:
+        """The image from during (saving) to status and the lease ended, if still held (else the reaper does it)."""
         abort_and_begin(self._transactions)  # a renewal may have failed half-way through its unit
         try:
             self._lifecycle.lock_usage([owner])
@@ -222,7 +270,7 @@ class ImageDataService:
             if upload is None:
                 return  # taken over: the reaper ends it
             image = self._db.scalars(select(Image).where(Image.id == lease.image_id).with_for_update()).one()
-            if image.status is ImageStatus.SAVING:  # else deleted meanwhile: it stays so
+            if image.status is during:  # else deleted meanwhile: it stays so
                 self._lifecycle.set_image_status(image, status)
             self._db.delete(upload)
             self._checkpoint()
@@ -246,27 +294,31 @@ class ImageDataService:
         log.error("location %s: its URL reaches other data than when it was added; not served", location.id)
         return False
 
-    def _activate(
-        self, lease: UploadLease, image_id: uuid.UUID, store_name: str, url: str, reader: HashingReader, limits: Limits
-    ) -> Image:
+    def _activate(self, landed: "Landed") -> Image:
         """Admit the size first: a refusal must find nothing written in this unit of work."""
-        image = self._images.reload(image_id)
+        image = self.hold_landing(landed, ImageStatus.SAVING)
+        store_name, url, reader = landed.store, landed.url, landed.reader
+        identity = self._stores[store_name].identify(url)
+        metadata: dict[str, object] = {"store": store_name} if self._multi_store else {}
+        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, landed.limits, metadata)
+        image.size, image.checksum = reader.size, reader.md5.hexdigest()
+        image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
+        self._db.flush()
+        return image
+
+    def hold_landing(self, landed: "Landed", during: ImageStatus) -> Image:
+        """The last unit's start: usage locked, the lease still ours (its row deleted), the image still `during`."""
+        image = self._images.reload(landed.image_id)
         self._lifecycle.lock_usage([image.owner])  # usage before the upload's row, as the reaper locks them
-        upload = lease.hold()
+        upload = landed.lease.hold()
         if upload is None:
             # Only a process frozen longer than the lease between its last renewal and here gets this far:
             # the reaper may not have seen this data. `locquota audit` finds it as an orphan.
-            log.error("image %s: upload lease taken over after its data was put in store %s", image_id, store_name)
+            log.error("image %s: upload lease taken over after its data was put in store %s", image.id, landed.store)
             raise UploadInterrupted("The upload stalled past its lease and was ended; upload the data again.")
-        if image.status is not ImageStatus.SAVING:  # deleted while its data streamed in
+        if image.status is not during:  # deleted while its data streamed in
             raise InvalidImageStatus(f"Image status transition from {image.status} to active is not allowed.")
-        identity = self._stores[store_name].identify(url)
-        metadata: dict[str, object] = {"store": store_name} if self._multi_store else {}
-        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, limits, metadata)
-        image.size, image.checksum = reader.size, reader.md5.hexdigest()
-        image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
         self._db.delete(upload)
-        self._db.flush()
         return image
 
     def _give_back(self, lease: UploadLease, owner: str) -> None:

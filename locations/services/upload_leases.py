@@ -132,7 +132,7 @@ def hand_over(
     all data waiting for the scrubber is; no admission, since it is already in the store. Data that a live
     location already reaches by the same name is that location's, and left to it.
     """
-    if image.status is ImageStatus.SAVING:
+    if image.status in (ImageStatus.SAVING, ImageStatus.UPLOADING):  # an upload's, or a stage request's
         lifecycle.set_image_status(image, ImageStatus.QUEUED)
     retired = []
     for data in found:

@@ -117,19 +117,27 @@ class Store(Protocol):
 class StoreRegistry:
     """The enabled stores, by name, and the default one uploads go to."""
 
-    def __init__(self, stores: Mapping[str, Store], default: str) -> None:
+    def __init__(self, stores: Mapping[str, Store], default: str, *, staging: Store | None = None) -> None:
         self._stores = dict(stores)
         self.default = self._stores[default]
+        # The staging area of image import (Glance's os_glance_staging_store): found by name, so that its
+        # data's locations are scrubbed like any other, but never listed, chosen, or matched by a URL.
+        self.staging = staging
+        self._by_name = {**self._stores, **({staging.name: staging} if staging else {})}
 
     def __iter__(self) -> Iterator[Store]:
-        """The stores in the order they were enabled."""
+        """The stores in the order they were enabled (never the staging area)."""
         return iter(self._stores.values())
 
     def __getitem__(self, name: str) -> Store:
-        return self._stores[name]
+        return self._by_name[name]
 
     def get(self, name: str) -> Store | None:
         """The store of this name, None if it is not configured here (an imported `glance:<name>` location)."""
+        return self._by_name.get(name)
+
+    def enabled(self, name: str) -> Store | None:
+        """One of the stores clients may name (never the staging area), None if there is no such store."""
         return self._stores.get(name)
 
     def for_url(self, url: str) -> Store:
