@@ -1,4 +1,9 @@
+import uuid
+from collections.abc import Callable
+
 from pyramid.config import Configurator
+from pyramid.registry import Registry
+from pyramid.scripting import prepare
 from sqlalchemy import event
 
 from locations.services.backlog import BacklogService
@@ -10,8 +15,15 @@ from locations.services.factories import (
     image_catalog_factory,
     image_data_service_factory,
     image_service_factory,
+    import_service_factory,
+    import_tools,
     location_api_factory,
+    staging_service_factory,
 )
+from locations.services.image_import.runner import ImportRun
+from locations.services.image_import.staging import StagingService
+from locations.services.image_import.starting import ImportService
+from locations.services.image_import.workers import ImportWorkers
 from locations.services.images import ImageService
 from locations.services.location_api import LocationApi
 from locations.services.upload import ImageDataService
@@ -41,4 +53,21 @@ def includeme(config: Configurator) -> None:
     config.register_service_factory(deletion_service_factory, iface=DeletionService)
     config.register_service_factory(backlog_service_factory, iface=BacklogService)
     config.register_service_factory(image_data_service_factory, iface=ImageDataService)
+    config.register_service_factory(import_service_factory, iface=ImportService)
+    config.register_service_factory(staging_service_factory, iface=StagingService)
+    config.registry["locquota.import_workers"] = ImportWorkers(_import_runner(config.registry), settings.import_workers)
     config.scan(".views")
+
+
+def _import_runner(registry: Registry) -> Callable[[uuid.UUID, str], None]:
+    """Run one import task in a request of its own (its own session and transactions), off the request thread."""
+
+    def run(task_id: uuid.UUID, holder: str) -> None:
+        env = prepare(registry=registry)
+        try:
+            request = env["request"]
+            ImportRun(request, import_tools(request), task_id, holder).run()
+        finally:
+            env["closer"]()
+
+    return run

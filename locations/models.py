@@ -346,6 +346,7 @@ class TaskCopy(Base):
     __tablename__ = "task_copies"
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id"), index=True)
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"))
     store: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     scratch_url: Mapped[str | None] = mapped_column(Text)

@@ -3,6 +3,7 @@
 from datetime import datetime
 from urllib.parse import urlencode
 
+from locations.models import Task
 from locations.services.backlog import BacklogEntry, StoreTotal
 from locations.services.catalog import ImageView
 from locations.stores.base import StoreRegistry
@@ -123,3 +124,24 @@ def stores(registry: StoreRegistry, *, detail: bool) -> dict[str, object]:
             entry["properties"] = {}
         shown.append(entry)
     return {"stores": shown}
+
+
+def task(row: Task) -> dict[str, object]:
+    """A task as Glance shows it (GET /v2/tasks/{id} and the image's task list)."""
+    return {
+        "id": str(row.id),
+        "type": row.type,
+        "status": str(row.status),
+        "owner": row.owner,
+        "image_id": str(row.image_id) if row.image_id else None,
+        "user_id": row.user_id,
+        "request_id": row.request_id,
+        "input": row.task_input,
+        "result": row.result,
+        "message": row.message,
+        "created_at": glance_time(row.created_at),
+        "updated_at": glance_time(row.updated_at),
+        "expires_at": glance_time(row.expires_at) if row.expires_at else None,
+        "self": f"/v2/tasks/{row.id}",
+        "schema": "/v2/schemas/task",
+    }

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.services.data_references import DataKeys, DataReferences
+from locations.services.image_import.staging import release_staged
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
@@ -55,11 +56,13 @@ class DeletionService:
         delay = self._scrub_delay if self._delayed else timedelta(0)
         for location in live:
             self._lifecycle.retire(location, delay=delay)
+        # Staged data cannot be restored: it leaves staging now, whatever delayed_delete says.
+        staging = release_staged(self._db, self._lifecycle, self._stores, self._vault, image)
         self._lifecycle.set_image_status(image, ImageStatus.PENDING_DELETE if live else ImageStatus.DELETED)
         image.updated_at = self._clock.now()
         self._db.flush()
-        if live and not self._delayed:
-            ids = [location.id for location in live]
+        ids = [location.id for location in (staging if self._delayed else [*live, *staging])]
+        if ids:
             delete_now(self._db, self._clock, self._stores, self._policy, self._checkpoint, ids, vault=self._vault)
 
     def restore(self, image_id: uuid.UUID) -> Image:

@@ -1,5 +1,6 @@
 """Service factories: the only code that looks at the request to build the locations services."""
 
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from pyramid.request import Request
@@ -7,6 +8,11 @@ from pyramid.request import Request
 from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
 from locations.services.deletion import DeletionService
+from locations.services.image_import.runner import ImportTools
+from locations.services.image_import.staging import StagingService
+from locations.services.image_import.starting import ImportService
+from locations.services.image_import.web_source import open_url
+from locations.services.image_import.web_source_filter import UrlFilter
 from locations.services.images import ImageService
 from locations.services.location_api import LocationApi
 from locations.services.location_changes import LocationChanges
@@ -118,4 +124,83 @@ def image_data_service_factory(_context: object, request: Request) -> ImageDataS
         scrub_policy=scrub_policy(settings),
         multi_store=settings.is_multi_store,
         vault=request.find_service(UrlVault),
+    )
+
+
+def url_filter(settings: Settings) -> UrlFilter:
+    """web-download's URL filter, from Glance's [import_filtering_opts] as locquota names them."""
+    return UrlFilter(
+        allowed_schemes=settings.import_allowed_schemes,
+        disallowed_schemes=settings.import_disallowed_schemes,
+        allowed_hosts=settings.import_allowed_hosts,
+        disallowed_hosts=settings.import_disallowed_hosts,
+        allowed_ports=settings.import_allowed_ports,
+        disallowed_ports=settings.import_disallowed_ports,
+    )
+
+
+def import_lease_terms(settings: Settings) -> LeaseTerms:
+    """How long an import task's lease lasts without a renewal."""
+    return LeaseTerms(timedelta(seconds=settings.import_lease_seconds))
+
+
+def import_service_factory(_context: object, request: Request) -> ImportService:
+    """Import requests, checked and turned into tasks in this request's session."""
+    settings = request.settings
+    return ImportService(
+        request.db,
+        request.find_service(ImageService),
+        request.find_service(StoreRegistry),
+        request.find_service(Clock),
+        request.find_service(LimitService),
+        import_lease_terms(settings),
+        check_url=url_filter(settings).check,
+        multi_store=settings.is_multi_store,
+    )
+
+
+def staging_service_factory(_context: object, request: Request) -> StagingService:
+    """The stage request, received as uploads are."""
+    return StagingService(
+        request.db,
+        request.find_service(ImageService),
+        request.find_service(ImageDataService),
+        request.find_service(StoreRegistry),
+        request.find_service(Clock),
+    )
+
+
+def _downloader(settings: Settings) -> Callable[[str, int], Iterator[bytes]]:
+    """web-download's fetch: the URL filter on every hop, the timeout and chunk size of this deployment."""
+    checked = url_filter(settings)
+
+    def download(url: str, max_bytes: int) -> Iterator[bytes]:
+        source = open_url(
+            url,
+            checked,
+            timeout_seconds=settings.web_download_timeout_seconds,
+            max_bytes=max_bytes,
+            chunk_bytes=settings.upload_chunk_bytes,
+        )
+        try:
+            yield from source.chunks()
+        finally:
+            source.close()
+
+    return download
+
+
+def import_tools(request: Request) -> ImportTools:
+    """What an import task's worker works with, from a (scripting) request of the app."""
+    settings = request.settings
+    return ImportTools(
+        stores=request.find_service(StoreRegistry),
+        clock=request.find_service(Clock),
+        vault=request.find_service(UrlVault),
+        terms=import_lease_terms(settings),
+        scrub_policy=scrub_policy(settings),
+        chunk_bytes=settings.upload_chunk_bytes,
+        size_cap_bytes=settings.image_size_cap_bytes,
+        multi_store=settings.is_multi_store,
+        download=_downloader(settings),
     )

@@ -84,6 +84,11 @@ class LocationLifecycle:
         self._db, self._clock, self.vault = db, clock, vault
         self._ledger = UsageLedger(db, clock)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock status changes are stamped with."""
+        return self._clock
+
     def create_image(self, image: Image, limits: Limits) -> None:
         """Charge a new image to its owner; 413 past image_count_total, changing nothing."""
         self._ledger.charge(image.owner, count_changes(None, image.status), within=limits)

@@ -167,6 +167,11 @@ class ImageDataService:
         self._keys = DataKeys(stores, vault)
         self._multi_store = multi_store  # locations then carry metadata {"store": name}, as Glance's do
 
+    @property
+    def vault(self) -> UrlVault:
+        """How names of stored data are sealed at rest."""
+        return self._vault
+
     def _checkpoint(self) -> None:
         commit_and_begin(self._transactions)
 

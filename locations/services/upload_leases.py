@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -89,7 +90,16 @@ def uploads_in_flight(db: Session, now: datetime) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def find_data(stores: StoreRegistry, vault: UrlVault, upload: Upload) -> list[FoundData]:
+class WriteRecord(Protocol):
+    """A record of data being written: an upload's row, or an import task's copy."""
+
+    image_id: uuid.UUID
+    store: str | None
+    url: str | None
+    scratch_url: str | None
+
+
+def find_data(stores: StoreRegistry, vault: UrlVault, upload: WriteRecord) -> list[FoundData]:
     """What is at an upload's names now (store calls: outside any transaction).
 
     A name whose store is gone or refuses it yields nothing: `locquota audit` reports what is left there.
@@ -134,15 +144,26 @@ def hand_over(
     """
     if image.status in (ImageStatus.SAVING, ImageStatus.UPLOADING):  # an upload's, or a stage request's
         lifecycle.set_image_status(image, ImageStatus.QUEUED)
+    retired = retire_found(lifecycle, references, image, upload.store, found) if upload.store else []
+    db.delete(upload)
+    return retired
+
+
+def retire_found(
+    lifecycle: LocationLifecycle, references: DataReferences, image: Image, store: str, found: list[FoundData]
+) -> list[Location]:
+    """Data found at a write's names, recorded as the image's pending_delete locations, due now (charged).
+
+    The caller has locked the owner's usage. Data that a live location already reaches by the same
+    name is that location's, and left to it.
+    """
     retired = []
     for data in found:
         # Skipped only when another live location reaches it by this very name: a hard link (the scratch
         # file linked in place) is a second name, and each name is deleted on its own.
         if any(reference.shares_name for reference in references.find(data.identity, url=data.url, lock=True)):
             continue
-        assert upload.store is not None  # noqa: S101  (find_data found nothing without a store)
-        location = lifecycle.add(image, data.url, data.identity, upload.store, {}, data.size_bytes, limits=None)
+        location = lifecycle.add(image, data.url, data.identity, store, {}, data.size_bytes, limits=None)
         lifecycle.retire(location, delay=timedelta(0))
         retired.append(location)
-    db.delete(upload)
     return retired

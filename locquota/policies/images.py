@@ -42,6 +42,8 @@ RULES = [
         f"{IMAGE}/locations",
     ),
     _rule("fetch_image_location", base.SERVICE, "List an image's locations.", "GET", f"{IMAGE}/locations"),
+    _rule("copy_image", base.ADMIN, "Copy an active image into more stores (copy-image).", "POST", f"{IMAGE}/import"),
+    _rule("tasks_api_access", base.ADMIN, "Use the tasks API (GET /v2/tasks/{task_id}).", "GET", "/v2/tasks/{task_id}"),
     _rule(
         "stores_info_detail",
         f"{base.ADMIN} or {base.SERVICE}",

@@ -62,11 +62,13 @@ def upgrade() -> None:
         "task_copies",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("task_id", sa.Uuid(), nullable=False),
+        sa.Column("image_id", sa.Uuid(), nullable=False),
         sa.Column("store", sa.String(length=64), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("scratch_url", sa.Text(), nullable=True),
         sa.Column("reserved_bytes", sa.BigInteger(), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["image_id"], ["images.id"], name=op.f("fk_task_copies_image_id_images")),
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_task_copies_task_id_tasks")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_copies")),
     )

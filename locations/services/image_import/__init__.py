@@ -1,0 +1,1 @@
+"""Glance's interoperable image import: staging, import methods, tasks."""

@@ -1,0 +1,121 @@
+"""The import reaper: ends import tasks whose lease ran out (a killed worker, an outage, a restarted node).
+
+It takes the dead task's lease over (SKIP LOCKED, then a conditional update: exactly one reaper per
+task, however many nodes run one), looks at what each copy in flight left at its names (store calls,
+outside any transaction), and in one unit hands that data to the scrubber, releases the copies'
+reservations and ends the task as failed (ending.end_import: staged data released, the image back to
+queued when nothing landed, the lock removed). A store that cannot answer leaves the task for a later
+pass. Runs beside the upload reaper: before every scrub-daemon pass, in `locquota scrub` and `locquota reap`.
+"""
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from pyramid.request import Request
+from sqlalchemy import select, update
+
+from locations.models import UNFINISHED_TASK_STATUSES, Image, Task, TaskCopy
+from locations.services.data_references import DataKeys, DataReferences
+from locations.services.image_import.ending import end_import
+from locations.services.image_import.runner import ImportTools
+from locations.services.image_import.tasks import TASK_LEASE, TaskLease
+from locations.services.lifecycle import LocationLifecycle
+from locations.services.scrubbing import delete_now
+from locations.services.upload_leases import FoundData, find_data, retire_found
+from locations.stores.base import StoreError
+from locquota.db import commit_and_begin
+from locquota.leases import new_holder
+from quota.models import Resource
+from quota.services.ledger import UsageLedger
+
+log = logging.getLogger(__name__)
+STOPPED = "The worker running this import stopped (its lease ran out); nothing it wrote was kept."
+
+
+class ImportReaper:
+    """One reaper; request() yields a request whose tm the reaper's units of work run in."""
+
+    def __init__(
+        self, request: Callable[[], AbstractContextManager[Request]], tools: ImportTools, *, batch_size: int
+    ) -> None:
+        self._request, self._tools, self._batch_size = request, tools, batch_size
+        self.holder = new_holder("import-reaper")
+
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """End every import whose lease has run out; how many were ended."""
+        stop = stop or threading.Event()
+        ended = 0
+        with self._request() as request, request.tm:
+            while not stop.is_set():
+                taken = self._take_over(request)
+                if not taken:
+                    break
+                for task_id in taken:
+                    ended += self._end(request, task_id)
+        return ended
+
+    def _take_over(self, request: Request) -> list[uuid.UUID]:
+        db, now = request.db, self._tools.clock.now()
+        ids = list(
+            db.scalars(
+                select(Task.id)
+                .where(Task.status.in_(UNFINISHED_TASK_STATUSES), TASK_LEASE.expired(now))
+                .order_by(Task.lease_expires_at)
+                .limit(self._batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not ids:
+            return []
+        # Conditional, so that of two reapers (or a renewal racing in) exactly one wins each task.
+        db.execute(
+            update(Task)
+            .where(Task.id.in_(ids), TASK_LEASE.expired(now))
+            .values(TASK_LEASE.granted(self.holder, self._tools.terms.until(now)))
+            .execution_options(synchronize_session=False)
+        )
+        taken = list(db.scalars(select(Task.id).where(Task.id.in_(ids), TASK_LEASE.held_by(self.holder))))
+        commit_and_begin(request.tm)
+        return taken
+
+    def _end(self, request: Request, task_id: uuid.UUID) -> int:
+        """One dead task ended; 0 if a store could not say what its copies left (a later pass tries again)."""
+        db, tools = request.db, self._tools
+        copies = list(db.scalars(select(TaskCopy).where(TaskCopy.task_id == task_id).order_by(TaskCopy.id)))
+        db.expunge_all()
+        found: dict[int, list[FoundData]] = {}
+        for copy in copies:
+            try:
+                found[copy.id] = find_data(tools.stores, tools.vault, copy)
+            except StoreError as exc:
+                log.warning("import task %s: a copy's store cannot be examined now (%s)", task_id, exc)
+                return 0
+        owner = db.scalar(select(Image.owner).join(Task, Task.image_id == Image.id).where(Task.id == task_id))
+        lifecycle = LocationLifecycle(db, tools.clock, vault=tools.vault)
+        lifecycle.lock_usage([owner or ""])
+        lease = TaskLease(db, tools.clock, tools.terms, task_id, self.holder)
+        task = lease.hold()
+        if task is None:
+            return 0
+        image = db.get(Image, task.image_id)
+        references = DataReferences(db, DataKeys(tools.stores, tools.vault))
+        retired = []
+        for copy in db.scalars(select(TaskCopy).where(TaskCopy.task_id == task_id)):
+            UsageLedger(db, tools.clock).charge(image.owner, {Resource.IMAGE_SIZE_TOTAL: -copy.reserved_bytes})  # type: ignore[union-attr]
+            retired += retire_found(lifecycle, references, image, copy.store, found.get(copy.id, []))  # type: ignore[arg-type]
+            db.delete(copy)
+        db.flush()
+        ids = [location.id for location in retired]
+        ids += end_import(db, lifecycle, tools.stores, tools.vault, task, {}, error=STOPPED)
+        commit_and_begin(request.tm)
+        if ids:
+            checkpoint = lambda: commit_and_begin(request.tm)  # noqa: E731
+            delete_now(db, tools.clock, tools.stores, tools.scrub_policy, checkpoint, ids, vault=tools.vault)
+            commit_and_begin(request.tm)
+        log.warning(
+            "import task %s: its lease ran out; ended as failed, %s piece(s) of data to scrub", task_id, len(ids)
+        )
+        return 1

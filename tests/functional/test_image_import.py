@@ -1,0 +1,291 @@
+"""Interoperable image import (issue 16): staging, glance-direct, copy-image, tasks, as Glance 33 answers them.
+
+Real file stores (fast, cheap, slow) and a real staging directory; tasks run on the app's own worker
+threads, waited for through the registry. Glance's observed answers are in ../shared/GLANCE_COMPAT.md
+("Multi-store, import and the locations API").
+"""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import identity, multi_store
+
+TENANT = identity("tenant-a")
+OTHER = identity("tenant-b")
+ADMIN = identity("operators", "admin")
+IMAGE = {"name": "imported", "disk_format": "raw", "container_format": "bare"}
+OCTET = {"Content-Type": "application/octet-stream"}
+DATA = bytes(range(256)) * 40  # 10 240 bytes
+
+
+def import_settings(settings: dict[str, str], tmp_path: Path, **extra: str) -> dict[str, str]:
+    stores = {name: ("file", {"filesystem_store_datadir": str(tmp_path / name)}) for name in ("fast", "cheap", "slow")}
+    return {
+        **multi_store(settings, "fast", stores),
+        "locquota.show_multiple_locations": "true",
+        "locquota.node_staging_uri": f"file://{tmp_path / 'staging'}",
+        **extra,
+    }
+
+
+@pytest.fixture
+def api(make_app, settings, tmp_path):
+    return make_app(import_settings(settings, tmp_path))
+
+
+def files(tmp_path: Path, store: str) -> list[str]:
+    root = tmp_path / store
+    return sorted(path.name for path in root.iterdir()) if root.exists() else []
+
+
+def wait_for_tasks(app) -> None:
+    app.app.registry["locquota.import_workers"].wait(timeout=30)
+
+
+def staged(app, data: bytes = DATA, headers=TENANT) -> str:
+    image = app.post_json("/v2/images", IMAGE, headers=headers, status=201).json["id"]
+    app.put(f"/v2/images/{image}/stage", data, headers={**headers, **OCTET}, status=204)
+    return image
+
+
+def test_import_info_lists_the_methods_served(api):
+    info = api.get("/v2/info/import", headers=TENANT).json
+    assert info["import-methods"]["value"] == ["glance-direct", "web-download", "copy-image"]
+
+
+def test_staging_charges_image_stage_total_and_leaves_the_image_uploading(api, tmp_path, usage_of):
+    image = staged(api)
+
+    shown = api.get(f"/v2/images/{image}", headers=TENANT).json
+    assert (shown["status"], shown["size"], shown["checksum"]) == ("uploading", len(DATA), None)
+    usage = usage_of("tenant-a")
+    assert usage["totals"]["image_stage_total"] == len(DATA)
+    assert usage["totals"]["image_size_total"] == 0
+    assert len(files(tmp_path, "staging")) == 1
+
+
+def test_glance_direct_lands_in_the_stores_and_empties_staging(api, tmp_path, usage_of):
+    image = staged(api)
+
+    api.post_json(
+        f"/v2/images/{image}/import",
+        {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]},
+        headers=TENANT,
+        status=202,
+    )
+    wait_for_tasks(api)
+
+    shown = api.get(f"/v2/images/{image}", headers=TENANT).json
+    assert shown["status"] == "active"
+    assert [location["metadata"]["store"] for location in shown["locations"]] == ["fast", "cheap"]
+    assert (shown["os_glance_importing_to_stores"], shown["os_glance_failed_import"]) == ("", "")
+    assert "os_glance_import_task" not in shown
+    assert shown["size"] == len(DATA)
+    assert files(tmp_path, "staging") == []
+    assert files(tmp_path, "fast") == files(tmp_path, "cheap") == [image]
+    usage = usage_of("tenant-a")
+    assert usage["totals"]["image_stage_total"] == 0
+    assert usage["totals"]["image_size_total"] == 2 * len(DATA)
+    assert usage["totals"]["image_count_uploading"] == 0
+    tasks = api.get(f"/v2/images/{image}/tasks", headers=TENANT).json["tasks"]
+    assert [(task["status"], task["type"]) for task in tasks] == [("success", "api_image_import")]
+
+
+
+def import_to(app, image: str, body: dict, headers=TENANT, status: int = 202):
+    return app.post_json(f"/v2/images/{image}/import", body, headers=headers, status=status)
+
+
+def image_of(app, image: str, headers=TENANT) -> dict:
+    return app.get(f"/v2/images/{image}", headers=headers).json
+
+
+def tasks_of(app, image: str, headers=TENANT) -> list[dict]:
+    return app.get(f"/v2/images/{image}/tasks", headers=headers).json["tasks"]
+
+
+BIG = bytes(range(256)) * 2400  # 614 400 bytes: one copy fits a 1 MiB limit, two do not
+
+
+@pytest.fixture
+def small_quota_api(make_app, settings, tmp_path):
+    return make_app(import_settings(settings, tmp_path, **{"locquota.quota.image_size_total": "1"}))
+
+
+def test_a_copy_past_the_quota_fails_alone_when_not_all_must_succeed(small_quota_api, tmp_path, usage_of):
+    api = small_quota_api
+    image = staged(api, BIG)
+
+    body = {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"], "all_stores_must_succeed": False}
+    import_to(api, image, body)
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert (shown["status"], shown["stores"]) == ("active", "fast")
+    assert shown["os_glance_failed_import"] == "cheap"
+    assert files(tmp_path, "cheap") == files(tmp_path, "staging") == []
+    assert usage_of("tenant-a")["totals"]["image_size_total"] == len(BIG)
+    [task] = tasks_of(api, image)
+    assert task["status"] == "success"
+    assert "cheap: Quota exceeded for image_size_total" in task["message"]
+
+
+def test_when_all_must_succeed_a_refused_copy_undoes_the_others(small_quota_api, tmp_path, usage_of):
+    api = small_quota_api
+    image = staged(api, BIG)
+
+    import_to(api, image, {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]})
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert (shown["status"], shown["locations"], shown["size"]) == ("queued", [], None)
+    assert shown["os_glance_failed_import"] == "cheap"
+    assert files(tmp_path, "fast") == files(tmp_path, "cheap") == files(tmp_path, "staging") == []
+    totals = usage_of("tenant-a")["totals"]
+    assert (totals["image_size_total"], totals["image_stage_total"], totals["image_count_uploading"]) == (0, 0, 0)
+    assert [task["status"] for task in tasks_of(api, image)] == ["failure"]
+
+
+def active_in(app, store: str = "fast") -> str:
+    image = app.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+    app.put(f"/v2/images/{image}/file", DATA, headers={**TENANT, **OCTET, "X-Image-Meta-Store": store}, status=204)
+    return image
+
+
+def test_copy_image_adds_a_location_per_store_charged_to_the_owner(api, tmp_path, usage_of):
+    image = active_in(api)
+
+    import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["cheap", "slow"]}, headers=ADMIN)
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert [location["metadata"]["store"] for location in shown["locations"]] == ["fast", "cheap", "slow"]
+    assert (shown["status"], shown["os_glance_importing_to_stores"]) == ("active", "")
+    assert files(tmp_path, "slow") == [image]
+    assert (tmp_path / "slow" / image).read_bytes() == DATA
+    assert usage_of("tenant-a")["totals"]["image_size_total"] == 3 * len(DATA)
+    assert usage_of("operators")["totals"]["image_size_total"] == 0
+    assert tasks_of(api, image, ADMIN)[0]["owner"] == "operators"
+    assert tasks_of(api, image, TENANT) == []  # Glance shows a task to the project that started it
+
+
+def test_copy_image_to_all_stores_skips_those_it_is_in(api, tmp_path):
+    image = active_in(api, "cheap")
+
+    import_to(api, image, {"method": {"name": "copy-image"}, "all_stores": True}, headers=ADMIN)
+    wait_for_tasks(api)
+
+    assert image_of(api, image)["stores"] == "cheap,fast,slow"
+    import_to(api, image, {"method": {"name": "copy-image"}, "all_stores": True}, headers=ADMIN)  # nothing left
+    wait_for_tasks(api)
+    assert len(tasks_of(api, image, ADMIN)) == 1
+
+
+def test_deleting_a_staged_image_releases_its_staging(api, tmp_path, usage_of):
+    image = staged(api)
+
+    api.delete(f"/v2/images/{image}", headers=TENANT, status=204)
+
+    assert files(tmp_path, "staging") == []
+    totals = usage_of("tenant-a")["totals"]
+    assert (totals["image_stage_total"], totals["image_size_total"], totals["image_count_uploading"]) == (0, 0, 0)
+
+
+COPY = {"method": {"name": "copy-image"}, "stores": ["cheap"]}
+DIRECT = {"method": {"name": "glance-direct"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "caller", "status", "code"),
+    [
+        ([DIRECT], TENANT, 400, "invalid_body"),  # Glance: 500
+        ({"method": "glance-direct"}, TENANT, 400, "invalid_body"),  # Glance: 500
+        ({"method": {}}, TENANT, 400, "invalid_body"),
+        ({"method": {"name": "telepathy"}}, TENANT, 400, "invalid_body"),
+        ({**DIRECT, "all_stores_must_succeed": "yes"}, TENANT, 400, "invalid_body"),
+        ({**COPY, "all_stores": True}, ADMIN, 400, "invalid_body"),
+        ({**COPY, "stores": []}, ADMIN, 400, "invalid_body"),
+        ({**COPY, "stores": ["fast"]}, ADMIN, 400, "invalid_body"),  # already there
+        ({**COPY, "stores": ["nowhere"]}, ADMIN, 409, "store_not_enabled"),
+        (COPY, TENANT, 403, "forbidden"),  # copy-image is admin-only
+        (COPY, OTHER, 404, "image_not_found"),
+        (DIRECT, TENANT, 409, "invalid_image_status"),  # an active image
+        ({"method": {"name": "web-download", "uri": "http://example.com/x"}}, TENANT, 409, "invalid_image_status"),
+    ],
+)
+def test_refused_imports_change_nothing(api, usage_of, body, caller, status, code):
+    image = active_in(api)
+    before = usage_of("tenant-a")
+
+    refused = import_to(api, image, body, headers=caller, status=status)
+
+    assert refused.json["error"]["code"] == code
+    assert usage_of("tenant-a") == before
+    shown = image_of(api, image)
+    assert (shown["status"], shown["stores"]) == ("active", "fast")
+    assert "os_glance_import_task" not in shown
+    assert tasks_of(api, image, ADMIN) == []
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["file:///etc/passwd", "http://127.0.0.1/x", "http://localhost/x", "http://[::1]/x", "http://10.0.0.1/x",
+     "http://169.254.169.254/latest/meta-data", "ftp://example.com/x", "not a url", "", "http://example.com:22/x"],
+)  # fmt: skip
+def test_web_download_to_a_forbidden_place_is_refused_before_any_task(api, usage_of, uri):
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+
+    refused = import_to(api, image, {"method": {"name": "web-download", "uri": uri}}, status=400)
+
+    assert refused.json["error"]["code"] in {"web_download_refused", "invalid_body"}
+    assert image_of(api, image)["status"] == "queued"
+    assert tasks_of(api, image) == []
+    assert usage_of("tenant-a")["totals"]["image_count_uploading"] == 0
+
+
+def test_glance_direct_without_staged_data_is_a_conflict(api):
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+    assert import_to(api, image, DIRECT, status=409).json["error"]["code"] == "invalid_image_status"
+
+
+@pytest.mark.parametrize(
+    ("setup", "headers", "status"),
+    [
+        ("queued", {**TENANT, "Content-Type": "application/json"}, 415),
+        ("queued", {**OTHER, **OCTET}, 404),
+        ("staged", {**TENANT, **OCTET}, 409),  # twice
+        ("active", {**TENANT, **OCTET}, 409),
+    ],
+)
+def test_stage_refusals(api, tmp_path, usage_of, setup, headers, status):
+    if setup == "staged":
+        image = staged(api)
+    elif setup == "active":
+        image = active_in(api)
+    else:
+        image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+    before, staging = usage_of("tenant-a"), files(tmp_path, "staging")
+
+    api.put(f"/v2/images/{image}/stage", DATA, headers=headers, status=status)
+
+    assert usage_of("tenant-a") == before
+    assert files(tmp_path, "staging") == staging
+
+
+def test_uploading_to_a_staged_image_is_a_conflict(api):
+    image = staged(api)
+    api.put(f"/v2/images/{image}/file", DATA, headers={**TENANT, **OCTET}, status=409)
+    assert image_of(api, image)["status"] == "uploading"
+
+
+def test_staging_past_image_stage_total_leaves_nothing(make_app, settings, tmp_path, usage_of):
+    api = make_app(import_settings(settings, tmp_path, **{"locquota.quota.image_stage_total": "0"}))
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+
+    refused = api.put(f"/v2/images/{image}/stage", DATA, headers={**TENANT, **OCTET}, status=413)
+
+    assert refused.json["error"]["details"]["resource"] == "image_stage_total"
+    assert image_of(api, image)["status"] == "queued"
+    assert files(tmp_path, "staging") == []
+    assert usage_of("tenant-a")["totals"]["image_stage_total"] == 0
