@@ -16,7 +16,7 @@ from locations.scrubber import Scrubber
 from locations.services.data_references import DataKeys
 from locations.services.data_rekey import record_collisions, rekey_batches, rows_to_rekey
 from locations.services.deletion import DeletionService
-from locations.services.factories import scrub_policy, upload_lease_terms
+from locations.services.factories import import_tools, scrub_policy, upload_lease_terms
 from locations.services.glance_import import (
     GlanceImporter,
     GlanceSource,
@@ -24,6 +24,7 @@ from locations.services.glance_import import (
     TargetNotReadyError,
     describe_error,
 )
+from locations.services.image_import.reaper import ImportReaper, Reapers
 from locations.services.purge import purge_deleted_locations
 from locations.services.recount import reconcile_batches
 from locations.services.upload_reaper import ReapReport, UploadReaper
@@ -104,29 +105,32 @@ def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address:
     click.echo(f"scrubbed in {report.batches} batches: {counts}")
 
 
-def _reaper(app: LazyApp) -> UploadReaper:
+def _reaper(app: LazyApp) -> Reapers:
     settings = app.registry["locquota.settings"]
     with app.request() as request:
-        stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)
-    return UploadReaper(
+        stores, clock, tools = request.find_service(StoreRegistry), request.find_service(Clock), import_tools(request)
+    uploads = UploadReaper(
         app.unit_of_work(), stores, clock, upload_lease_terms(settings),
         batch_size=settings.scrub_batch_size, vault=app.registry["locquota.url_vault"],
     )  # fmt: skip
+    return Reapers(uploads, ImportReaper(app.request, tools, batch_size=settings.scrub_batch_size))
 
 
 def _echo_reaped(report: ReapReport) -> None:
     if report.uploads:
         click.echo(f"reaped {report.uploads} uploads whose lease ran out: {report.locations} pieces of data to scrub")
+    if report.imports:
+        click.echo(f"ended {report.imports} import tasks whose lease ran out")
 
 
 @click.command()
 @click.pass_obj
 def reap(app: LazyApp) -> None:
-    """End uploads whose lease ran out: images back to queued, their data to the scrubber (`scrub` runs this too)."""
+    """End uploads and imports whose lease ran out: their data to the scrubber (`scrub` runs this too)."""
     report = _reaper(app).run_once(_stop_on_sigterm())
     _echo_reaped(report)
-    if not report.uploads:
-        click.echo("no upload lease has run out")
+    if not report.uploads and not report.imports:
+        click.echo("no upload or import lease has run out")
 
 
 @click.command()

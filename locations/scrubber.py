@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import func, select
 
@@ -29,7 +30,7 @@ from locations.services.scrubbing import (
     new_worker_id,
     record,
 )
-from locations.services.upload_reaper import UploadReaper
+from locations.services.upload_reaper import ReapReport
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
@@ -37,6 +38,14 @@ from locquota.scripting import UnitOfWork
 from metrics.instruments import SCRUB_BATCH_DURATION, SCRUB_LAST_SUCCESS
 
 log = logging.getLogger(__name__)
+
+
+class Reaper(Protocol):
+    """What ends dead uploads and imports before each pass (image_import.reaper.Reapers)."""
+
+    def run_once(self, stop: threading.Event | None = None) -> ReapReport:
+        """One pass over every lease that ran out."""
+        ...
 
 
 @dataclass
@@ -132,7 +141,7 @@ class Scrubber:
                 return
             yield claims
 
-    def run_forever(self, stop: threading.Event, wakeup_seconds: float, reaper: UploadReaper | None = None) -> None:
+    def run_forever(self, stop: threading.Event, wakeup_seconds: float, reaper: Reaper | None = None) -> None:
         """Pass after pass, sleeping wakeup_seconds between them, until stop is set (SIGTERM).
 
         With a reaper, each pass first ends the uploads whose lease ran out: their data is due at once,

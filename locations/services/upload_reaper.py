@@ -36,6 +36,7 @@ class ReapReport:
 
     uploads: int = 0  # dead uploads ended
     locations: int = 0  # pieces of their data sent to the scrubber
+    imports: int = 0  # dead import tasks ended (image_import.reaper)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,11 @@ threads, waited for through the registry. Glance's observed answers are in ../sh
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from tests.conftest import identity, multi_store
+from locations.services.image_import.workers import ImportWorkers
+from locquota.cli import cli
+from tests.conftest import identity, multi_store, write_ini
 
 TENANT = identity("tenant-a")
 OTHER = identity("tenant-b")
@@ -90,7 +93,6 @@ def test_glance_direct_lands_in_the_stores_and_empties_staging(api, tmp_path, us
     assert usage["totals"]["image_count_uploading"] == 0
     tasks = api.get(f"/v2/images/{image}/tasks", headers=TENANT).json["tasks"]
     assert [(task["status"], task["type"]) for task in tasks] == [("success", "api_image_import")]
-
 
 
 def import_to(app, image: str, body: dict, headers=TENANT, status: int = 202):
@@ -289,3 +291,33 @@ def test_staging_past_image_stage_total_leaves_nothing(make_app, settings, tmp_p
     assert image_of(api, image)["status"] == "queued"
     assert files(tmp_path, "staging") == []
     assert usage_of("tenant-a")["totals"]["image_stage_total"] == 0
+
+
+def test_an_import_whose_worker_died_is_ended_by_the_reaper(api, tmp_path, settings, usage_of):
+    registry = api.app.registry
+    registry["locquota.import_workers"] = ImportWorkers(lambda _task, _holder: None, 1)  # dies before it runs
+    image = staged(api)
+    import_to(api, image, {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]})
+    assert image_of(api, image)["status"] == "importing"
+
+    # The CLI's clock is the real one: the frozen test clock's lease ran out long ago.
+    ini = write_ini(tmp_path / "reap.ini", import_settings(settings, tmp_path))
+    reaped = CliRunner().invoke(cli, ["--config", str(ini), "reap"])
+
+    assert reaped.exit_code == 0, reaped.output
+    assert "ended 1 import tasks" in reaped.output
+    shown = image_of(api, image)
+    assert (shown["status"], shown["os_glance_failed_import"], shown["os_glance_importing_to_stores"]) == (
+        "queued",
+        "fast,cheap",
+        "",
+    )
+    assert "os_glance_import_task" not in shown
+    [task] = tasks_of(api, image)
+    assert task["status"] == "failure"
+    assert "lease ran out" in task["message"]
+    assert files(tmp_path, "staging") == files(tmp_path, "fast") == []
+    totals = usage_of("tenant-a")["totals"]
+    assert (totals["image_stage_total"], totals["image_count_uploading"], totals["image_size_total"]) == (0, 0, 0)
+    again = CliRunner().invoke(cli, ["--config", str(ini), "reap"])
+    assert "no upload or import lease has run out" in again.output

@@ -25,6 +25,7 @@ from locations.services.image_import.tasks import TASK_LEASE, TaskLease
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import delete_now
 from locations.services.upload_leases import FoundData, find_data, retire_found
+from locations.services.upload_reaper import ReapReport, UploadReaper
 from locations.stores.base import StoreError
 from locquota.db import commit_and_begin
 from locquota.leases import new_holder
@@ -119,3 +120,16 @@ class ImportReaper:
             "import task %s: its lease ran out; ended as failed, %s piece(s) of data to scrub", task_id, len(ids)
         )
         return 1
+
+
+class Reapers:
+    """The upload reaper, then the import reaper: what runs before every scrub pass and as `locquota reap`."""
+
+    def __init__(self, uploads: UploadReaper, imports: ImportReaper) -> None:
+        self._uploads, self._imports = uploads, imports
+
+    def run_once(self, stop: threading.Event | None = None) -> ReapReport:
+        """End dead uploads, then dead imports; what both did."""
+        report = self._uploads.run_once(stop)
+        report.imports = self._imports.run_once(stop)
+        return report

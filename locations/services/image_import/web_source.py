@@ -159,7 +159,9 @@ class _Session(requests.Session):
 
 
 class WebSource:
-    """An opened web-download: the size the server declared, and its body as chunks no larger than max_bytes."""
+    """An opened web-download: the size the server declared, and its body in chunks, max_bytes at most in all."""
+
+    declared_size: int | None  # the final answer's Content-Length; None for a body sent without one
 
     def __init__(
         self,
@@ -174,10 +176,12 @@ class WebSource:
         self.declared_size = _declared_size(response, target)
         if self.declared_size is not None and self.declared_size > max_bytes:
             self.close()
-            raise WebDownloadFailed(f"{target.origin} declares {self.declared_size} bytes, over {max_bytes}.")
+            raise WebDownloadFailed(
+                f"The web server {target.origin} declares {self.declared_size} bytes, over the {max_bytes} allowed."
+            )
 
     def chunks(self) -> Iterator[bytes]:
-        """The body as served, read at most max_bytes + 1 bytes far; the connection is closed at the end."""
+        """The body as served, in chunks of at most chunk_bytes; never read past max_bytes + 1. Closes at the end."""
         received, declared, origin = 0, self.declared_size, self._target.origin
         try:
             while data := self._response.raw.read(
@@ -264,7 +268,7 @@ def _get(session: requests.Session, target: WebTarget, timeout_seconds: float) -
     except requests.Timeout:
         raise WebDownloadFailed(f"The web server {target.origin} did not answer in time.") from None
     except TRANSPORT_ERRORS as exc:
-        raise WebDownloadFailed(f"The web server {target.origin} could not be reached ({_kind(exc)}).") from None
+        raise WebDownloadFailed(f"Fetching from {target.origin} failed ({_kind(exc)}).") from None
 
 
 def _redirect(url_filter: UrlFilter, target: WebTarget, location: str) -> WebTarget:

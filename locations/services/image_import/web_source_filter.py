@@ -109,7 +109,7 @@ class WebTarget:
 
 @dataclass(frozen=True, slots=True)
 class UrlFilter:
-    """Glance's import filtering options; host lists are normalised on construction (a bad entry is a ValueError)."""
+    """Glance's import filtering options, normalised on construction (a bad entry is a ValueError)."""
 
     allowed_schemes: tuple[str, ...] = ("http", "https")
     disallowed_schemes: tuple[str, ...] = ()
@@ -127,6 +127,8 @@ class UrlFilter:
             object.__setattr__(self, field, hosts)
         for field in ("allowed_schemes", "disallowed_schemes"):
             object.__setattr__(self, field, tuple(scheme.lower() for scheme in getattr(self, field)))
+        for field in ("allowed_ports", "disallowed_ports"):
+            object.__setattr__(self, field, tuple(int(port) for port in getattr(self, field)))
 
     def check(self, url: object) -> None:
         """Raise WebDownloadRefused unless url may be fetched, judging its text only (no name is resolved)."""
