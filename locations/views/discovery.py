@@ -6,18 +6,27 @@ from pyramid.view import view_config
 
 from locations import schemas
 
-CURRENT_VERSION = "2.18"
-SUPPORTED_VERSIONS = ("2.17", "2.16", "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6",
-                      "2.5", "2.4", "2.3", "2.2", "2.1", "2.0")  # fmt: skip
+# Glance 33 decides what it advertises from its configuration (glance/api/versions.py); locquota has no
+# image cache, so it takes Glance's branch without one: 2.16 and 2.14 (cache APIs) and 2.18 are never
+# advertised, 2.17 (the locations API) is CURRENT. The multi-store versions (2.8, 2.10-2.13) come with
+# enabled_backends; without it 2.9 stands alone, as in Glance.
+MULTI_STORE_VERSIONS = ("2.13", "2.12", "2.11", "2.10", "2.9", "2.8")
+BASE_VERSIONS = ("2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0")
+
+
+def advertised_versions(is_multi_store: bool) -> list[tuple[str, str]]:
+    """(version, status) in Glance's order, for a deployment without an image cache."""
+    middle = MULTI_STORE_VERSIONS if is_multi_store else ("2.9",)
+    supported = [("2.15", "SUPPORTED"), *((version, "SUPPORTED") for version in middle)]
+    return [*supported, ("2.17", "CURRENT"), *((version, "SUPPORTED") for version in BASE_VERSIONS)]
 
 
 def _versions(request: Request) -> dict[str, object]:
     href = request.application_url.rstrip("/") + "/v2/"
-    statuses = [(CURRENT_VERSION, "CURRENT"), *((version, "SUPPORTED") for version in SUPPORTED_VERSIONS)]
     return {
         "versions": [
             {"id": f"v{version}", "status": status, "links": [{"rel": "self", "href": href}]}
-            for version, status in statuses
+            for version, status in advertised_versions(request.settings.is_multi_store)
         ]
     }
 

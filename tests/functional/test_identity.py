@@ -268,7 +268,7 @@ def assert_version_document(body: dict[str, object]) -> None:
     versions = body["versions"]
     assert isinstance(versions, list)
     current = [version for version in versions if version["status"] == "CURRENT"]
-    assert [version["id"] for version in current] == ["v2.18"]
+    assert [version["id"] for version in current] == ["v2.17"]
     assert {version["status"] for version in versions} == {"CURRENT", "SUPPORTED"}
     assert "v2.0" in {version["id"] for version in versions}
     for version in versions:

@@ -321,3 +321,26 @@ def test_an_import_whose_worker_died_is_ended_by_the_reaper(api, tmp_path, setti
     assert (totals["image_stage_total"], totals["image_count_uploading"], totals["image_size_total"]) == (0, 0, 0)
     again = CliRunner().invoke(cli, ["--config", str(ini), "reap"])
     assert "no upload or import lease has run out" in again.output
+
+
+def test_an_image_being_imported_cannot_lose_a_store_nor_start_a_second_import(api):
+    api.app.registry["locquota.import_workers"] = ImportWorkers(lambda _task, _holder: None, 1)  # never runs
+    image = staged(api)
+    import_to(api, image, {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]})
+
+    assert api.delete(f"/v2/stores/fast/{image}", headers=ADMIN, status=409).json["error"]["code"] == (
+        "invalid_image_status"
+    )
+    again = import_to(api, image, {"method": {"name": "glance-direct"}}, status=409)
+    assert again.json["error"]["code"] == "invalid_image_status"  # importing, no longer uploading
+
+
+def test_a_second_copy_while_one_is_in_flight_is_a_conflict(api):
+    image = active_in(api)
+    api.app.registry["locquota.import_workers"] = ImportWorkers(lambda _task, _holder: None, 1)  # never runs
+    import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["cheap"]}, headers=ADMIN)
+
+    again = import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["slow"]}, headers=ADMIN, status=409)
+
+    assert again.json["error"]["code"] == "import_in_progress"
+    assert len(tasks_of(api, image, ADMIN)) == 1
