@@ -5,7 +5,9 @@ threads, waited for through the registry. Glance's observed answers are in ../sh
 ("Multi-store, import and the locations API").
 """
 
+import hashlib
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +15,8 @@ from click.testing import CliRunner
 from locations.services.image_import.workers import ImportWorkers
 from locquota.cli import cli
 from tests.conftest import identity, multi_store, write_ini
+from tests.web_source_servers import DATA as WEB_DATA
+from tests.web_source_servers import serve_fixture  # noqa: F401  (the `serve` fixture)
 
 TENANT = identity("tenant-a")
 OTHER = identity("tenant-b")
@@ -344,3 +348,90 @@ def test_a_second_copy_while_one_is_in_flight_is_a_conflict(api):
 
     assert again.json["error"]["code"] == "import_in_progress"
     assert len(tasks_of(api, image, ADMIN)) == 1
+
+
+@pytest.fixture
+def web_api(make_app, settings, tmp_path, serve):
+    server = serve()
+    allowed = {"locquota.import_allowed_hosts": "127.0.0.1", "locquota.import_allowed_ports": str(server.server_port)}
+    return make_app(import_settings(settings, tmp_path, **allowed)), server
+
+
+def test_web_download_lands_the_served_bytes(web_api, tmp_path, usage_of):
+    api, server = web_api
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+
+    import_to(api, image, {"method": {"name": "web-download", "uri": f"{server.base}/image"}, "stores": ["cheap"]})
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert (shown["status"], shown["stores"], shown["size"]) == ("active", "cheap", len(WEB_DATA))
+    assert (tmp_path / "cheap" / image).read_bytes() == WEB_DATA
+    assert shown["checksum"] == hashlib.md5(WEB_DATA, usedforsecurity=False).hexdigest()
+    assert files(tmp_path, "staging") == []
+    totals = usage_of("tenant-a")["totals"]
+    assert (totals["image_size_total"], totals["image_stage_total"]) == (len(WEB_DATA), 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/status/404", "404"),
+        ("/short", ""),
+        ("/loop", "redirect"),
+        ("/huge-declared", ""),
+    ],
+)
+def test_a_failed_web_download_fails_its_task_and_leaves_nothing(web_api, tmp_path, usage_of, path, reason):
+    api, server = web_api
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+
+    import_to(api, image, {"method": {"name": "web-download", "uri": f"{server.base}{path}"}})
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert (shown["status"], shown["os_glance_failed_import"], shown["os_glance_importing_to_stores"]) == (
+        "queued",
+        "fast",
+        "",
+    )
+    [task] = tasks_of(api, image)
+    assert task["status"] == "failure"
+    assert reason in task["message"]
+    assert files(tmp_path, "staging") == files(tmp_path, "fast") == []
+    totals = usage_of("tenant-a")["totals"]
+    assert (totals["image_size_total"], totals["image_stage_total"], totals["image_count_uploading"]) == (0, 0, 0)
+
+
+def test_a_redirect_to_a_forbidden_host_fails_the_task_before_connecting(web_api, serve, tmp_path):
+    api, server = web_api
+    elsewhere = serve()  # its port is not allowed
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+    target = f"{server.base}/to?{quote(elsewhere.base + '/image', safe='')}"
+    before = elsewhere.quiet_point()
+
+    import_to(api, image, {"method": {"name": "web-download", "uri": target}})
+    wait_for_tasks(api)
+
+    assert elsewhere.quiet_point() == before + 1  # only its own probe: the import never connected
+    assert image_of(api, image)["status"] == "queued"
+    assert tasks_of(api, image)[0]["status"] == "failure"
+    assert files(tmp_path, "staging") == []
+
+
+def test_a_web_download_past_image_stage_total_fails_and_charges_nothing(make_app, settings, tmp_path, serve, usage_of):
+    server = serve()
+    allowed = {
+        "locquota.import_allowed_hosts": "127.0.0.1",
+        "locquota.import_allowed_ports": str(server.server_port),
+        "locquota.quota.image_stage_total": "0",
+    }
+    api = make_app(import_settings(settings, tmp_path, **allowed))
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+
+    import_to(api, image, {"method": {"name": "web-download", "uri": f"{server.base}/image"}})
+    wait_for_tasks(api)
+
+    assert image_of(api, image)["status"] == "queued"
+    assert files(tmp_path, "staging") == []
+    assert usage_of("tenant-a")["totals"]["image_stage_total"] == 0
