@@ -124,8 +124,9 @@ def audit(ctx: click.Context, app: LazyApp, fix: bool, json_report: bool, grace_
     reaper = UploadReaper(
         unit_of_work, stores, clock, upload_lease_terms(settings), batch_size=settings.scrub_batch_size, vault=vault
     )
+    audited = [name for name, _ in settings.backends] + ([stores.staging.name] if stores.staging else [])
     auditor = Auditor(
-        unit_of_work, stores, [name for name, _ in settings.backends], clock,
+        unit_of_work, stores, audited, clock,
         grace=timedelta(seconds=grace_seconds), batch_size=batch_size, vault=vault,
     )  # fmt: skip
     repairs = AuditRepairs(unit_of_work, stores, clock, reaper.run_once, vault=vault) if fix else None

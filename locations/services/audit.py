@@ -20,7 +20,7 @@ from enum import StrEnum
 from itertools import islice
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from locations.models import (
@@ -30,6 +30,8 @@ from locations.models import (
     ImageStatus,
     Location,
     LocationStatus,
+    StagedData,
+    TaskCopy,
     Upload,
 )
 from locations.services.data_references import DataKeys, DataReferences, Question
@@ -110,15 +112,20 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def upload_names(db: Session, keys: DataKeys, store: Store) -> set[str] | None:
-    """The data keys of every name an upload holds in this store (its target and its scratch data).
+    """The data keys of every name a write in flight holds in this store, and of staged data.
 
+    Writes in flight: uploads and stage requests, and import tasks' copies (target and scratch names).
     None when a row's names cannot be opened or identified: what it names is then unknown.
     """
     names = set()
     for sealed in db.scalars(
-        select(Upload.url)
-        .where(Upload.store == store.name)
-        .union_all(select(Upload.scratch_url).where(Upload.store == store.name))
+        union_all(
+            select(Upload.url).where(Upload.store == store.name),
+            select(Upload.scratch_url).where(Upload.store == store.name),
+            select(TaskCopy.url).where(TaskCopy.store == store.name),
+            select(TaskCopy.scratch_url).where(TaskCopy.store == store.name),
+            select(StagedData.url).where(StagedData.store == store.name),
+        )
     ):
         if sealed is None:
             continue

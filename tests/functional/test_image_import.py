@@ -41,6 +41,14 @@ def api(make_app, settings, tmp_path):
     return make_app(import_settings(settings, tmp_path))
 
 
+def audit_is_clean(settings: dict[str, str], tmp_path: Path) -> None:
+    """`locquota audit` finds the stores, the staging area and the database in agreement (and reconcile no drift)."""
+    ini = write_ini(tmp_path / "audit.ini", import_settings(settings, tmp_path))
+    for command in (["audit", "--grace-seconds", "0"], ["reconcile"]):
+        result = CliRunner().invoke(cli, ["--config", str(ini), *command])
+        assert result.exit_code == 0, result.output
+
+
 def files(tmp_path: Path, store: str) -> list[str]:
     root = tmp_path / store
     return sorted(path.name for path in root.iterdir()) if root.exists() else []
@@ -61,7 +69,7 @@ def test_import_info_lists_the_methods_served(api):
     assert info["import-methods"]["value"] == ["glance-direct", "web-download", "copy-image"]
 
 
-def test_staging_charges_image_stage_total_and_leaves_the_image_uploading(api, tmp_path, usage_of):
+def test_staging_charges_image_stage_total_and_leaves_the_image_uploading(api, tmp_path, usage_of, settings):
     image = staged(api)
 
     shown = api.get(f"/v2/images/{image}", headers=TENANT).json
@@ -70,9 +78,10 @@ def test_staging_charges_image_stage_total_and_leaves_the_image_uploading(api, t
     assert usage["totals"]["image_stage_total"] == len(DATA)
     assert usage["totals"]["image_size_total"] == 0
     assert len(files(tmp_path, "staging")) == 1
+    audit_is_clean(settings, tmp_path)  # staged data is known to the audit, and recounted exactly
 
 
-def test_glance_direct_lands_in_the_stores_and_empties_staging(api, tmp_path, usage_of):
+def test_glance_direct_lands_in_the_stores_and_empties_staging(api, tmp_path, usage_of, settings):
     image = staged(api)
 
     api.post_json(
@@ -97,6 +106,7 @@ def test_glance_direct_lands_in_the_stores_and_empties_staging(api, tmp_path, us
     assert usage["totals"]["image_count_uploading"] == 0
     tasks = api.get(f"/v2/images/{image}/tasks", headers=TENANT).json["tasks"]
     assert [(task["status"], task["type"]) for task in tasks] == [("success", "api_image_import")]
+    audit_is_clean(settings, tmp_path)
 
 
 def import_to(app, image: str, body: dict, headers=TENANT, status: int = 202):
@@ -137,7 +147,7 @@ def test_a_copy_past_the_quota_fails_alone_when_not_all_must_succeed(small_quota
     assert "cheap: Quota exceeded for image_size_total" in task["message"]
 
 
-def test_when_all_must_succeed_a_refused_copy_undoes_the_others(small_quota_api, tmp_path, usage_of):
+def test_when_all_must_succeed_a_refused_copy_undoes_the_others(small_quota_api, tmp_path, usage_of, settings):
     api = small_quota_api
     image = staged(api, BIG)
 
@@ -151,6 +161,7 @@ def test_when_all_must_succeed_a_refused_copy_undoes_the_others(small_quota_api,
     totals = usage_of("tenant-a")["totals"]
     assert (totals["image_size_total"], totals["image_stage_total"], totals["image_count_uploading"]) == (0, 0, 0)
     assert [task["status"] for task in tasks_of(api, image)] == ["failure"]
+    audit_is_clean(settings, tmp_path)
 
 
 def active_in(app, store: str = "fast") -> str:
@@ -159,7 +170,7 @@ def active_in(app, store: str = "fast") -> str:
     return image
 
 
-def test_copy_image_adds_a_location_per_store_charged_to_the_owner(api, tmp_path, usage_of):
+def test_copy_image_adds_a_location_per_store_charged_to_the_owner(api, tmp_path, usage_of, settings):
     image = active_in(api)
 
     import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["cheap", "slow"]}, headers=ADMIN)
@@ -174,6 +185,7 @@ def test_copy_image_adds_a_location_per_store_charged_to_the_owner(api, tmp_path
     assert usage_of("operators")["totals"]["image_size_total"] == 0
     assert tasks_of(api, image, ADMIN)[0]["owner"] == "operators"
     assert tasks_of(api, image, TENANT) == []  # Glance shows a task to the project that started it
+    audit_is_clean(settings, tmp_path)
 
 
 def test_copy_image_to_all_stores_skips_those_it_is_in(api, tmp_path):
@@ -325,6 +337,7 @@ def test_an_import_whose_worker_died_is_ended_by_the_reaper(api, tmp_path, setti
     assert (totals["image_stage_total"], totals["image_count_uploading"], totals["image_size_total"]) == (0, 0, 0)
     again = CliRunner().invoke(cli, ["--config", str(ini), "reap"])
     assert "no upload or import lease has run out" in again.output
+    audit_is_clean(settings, tmp_path)
 
 
 def test_an_image_being_imported_cannot_lose_a_store_nor_start_a_second_import(api):
