@@ -42,6 +42,9 @@ TABLES = (
     "data_key_collisions",
     "uploads",
     "audit_runs",
+    "staged_data",
+    "task_copies",
+    "tasks",
 )
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)
