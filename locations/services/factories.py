@@ -8,9 +8,9 @@ from pyramid.request import Request
 from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
 from locations.services.deletion import DeletionService
-from locations.services.image_import.runner import ImportTools
 from locations.services.image_import.staging import StagingService
 from locations.services.image_import.starting import ImportService
+from locations.services.image_import.units import ImportTools
 from locations.services.image_import.web_source import open_url
 from locations.services.image_import.web_source_filter import UrlFilter
 from locations.services.images import ImageService

@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from locations.models import UNFINISHED_TASK_STATUSES, Image, Task, TaskCopy
 from locations.services.data_references import DataKeys, DataReferences
 from locations.services.image_import.ending import end_import
-from locations.services.image_import.runner import ImportTools
 from locations.services.image_import.tasks import TASK_LEASE, TaskLease
+from locations.services.image_import.units import ImportTools
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import delete_now
 from locations.services.upload_leases import FoundData, find_data, retire_found
