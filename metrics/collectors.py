@@ -18,6 +18,7 @@ from locations.services.audit import Finding
 from locations.services.audit_runs import last_audit
 from locations.services.backlog import BacklogService
 from locations.services.data_rekey import collision_count
+from locations.services.image_import.tasks import imports_in_flight
 from locations.services.upload_leases import uploads_in_flight
 from locquota.cache import Cache
 from locquota.clock import Clock
@@ -170,6 +171,15 @@ class ScrapeCollector:
             "locquota_uploads_expired",
             "Uploads whose lease ran out and that no reaper has ended yet (is the scrubber daemon running?).",
             value=expired,
+        )
+        tasks, dead = imports_in_flight(session, self._clock.now())
+        yield GaugeMetricFamily(
+            "locquota_imports_in_flight", "Import tasks not ended yet (pending or processing).", value=tasks
+        )
+        yield GaugeMetricFamily(
+            "locquota_imports_expired",
+            "Import tasks whose worker stopped renewing their lease and that no reaper has ended yet.",
+            value=dead,
         )
 
     def _audit(self, session: Session) -> Iterator[Metric]:

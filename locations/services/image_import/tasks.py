@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageProperty, Task, TaskStatus
+from locations.models import UNFINISHED_TASK_STATUSES, Image, ImageProperty, Task, TaskStatus
 from locquota.clock import Clock
 from locquota.leases import LeaseColumns, LeaseTerms, renew
 
@@ -107,3 +107,13 @@ def tasks_of_image(db: Session, image_id: uuid.UUID, now: datetime) -> list[Task
             .order_by(Task.created_at, Task.id)
         )
     )
+
+
+def imports_in_flight(db: Session, now: datetime) -> tuple[int, int]:
+    """How many import tasks have not ended, and how many of those hold a lease that ran out (a dead worker)."""
+    row = db.execute(
+        select(func.count(), func.count().filter(TASK_LEASE.expired(now)))
+        .select_from(Task)
+        .where(Task.status.in_(UNFINISHED_TASK_STATUSES))
+    ).one()
+    return row[0], row[1]
