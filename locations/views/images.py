@@ -55,6 +55,14 @@ def create_image(request: Request) -> dict[str, object]:
     image = request.find_service(ImageService).create(request.identity, body)
     request.response.status_code = 201
     request.response.location = request.route_url("images.item", image_id=str(image.id))
+    # As Glance: openstacksdk learns from these whether it may import (use_import) and into which stores.
+    settings = request.settings
+    if settings.import_methods:
+        request.response.headers["OpenStack-image-import-methods"] = ",".join(settings.import_methods)
+    if settings.is_multi_store:
+        request.response.headers["OpenStack-image-store-ids"] = ",".join(
+            store.name for store in request.find_service(StoreRegistry)
+        )
     return _present(request, request.find_service(ImageCatalog).view_of(image))
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import glanceclient
 import openstack
 import pytest
-from openstack import exceptions
 
 from tests.conftest import multi_store
 from tests.e2e.conftest import VENV_BIN
@@ -388,15 +387,6 @@ def test_sdk_stage_image_then_import_image_glance_direct(conn, admin_glance, tmp
     assert stored(tmp_path, "slow", image.id) == DATA
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=exceptions.SDKException,
-    reason=(
-        "POST /v2/images answers 201 without Glance's OpenStack-image-import-methods (and OpenStack-image-store-ids) "
-        "headers; openstacksdk's create_image(use_import=True) reads the methods from that header and gives up with "
-        "'the cloud does not support the image import method'"
-    ),
-)
 def test_sdk_create_image_with_use_import_stages_and_imports(conn, admin_glance):
     image = conn.image.create_image(
         name="sdk-use-import", data=DATA, disk_format="raw", container_format="bare", use_import=True

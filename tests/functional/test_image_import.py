@@ -448,3 +448,12 @@ def test_a_web_download_past_image_stage_total_fails_and_charges_nothing(make_ap
     assert image_of(api, image)["status"] == "queued"
     assert files(tmp_path, "staging") == []
     assert usage_of("tenant-a")["totals"]["image_stage_total"] == 0
+
+
+def test_creating_an_image_says_how_it_may_be_imported_and_where(api, app):
+    created = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201)
+    assert created.headers["OpenStack-image-import-methods"] == "glance-direct,web-download,copy-image"
+    assert created.headers["OpenStack-image-store-ids"] == "fast,cheap,slow"
+    single = app.post_json("/v2/images", IMAGE, headers=TENANT, status=201)  # one store, no staging area
+    assert "OpenStack-image-import-methods" not in single.headers
+    assert "OpenStack-image-store-ids" not in single.headers
