@@ -19,10 +19,12 @@ from locations.services.factories import (
     import_tools,
     location_api_factory,
     staging_service_factory,
+    url_filter,
 )
 from locations.services.image_import.runner import ImportRun
 from locations.services.image_import.staging import StagingService
 from locations.services.image_import.starting import ImportService
+from locations.services.image_import.tasks import renew_waiting
 from locations.services.image_import.workers import ImportWorkers
 from locations.services.images import ImageService
 from locations.services.location_api import LocationApi
@@ -30,6 +32,8 @@ from locations.services.upload import ImageDataService
 from locations.services.url_encryption import check_key_ring, refuse_plaintext
 from locations.stores.base import StoreRegistry, load_stores
 from locations.stores.staging import staging_store
+from locquota.clock import Clock
+from locquota.settings import SettingsError
 
 
 def includeme(config: Configurator) -> None:
@@ -53,9 +57,18 @@ def includeme(config: Configurator) -> None:
     config.register_service_factory(deletion_service_factory, iface=DeletionService)
     config.register_service_factory(backlog_service_factory, iface=BacklogService)
     config.register_service_factory(image_data_service_factory, iface=ImageDataService)
+    try:
+        url_filter(settings)  # a bad host or port in the import filter stops the start, not every import
+    except ValueError as exc:
+        raise SettingsError(f"locquota.import_allowed_hosts / import_disallowed_hosts: {exc}") from exc
     config.register_service_factory(import_service_factory, iface=ImportService)
     config.register_service_factory(staging_service_factory, iface=StagingService)
-    config.registry["locquota.import_workers"] = ImportWorkers(_import_runner(config.registry), settings.import_workers)
+    config.registry["locquota.import_workers"] = ImportWorkers(
+        _import_runner(config.registry),
+        settings.import_workers,
+        keep_queued=waiting_tasks_keeper(config.registry),
+        every_seconds=settings.import_lease_seconds / 3,
+    )
     config.scan(".views")
 
 
@@ -71,3 +84,19 @@ def _import_runner(registry: Registry) -> Callable[[uuid.UUID, str], None]:
             env["closer"]()
 
     return run
+
+
+def waiting_tasks_keeper(registry: Registry) -> Callable[[set[uuid.UUID], str], None]:
+    """Renew the leases of tasks waiting for one of this process's import threads (one short transaction)."""
+
+    def keep(task_ids: set[uuid.UUID], holder: str) -> None:
+        env = prepare(registry=registry)
+        try:
+            request = env["request"]
+            with request.tm:
+                until = import_tools(request).terms.until(request.find_service(Clock).now())
+                renew_waiting(request.db, task_ids, holder, until)
+        finally:
+            env["closer"]()
+
+    return keep

@@ -127,8 +127,11 @@ def stores(registry: StoreRegistry, *, detail: bool) -> dict[str, object]:
 
 
 def task(row: Task) -> dict[str, object]:
-    """A task as Glance shows it (GET /v2/tasks/{id} and the image's task list)."""
-    return {
+    """A task as Glance shows it (GET /v2/tasks/{id} and the image's task list).
+
+    Ids the schema types as strings are left out when unknown (a caller without a user id), never null.
+    """
+    body: dict[str, object] = {
         "id": str(row.id),
         "type": row.type,
         "status": str(row.status),
@@ -145,3 +148,7 @@ def task(row: Task) -> dict[str, object]:
         "self": f"/v2/tasks/{row.id}",
         "schema": "/v2/schemas/task",
     }
+    return {key: value for key, value in body.items() if value is not None or key not in NULLABLE_NEVER}
+
+
+NULLABLE_NEVER = frozenset({"image_id", "user_id", "request_id"})

@@ -9,6 +9,8 @@ def includeme(config: Configurator) -> None:
     config.add_route("versions.list", "/versions")
     config.add_route("schemas.image", "/v2/schemas/image")
     config.add_route("schemas.images", "/v2/schemas/images")
+    config.add_route("schemas.task", "/v2/schemas/task")
+    config.add_route("schemas.tasks", "/v2/schemas/tasks")
     config.add_route("info.stores", "/v2/info/stores")
     config.add_route("info.stores.detail", "/v2/info/stores/detail")
     config.add_route("images.collection", "/v2/images")

@@ -4,7 +4,7 @@ from pyramid.request import Request
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from locations import schemas
+from locations import schemas, task_schemas
 
 # Glance 33 decides what it advertises from its configuration (glance/api/versions.py); locquota has no
 # image cache, so it takes Glance's branch without one: 2.16 and 2.14 (cache APIs) and 2.18 are never
@@ -54,3 +54,15 @@ def image_schema(_request: Request) -> dict[str, object]:
 def images_schema(_request: Request) -> dict[str, object]:
     """The image collection schema."""
     return schemas.images_schema()
+
+
+@view_config(route_name="schemas.task", request_method="GET", renderer="json")
+def task_schema(_request: Request) -> dict[str, object]:
+    """The task schema glanceclient validates a task against (glance task-show)."""
+    return task_schemas.task_schema()
+
+
+@view_config(route_name="schemas.tasks", request_method="GET", renderer="json")
+def tasks_schema(_request: Request) -> dict[str, object]:
+    """The task collection schema."""
+    return task_schemas.tasks_schema()

@@ -78,6 +78,8 @@ def show_task(request: Request) -> dict[str, object]:
     except ValueError:
         raise TaskNotFound("No task found with this id.") from None
     task = request.db.scalar(select(Task).where(Task.id == task_id))
-    if task is None or not _visible(request, task):
+    now = request.find_service(Clock).now()
+    expired = task is not None and task.expires_at is not None and task.expires_at < now
+    if task is None or expired or not _visible(request, task):
         raise TaskNotFound("No task found with this id.")
     return presenters.task(task)

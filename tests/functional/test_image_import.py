@@ -6,12 +6,21 @@ threads, waited for through the registry. Glance's observed answers are in ../sh
 """
 
 import hashlib
+import threading
+import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from locations import waiting_tasks_keeper
+from locations.models import Task
 from locations.services.image_import.workers import ImportWorkers
 from locquota.cli import cli
 from tests.conftest import identity, multi_store, write_ini
@@ -52,6 +61,11 @@ def audit_is_clean(settings: dict[str, str], tmp_path: Path) -> None:
 def files(tmp_path: Path, store: str) -> list[str]:
     root = tmp_path / store
     return sorted(path.name for path in root.iterdir()) if root.exists() else []
+
+
+def dead_workers() -> ImportWorkers:
+    """Import workers that never run what they are given: an API process that died before running its tasks."""
+    return ImportWorkers(lambda _task, _holder: None, 1, keep_queued=lambda _ids, _holder: None, every_seconds=3600)
 
 
 def wait_for_tasks(app) -> None:
@@ -311,7 +325,7 @@ def test_staging_past_image_stage_total_leaves_nothing(make_app, settings, tmp_p
 
 def test_an_import_whose_worker_died_is_ended_by_the_reaper(api, tmp_path, settings, usage_of):
     registry = api.app.registry
-    registry["locquota.import_workers"] = ImportWorkers(lambda _task, _holder: None, 1)  # dies before it runs
+    registry["locquota.import_workers"] = dead_workers()  # dies before it runs
     image = staged(api)
     import_to(api, image, {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]})
     assert image_of(api, image)["status"] == "importing"
@@ -341,7 +355,7 @@ def test_an_import_whose_worker_died_is_ended_by_the_reaper(api, tmp_path, setti
 
 
 def test_an_image_being_imported_cannot_lose_a_store_nor_start_a_second_import(api):
-    api.app.registry["locquota.import_workers"] = ImportWorkers(lambda _task, _holder: None, 1)  # never runs
+    api.app.registry["locquota.import_workers"] = dead_workers()  # never runs
     image = staged(api)
     import_to(api, image, {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]})
 
@@ -354,7 +368,7 @@ def test_an_image_being_imported_cannot_lose_a_store_nor_start_a_second_import(a
 
 def test_a_second_copy_while_one_is_in_flight_is_a_conflict(api):
     image = active_in(api)
-    api.app.registry["locquota.import_workers"] = ImportWorkers(lambda _task, _holder: None, 1)  # never runs
+    api.app.registry["locquota.import_workers"] = dead_workers()  # never runs
     import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["cheap"]}, headers=ADMIN)
 
     again = import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["slow"]}, headers=ADMIN, status=409)
@@ -457,3 +471,46 @@ def test_creating_an_image_says_how_it_may_be_imported_and_where(api, app):
     single = app.post_json("/v2/images", IMAGE, headers=TENANT, status=201)  # one store, no staging area
     assert "OpenStack-image-import-methods" not in single.headers
     assert "OpenStack-image-store-ids" not in single.headers
+
+
+def test_a_task_waiting_for_a_thread_keeps_its_lease(api, clock, engine):
+    registry = api.app.registry
+    gate = threading.Event()
+    busy = ImportWorkers(
+        lambda _task, _holder: gate.wait(30), 1, keep_queued=waiting_tasks_keeper(registry), every_seconds=0.05
+    )
+    registry["locquota.import_workers"] = busy
+    first, second = active_in(api), active_in(api)
+    import_to(api, first, {"method": {"name": "copy-image"}, "stores": ["cheap"]}, headers=ADMIN)
+    import_to(api, second, {"method": {"name": "copy-image"}, "stores": ["cheap"]}, headers=ADMIN)
+    clock.advance(seconds=200)  # past half of the second task's lease, which waits behind the first
+    try:
+
+        def second_lease() -> object:
+            with Session(engine) as session:
+                return session.scalar(select(Task.lease_expires_at).where(Task.image_id == uuid.UUID(second)))
+
+        deadline = time.monotonic() + 20
+        while second_lease() != clock.now() + timedelta(seconds=300):
+            assert time.monotonic() < deadline, "the waiting task's lease was never renewed"
+            time.sleep(0.05)  # polling an observed condition
+    finally:
+        gate.set()
+        busy.wait(timeout=30)
+
+
+def test_a_task_is_shown_to_admins_as_its_schema_says_until_it_expires(api, clock):
+    image = active_in(api)
+    import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["cheap"]}, headers=ADMIN)
+    wait_for_tasks(api)
+    [listed] = tasks_of(api, image, ADMIN)
+
+    shown = api.get(f"/v2/tasks/{listed['id']}", headers=ADMIN).json
+    jsonschema.validate(shown, api.get("/v2/schemas/task", headers=ADMIN).json)
+    jsonschema.validate({"tasks": [listed]}, api.get("/v2/schemas/tasks", headers=ADMIN).json)
+    assert (shown["status"], shown["result"], shown["input"]["backend"]) == ("success", {"image_id": image}, ["cheap"])
+    api.get(f"/v2/tasks/{listed['id']}", headers=TENANT, status=403)  # tasks_api_access: admins
+    api.get("/v2/tasks/not-a-uuid", headers=ADMIN, status=404)
+    clock.advance(seconds=49 * 3600)  # past Glance's 48 h task_time_to_live
+    api.get(f"/v2/tasks/{listed['id']}", headers=ADMIN, status=404)
+    assert tasks_of(api, image, ADMIN) == []

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import UNFINISHED_TASK_STATUSES, Image, ImageProperty, Task, TaskStatus
@@ -117,3 +117,13 @@ def imports_in_flight(db: Session, now: datetime) -> tuple[int, int]:
         .where(Task.status.in_(UNFINISHED_TASK_STATUSES))
     ).one()
     return row[0], row[1]
+
+
+def renew_waiting(db: Session, task_ids: set[uuid.UUID], holder: str, until: datetime) -> None:
+    """Extend holder's leases on tasks that have not started (waiting for a worker thread)."""
+    db.execute(
+        update(Task)
+        .where(Task.id.in_(task_ids), TASK_LEASE.held_by(holder), Task.status == TaskStatus.PENDING)
+        .values(lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
