@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import jsonschema
 from pyramid.request import Request
 
+from locations.schemas import checked_body
 from locquota.errors import ImportMethodNotEnabled, InvalidBody
 from locquota.json_body import read_json_body
 from locquota.settings import IMPORT_METHODS, Settings
@@ -55,11 +56,7 @@ def import_body(request: Request, settings: Settings) -> ImportRequest:
     Also 400: a web-download without a URL, or `all_stores` beside `stores` or X-Image-Meta-Store.
     """
     body = read_json_body(request, settings.max_request_body_bytes)
-    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(body))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the body"
-        raise InvalidBody(f"Invalid import request at {where}: {error.message[:200]}")
-    assert isinstance(body, dict)  # noqa: S101  (the schema says so)
+    body = checked_body(body, _VALIDATOR, "import request")
     method = body["method"]["name"]
     if method not in IMPORT_METHODS:
         raise InvalidBody(f"Import method {method[:64]!r} is not one of {', '.join(IMPORT_METHODS)}.")

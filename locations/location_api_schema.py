@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import jsonschema
 from pyramid.request import Request
 
+from locations.schemas import checked_body
 from locquota.errors import InvalidBody
 from locquota.json_body import read_json_body
 from locquota.settings import Settings
@@ -43,11 +44,7 @@ class NewLocation:
 def add_location_body(request: Request, settings: Settings) -> NewLocation:
     """400 for anything off-schema, and for a hash value of the wrong length for its algorithm."""
     body = read_json_body(request, settings.max_request_body_bytes)
-    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(body))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the body"
-        raise InvalidBody(f"Invalid location request at {where}: {error.message[:200]}")
-    assert isinstance(body, dict)  # noqa: S101  (the schema says so)
+    body = checked_body(body, _VALIDATOR, "location request")
     validation = body.get("validation_data") or {}
     if "os_hash_value" not in validation:
         return NewLocation(body["url"], None)

@@ -136,12 +136,12 @@ def image_schema() -> dict[str, Any]:
     }
 
 
-def images_schema() -> dict[str, Any]:
-    """The collection schema at /v2/schemas/images."""
+def collection_schema(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """Glance's collection schema around an item schema: the items, and the paging links."""
     return {
-        "name": "images",
+        "name": name,
         "properties": {
-            "images": {"type": "array", "items": image_schema()},
+            name: {"type": "array", "items": item},
             "first": {"type": "string"},
             "next": {"type": "string"},
             "schema": {"type": "string"},
@@ -152,6 +152,21 @@ def images_schema() -> dict[str, Any]:
             {"rel": "describedby", "href": "{schema}"},
         ],
     }
+
+
+def images_schema() -> dict[str, Any]:
+    """The collection schema at /v2/schemas/images."""
+    return collection_schema("images", image_schema())
+
+
+def checked_body(body: object, validator: jsonschema.protocols.Validator, what: str) -> dict[str, Any]:
+    """The body if the validator accepts it; InvalidBody naming where the first problem is."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(body))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the body"
+        raise InvalidBody(f"Invalid {what} at {where}: {error.message[:200]}")
+    assert isinstance(body, dict)  # noqa: S101  (every schema checked this way is an object's)
+    return body
 
 
 _VALIDATOR = jsonschema.Draft4Validator(image_schema())

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from locations.schemas import UUID_PATTERN
+from locations.schemas import UUID_PATTERN, collection_schema
 
 TASK_TYPES = ("import", "api_image_import", "location_import")
 TASK_STATUSES = ("pending", "processing", "success", "failure")
@@ -38,17 +38,4 @@ def tasks_schema() -> dict[str, Any]:
     summary = task_schema()
     for name in SUMMARY_HIDDEN:
         del summary["properties"][name]
-    return {
-        "name": "tasks",
-        "properties": {
-            "tasks": {"type": "array", "items": summary},
-            "first": {"type": "string"},
-            "next": {"type": "string"},
-            "schema": {"type": "string"},
-        },
-        "links": [
-            {"rel": "first", "href": "{first}"},
-            {"rel": "next", "href": "{next}"},
-            {"rel": "describedby", "href": "{schema}"},
-        ],
-    }
+    return collection_schema("tasks", summary)

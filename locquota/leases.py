@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 
@@ -81,3 +81,39 @@ def renew(db: Session, columns: LeaseColumns, row_filter: ColumnElement[bool], h
         .execution_options(synchronize_session=False)
     )
     return bool(renewed.rowcount)  # type: ignore[attr-defined]
+
+
+def take_over(
+    db: Session,
+    columns: LeaseColumns,
+    key: InstrumentedAttribute[Any],
+    among: ColumnElement[bool],
+    holder: str,
+    now: datetime,
+    until: datetime,
+    limit: int,
+) -> list[Any]:
+    """The keys of up to limit rows (among those `among` selects) whose lease ran out, now leased to holder.
+
+    SKIP LOCKED keeps takers on every node apart; the update is conditional, so that of two takers (or a
+    renewal racing in) exactly one wins each row. The caller commits.
+    """
+    table = columns.holder.class_
+    candidates = list(
+        db.scalars(
+            select(key)
+            .where(among, columns.expired(now))
+            .order_by(columns.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not candidates:
+        return []
+    db.execute(
+        update(table)
+        .where(key.in_(candidates), columns.expired(now))
+        .values(columns.granted(holder, until))
+        .execution_options(synchronize_session=False)
+    )
+    return list(db.scalars(select(key).where(key.in_(candidates), columns.held_by(holder))))

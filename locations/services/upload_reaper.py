@@ -14,7 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select, true
 
 from locations.models import Image, Upload
 from locations.services.data_references import DataKeys, DataReferences
@@ -23,7 +23,7 @@ from locations.services.upload_leases import UPLOAD_LEASE, FoundData, find_data,
 from locations.stores.base import StoreError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
-from locquota.leases import LeaseTerms, new_holder
+from locquota.leases import LeaseTerms, new_holder, take_over
 from locquota.scripting import UnitOfWork
 from metrics.instruments import UPLOADS_REAPED
 
@@ -96,24 +96,10 @@ class UploadReaper:
         """Take up to a batch of run-out leases (SKIP LOCKED: reapers on every node stay apart)."""
         with self._unit() as db:
             now = self._clock.now()
-            ids = list(
-                db.scalars(
-                    select(Upload.image_id)
-                    .where(UPLOAD_LEASE.expired(now))
-                    .order_by(Upload.expires_at)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            until = self._terms.until(now)
+            ids = take_over(db, UPLOAD_LEASE, Upload.image_id, true(), self.holder, now, until, self._batch_size)
             if not ids:
                 return []
-            # Conditional, so that of two reapers (or a renewal racing in) exactly one wins each row.
-            db.execute(
-                update(Upload)
-                .where(Upload.image_id.in_(ids), UPLOAD_LEASE.expired(now))
-                .values(UPLOAD_LEASE.granted(self.holder, self._terms.until(now)))
-                .execution_options(synchronize_session=False)
-            )
             rows = db.execute(
                 select(Upload, Image.owner)
                 .join(Image, Image.id == Upload.image_id)

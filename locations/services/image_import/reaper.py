@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from pyramid.request import Request
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from locations.models import UNFINISHED_TASK_STATUSES, Image, Task, TaskCopy
 from locations.services.data_references import DataKeys, DataReferences
@@ -28,7 +28,7 @@ from locations.services.upload_leases import FoundData, find_data, retire_found
 from locations.services.upload_reaper import ReapReport, UploadReaper
 from locations.stores.base import StoreError
 from locquota.db import commit_and_begin
-from locquota.leases import new_holder
+from locquota.leases import new_holder, take_over
 from quota.models import Resource
 from quota.services.ledger import UsageLedger
 
@@ -59,26 +59,10 @@ class ImportReaper:
         return ended
 
     def _take_over(self, request: Request) -> list[uuid.UUID]:
-        db, now = request.db, self._tools.clock.now()
-        ids = list(
-            db.scalars(
-                select(Task.id)
-                .where(Task.status.in_(UNFINISHED_TASK_STATUSES), TASK_LEASE.expired(now))
-                .order_by(Task.lease_expires_at)
-                .limit(self._batch_size)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        if not ids:
-            return []
-        # Conditional, so that of two reapers (or a renewal racing in) exactly one wins each task.
-        db.execute(
-            update(Task)
-            .where(Task.id.in_(ids), TASK_LEASE.expired(now))
-            .values(TASK_LEASE.granted(self.holder, self._tools.terms.until(now)))
-            .execution_options(synchronize_session=False)
-        )
-        taken = list(db.scalars(select(Task.id).where(Task.id.in_(ids), TASK_LEASE.held_by(self.holder))))
+        now = self._tools.clock.now()
+        unfinished = Task.status.in_(UNFINISHED_TASK_STATUSES)
+        until = self._tools.terms.until(now)
+        taken = take_over(request.db, TASK_LEASE, Task.id, unfinished, self.holder, now, until, self._batch_size)
         commit_and_begin(request.tm)
         return taken
 
