@@ -128,7 +128,7 @@ class HttpStore:
         """One session per thread (requests sessions are not thread-safe); proxies from the environment only."""
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = ManualRedirects()
         return session
 
     # What a read-only store does not do --------------------------------------------------------------------------
@@ -147,6 +147,18 @@ class HttpStore:
     def inventory(self) -> Iterator[StoredData]:
         """Nothing: a web server's data is not listed, and none of it is locquota's to clean up."""
         return iter(())
+
+
+class ManualRedirects(requests.Session):
+    """A session that never works redirects out itself: the caller checks and follows each one.
+
+    requests reads a redirect's whole body to work out the next request, even with allow_redirects=False,
+    so a redirect with an endless body would be buffered in memory (found by web-download's tests).
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        """None, always: the caller reads Location itself."""
+        return None
 
 
 def _host_port(parts: SplitResult) -> str:

@@ -16,6 +16,8 @@ from locquota.errors import LocationOutsideStore
 from tests.conftest import closed_port_url, identity, multi_store
 from tests.fakes import POLICY, SCRUB_TIME, scrub_settings, unit_of_work_on
 from tests.web_server import DATA, WebServer, base, web_fixture  # noqa: F401  (web_fixture: the `web` fixture)
+from tests.web_source_servers import DATA as ENDLESS_TARGET
+from tests.web_source_servers import ENDLESS_CAP, serve_fixture  # noqa: F401  (the `serve` fixture)
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 TENANT = identity("tenant-a")
@@ -207,3 +209,13 @@ def test_adding_a_location_tells_missing_data_from_a_server_that_does_not_answer
     assert unreachable["error"]["code"] == "store_unavailable"
     assert web_app.get(f"/v2/images/{image}", headers=TENANT).json["status"] == "queued"
     assert usage_of("tenant-a")["space"] == {}
+
+
+def test_a_redirect_body_is_never_read(serve):
+    """requests reads a redirect's whole body even with allow_redirects=False; the store must not (no buffering)."""
+    endless = serve()
+    store = HttpStore("web", {"http_store_allowed_hosts": f"127.0.0.1:{endless.server_port}"})
+
+    assert b"".join(store.get(f"{endless.base}/redirect-endless", 4096)) == ENDLESS_TARGET
+    assert endless.endless_done.wait(timeout=30)
+    assert endless.endless_sent < ENDLESS_CAP

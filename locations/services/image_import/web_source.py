@@ -23,6 +23,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.connection import create_connection
 
 from locations.services.image_import.web_source_filter import UrlFilter, WebTarget, is_public_address, normalise_host
+from locations.stores.http import ManualRedirects
 from locquota.errors import WebDownloadFailed, WebDownloadRefused
 
 Resolver = Callable[[str, int], list[str]]
@@ -152,12 +153,6 @@ class _GuardedAdapter(HTTPAdapter):
         )
 
 
-class _Session(requests.Session):
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        """None, always: to work out a redirect, even one it will not follow, requests reads the whole body."""
-        return None
-
-
 class WebSource:
     """An opened web-download: the size the server declared, and its body in chunks, max_bytes at most in all."""
 
@@ -231,7 +226,7 @@ def open_url(
     """Check, connect, follow redirects: the final 2xx answer, its body unread. Close it (or read it to the end)."""
     target = url_filter.vet(url)
     guard = AddressGuard(url_filter, resolve)
-    session = _Session()
+    session = ManualRedirects()
     session.trust_env = False  # no proxy, .netrc or CA bundle from the environment
     adapter = _GuardedAdapter(guard)
     session.mount("http://", adapter)
