@@ -6,6 +6,7 @@ threads, waited for through the registry. Glance's observed answers are in ../sh
 """
 
 import hashlib
+import shutil
 import threading
 import time
 import uuid
@@ -514,3 +515,42 @@ def test_a_task_is_shown_to_admins_as_its_schema_says_until_it_expires(api, cloc
     clock.advance(seconds=49 * 3600)  # past Glance's 48 h task_time_to_live
     api.get(f"/v2/tasks/{listed['id']}", headers=ADMIN, status=404)
     assert tasks_of(api, image, ADMIN) == []
+
+
+@pytest.mark.parametrize("must_succeed", [False, True])
+def test_one_read_feeds_every_copy_and_a_broken_store_fails_alone(api, tmp_path, usage_of, settings, must_succeed):
+    image = active_in(api)
+    shutil.rmtree(tmp_path / "slow")
+    (tmp_path / "slow").write_text("not a directory: every write into this store fails")
+
+    body = {"method": {"name": "copy-image"}, "stores": ["cheap", "slow"], "all_stores_must_succeed": must_succeed}
+    import_to(api, image, body, headers=ADMIN)
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert shown["os_glance_failed_import"] == "slow"
+    expected_stores = "fast" if must_succeed else "fast,cheap"
+    assert (shown["status"], shown["stores"]) == ("active", expected_stores)
+    assert files(tmp_path, "cheap") == ([] if must_succeed else [image])
+    copies = 1 if must_succeed else 2
+    assert usage_of("tenant-a")["totals"]["image_size_total"] == copies * len(DATA)
+    [task] = tasks_of(api, image, ADMIN)
+    assert task["status"] == ("failure" if must_succeed else "success")
+    assert task["message"].startswith("slow: ")
+
+
+def test_a_source_whose_bytes_changed_fails_every_copy_and_leaves_nothing(api, tmp_path, usage_of, settings):
+    image = active_in(api)
+    with open(tmp_path / "fast" / image, "r+b") as stored:  # same file, same size, other bytes: bit rot
+        stored.write(b"\xff" * 100)
+    before = usage_of("tenant-a")
+
+    body = {"method": {"name": "copy-image"}, "stores": ["cheap", "slow"], "all_stores_must_succeed": False}
+    import_to(api, image, body, headers=ADMIN)
+    wait_for_tasks(api)
+
+    shown = image_of(api, image)
+    assert (shown["stores"], shown["os_glance_failed_import"]) == ("fast", "cheap,slow")
+    assert files(tmp_path, "cheap") == files(tmp_path, "slow") == []
+    assert usage_of("tenant-a") == before
+    assert "do not match the image's checksum" in tasks_of(api, image, ADMIN)[0]["message"]

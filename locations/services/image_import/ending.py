@@ -61,10 +61,12 @@ def end_import(
     """
     image = db.scalars(select(Image).where(Image.id == task.image_id).with_for_update()).one()
     failed = dict(failed)
-    for store in store_list(get_property(image, IMPORTING_TO)):
-        if store in target_stores(task):
-            failed.setdefault(store, error or "The import stopped before this store.")
-    landed = [store for store in target_stores(task) if store not in failed]
+    unfinished = [store for store in store_list(get_property(image, IMPORTING_TO)) if store not in failed]
+    if error is not None:  # the import stopped early (a failed download, a dead worker): they failed with it
+        failed.update(dict.fromkeys(unfinished, error))
+    # Without an error, stores left unfinished were called off because another had to succeed and did not:
+    # not failures of their own (as in Glance, only the store that failed is named in os_glance_failed_import).
+    landed = [store for store in target_stores(task) if store not in failed and store not in unfinished]
     retired = []
     if failed and must_all_succeed(task) and landed:
         # All or nothing: the copies this task made leave service (Glance leaves their data behind).

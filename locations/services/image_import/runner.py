@@ -27,6 +27,7 @@ from locations.models import (
     TaskStatus,
 )
 from locations.services.image_import.ending import end_import, method_of, must_all_succeed, target_stores
+from locations.services.image_import.fanout import Write, write_all
 from locations.services.image_import.staging import staged_of
 from locations.services.image_import.tasks import IMPORTING_TO, merge_stores
 from locations.services.image_import.units import (
@@ -81,12 +82,7 @@ class ImportRun(TaskUnits):
             source = self._source(image_id, method)
             # A direct import's image turns active with its first copy; copy-image's is active throughout.
             expected = (ImageStatus.ACTIVE,) if method == "copy-image" else (ImageStatus.IMPORTING, ImageStatus.ACTIVE)
-            for store in stores:
-                reason = self._copy(image_id, store, source, expected)
-                if reason is not None:
-                    failed[store] = reason
-                    if must_succeed:
-                        break
+            failed.update(self._copy(image_id, stores, source, expected, must_succeed=must_succeed))
         except CopyError as exc:
             return failed, str(exc)
         except (LeaseLost, LeftToReaper):
@@ -127,44 +123,91 @@ class ImportRun(TaskUnits):
         raise CopyError("No location of the image can be read to copy from.")
 
     def _checked(self, chunks: Iterator[bytes], source: Source) -> Iterator[bytes]:
-        """The source's bytes, checked against its size and checksums as they pass; the lease kept alive."""
-        md5, sha512, copied = hashlib.md5(usedforsecurity=False), hashlib.new(HASH_ALGORITHM), 0
+        """The source's bytes, checked against its size and strongest checksum as they pass; the lease kept alive.
+
+        One digest, not two: sha512 when the image has one (md5 otherwise) proves the bytes are the same, and
+        hashing is most of a copy's cost (benchmarks/README.md, copy-image).
+        """
+        digest = hashlib.new(HASH_ALGORITHM) if source.sha512 else hashlib.md5(usedforsecurity=False)
+        expected, copied = source.sha512 or source.md5, 0
         for chunk in chunks:
             copied += len(chunk)
             if copied > source.size:
                 raise CopyError("The source holds more bytes than the image's size.")
-            md5.update(chunk)
-            sha512.update(chunk)
+            digest.update(chunk)
             self.keep_alive(copied)
             yield chunk
         if copied != source.size:
             raise CopyError("The source holds fewer bytes than the image's size.")
-        if (source.md5 and md5.hexdigest() != source.md5) or (source.sha512 and sha512.hexdigest() != source.sha512):
+        if expected and digest.hexdigest() != expected:
             raise CopyError("The copied bytes do not match the image's checksum.")
 
-    # -- one copy ------------------------------------------------------------------------------------
+    # -- the copies ----------------------------------------------------------------------------------
 
     def _copy(
-        self, image_id: uuid.UUID, store_name: str, source: Source, expected: tuple[ImageStatus, ...]
-    ) -> str | None:
-        """Copy the source into one store; None when it landed, else why it failed (nothing kept, nothing charged)."""
-        store = self.tools.stores.enabled(store_name)
-        if store is None:
-            return "The store is no longer configured."
-        admitted = self._admit(image_id, store, source, expected)
-        if isinstance(admitted, str):
-            return admitted
-        copy_id, planned = admitted
-        try:
-            chunks = self._checked(self.tools.stores[source.store].get(source.url, self.tools.chunk_bytes), source)
-            url = store.add(planned, chunks, ready=lambda: self.keep_alive(force=True))
-            self._land(copy_id, image_id, store, url, source, expected)
-        except (LeaseLost, LeftToReaper):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of one copy is that store's alone
-            self.hand_back(copy_id, image_id)
-            return why(exc)
-        return None
+        self,
+        image_id: uuid.UUID,
+        store_names: list[str],
+        source: Source,
+        expected: tuple[ImageStatus, ...],
+        *,
+        must_succeed: bool,
+    ) -> dict[str, str]:
+        """Copy the source into the stores; the stores that failed, with why (nothing kept, nothing charged).
+
+        Every copy is admitted first; then one read of the source feeds them all at once (fanout); then
+        each lands in its own unit. With must_succeed, a refused admission stops before any data moves.
+        """
+        failed, admitted = self._admit_all(image_id, store_names, source, expected, must_succeed=must_succeed)
+        if failed and must_succeed:
+            for copy_id, _write in admitted:
+                self.hand_back(copy_id, image_id)
+            return failed
+        writes = [write for _copy_id, write in admitted]
+        if writes:
+            try:
+                reader = self.tools.stores[source.store].get(source.url, self.tools.chunk_bytes)
+                write_all(self._checked(reader, source), writes, ready=lambda: self.keep_alive(force=True))
+            except (LeaseLost, LeftToReaper):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the read failed: it is every copy's reason
+                for write in writes:
+                    write.error = exc
+        for copy_id, write in admitted:
+            try:
+                if write.error is not None or write.url is None:
+                    raise write.error or CopyError("The store returned no location.")
+                self._land(copy_id, image_id, write.store, write.url, source, expected)
+            except (LeaseLost, LeftToReaper):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one copy's failure is that store's alone
+                self.hand_back(copy_id, image_id)
+                failed[write.store.name] = why(exc)
+        return failed
+
+    def _admit_all(
+        self,
+        image_id: uuid.UUID,
+        store_names: list[str],
+        source: Source,
+        expected: tuple[ImageStatus, ...],
+        *,
+        must_succeed: bool,
+    ) -> tuple[dict[str, str], list[tuple[int, Write]]]:
+        """Admit a copy per store, in order: the refused ones with why, and the admitted ones' rows and writes."""
+        failed: dict[str, str] = {}
+        admitted: list[tuple[int, Write]] = []
+        for name in store_names:
+            store = self.tools.stores.enabled(name)
+            outcome = self._admit(image_id, store, source, expected) if store else "The store is no longer configured."
+            if isinstance(outcome, str):
+                failed[name] = outcome
+                if must_succeed:
+                    break
+                continue
+            copy_id, planned = outcome
+            admitted.append((copy_id, Write(store, planned)))  # type: ignore[arg-type]
+        return failed, admitted
 
     def _admit(
         self, image_id: uuid.UUID, store: Store, source: Source, expected: tuple[ImageStatus, ...]
