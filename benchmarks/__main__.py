@@ -1,4 +1,4 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores]: all by default.
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores|copy]: all by default.
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
@@ -12,7 +12,9 @@ The import part
 and compares its peak RSS at 10k and 100k images. The encryption part (benchmarks.encryption) compares adding
 a location and listing with location URLs sealed and not, and times key rotation. The stores part
 (benchmarks.stores) starts the test suite's Ceph, Keystone and Swift and times upload, download and peak RSS of
-file, rbd, s3 and swift images of 1 to 512 MiB, and the scrubber's deletions/s on each. All run by default.
+file, rbd, s3 and swift images of 1 to 512 MiB, and the scrubber's deletions/s on each. The copy part
+(benchmarks.copy_image) times copy-image to 2 and 4 file stores against the same copy done the file store's
+way, and compares the API worker's peak RSS at 64 and 256 MiB. All run by default.
 Run it from the repository root (it imports `tests.servers`).
 """
 
@@ -27,7 +29,7 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import encryption, import_glance, quota, report, scrape, scrubber, stores
+from benchmarks import copy_image, encryption, import_glance, quota, report, scrape, scrubber, stores
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.deployment import fresh_database
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
@@ -77,7 +79,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption", "stores"]),
+    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy"]),
     help="Run one part only. [default: all]",
 )
 @click.option(
@@ -130,6 +132,7 @@ def main(  # keyword-only: click passes every option by name
             ("import", lambda: import_glance.benchmark(admin_url, smoke=smoke, sizes=import_sizes)),
             ("encryption", lambda: encryption.benchmark(admin_url, smoke=smoke)),
             ("stores", lambda: stores.benchmark(admin_url, smoke=smoke)),
+            ("copy", lambda: copy_image.benchmark(admin_url, smoke=smoke)),
         ]
         for number, (_name, run) in enumerate(part for part in parts if only in (None, part[0])):
             if number:
