@@ -25,7 +25,7 @@ from locations.services.glance_import import (
     describe_error,
 )
 from locations.services.image_import.reaper import ImportReaper, Reapers
-from locations.services.purge import purge_deleted_locations
+from locations.services.purge import purge_deleted_locations, purge_expired_tasks
 from locations.services.recount import reconcile_batches
 from locations.services.upload_reaper import ReapReport, UploadReaper
 from locations.services.url_encryption import reseal_batches, rows_to_scan, scrub_old_copies
@@ -150,11 +150,12 @@ def restore(app: LazyApp, image_id: uuid.UUID) -> None:
 @click.option("--older-than", "days", type=click.IntRange(min=0), required=True, help="Age in days since deletion.")
 @click.pass_obj
 def purge(app: LazyApp, days: int) -> None:
-    """Remove the rows of locations deleted more than DAYS days ago."""
+    """Remove the rows of locations deleted more than DAYS days ago, and of import tasks no longer shown."""
     with app.request() as request:
         clock = request.find_service(Clock)
     count = purge_deleted_locations(app.unit_of_work(), clock, timedelta(days=days), PURGE_BATCH)
-    click.echo(f"purged {count} deleted location rows")
+    tasks = purge_expired_tasks(app.unit_of_work(), clock, PURGE_BATCH)
+    click.echo(f"purged {count} deleted location rows and {tasks} expired import task rows")
 
 
 @click.command()

@@ -308,6 +308,7 @@ class TaskStatus(StrEnum):
 
 
 UNFINISHED_TASK_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
+FINISHED_TASK_STATUSES = (TaskStatus.SUCCESS, TaskStatus.FAILURE)
 
 
 class Task(Base):

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from locations import waiting_tasks_keeper
@@ -500,7 +500,7 @@ def test_a_task_waiting_for_a_thread_keeps_its_lease(api, clock, engine):
         busy.wait(timeout=30)
 
 
-def test_a_task_is_shown_to_admins_as_its_schema_says_until_it_expires(api, clock):
+def test_a_task_is_shown_to_admins_as_its_schema_says_until_it_expires(api, clock, tmp_path, settings, engine):
     image = active_in(api)
     import_to(api, image, {"method": {"name": "copy-image"}, "stores": ["cheap"]}, headers=ADMIN)
     wait_for_tasks(api)
@@ -515,6 +515,12 @@ def test_a_task_is_shown_to_admins_as_its_schema_says_until_it_expires(api, cloc
     clock.advance(seconds=49 * 3600)  # past Glance's 48 h task_time_to_live
     api.get(f"/v2/tasks/{listed['id']}", headers=ADMIN, status=404)
     assert tasks_of(api, image, ADMIN) == []
+    ini = write_ini(tmp_path / "purge.ini", import_settings(settings, tmp_path))
+    purged = CliRunner().invoke(cli, ["--config", str(ini), "purge", "--older-than", "30"])
+    assert purged.exit_code == 0, purged.output
+    assert "1 expired import task rows" in purged.output
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 0
 
 
 @pytest.mark.parametrize("must_succeed", [False, True])

@@ -393,7 +393,7 @@ def test_cli_purge_older_than_7_days(db, locquota, four_states):
     result = locquota("purge", "--older-than", "7")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "purged 1 deleted location rows"
+    assert result.stdout.strip() == "purged 1 deleted location rows and 0 expired import task rows"
     assert location_counts(db, four_states) == {"old": 0, "newer": 1, "pending": 1, "active": 1}
 
 
