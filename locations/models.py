@@ -32,6 +32,7 @@ class ImageStatus(StrEnum):
     UPLOADING = "uploading"  # data being staged or staged, waiting for its import (glance-direct)
     IMPORTING = "importing"  # an import task is bringing the data into its stores
     ACTIVE = "active"
+    DEACTIVATED = "deactivated"  # data kept and charged, downloads refused to all but admins
     KILLED = "killed"
     PENDING_DELETE = "pending_delete"
     DELETED = "deleted"

@@ -21,6 +21,7 @@ def includeme(config: Configurator) -> None:
     config.add_route("images.stage", "/v2/images/{image_id}/stage")
     config.add_route("images.import", "/v2/images/{image_id}/import")
     config.add_route("images.tasks", "/v2/images/{image_id}/tasks")
+    config.add_route("images.action", "/v2/images/{image_id}/actions/{action}")
     config.add_route("tasks.item", "/v2/tasks/{task_id}")
     config.add_route("info.import", "/v2/info/import")
     config.add_route("stores.image", "/v2/stores/{store_id}/{image_id}")

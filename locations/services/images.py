@@ -198,6 +198,25 @@ class ImageService:
         image.updated_at = self._clock.now()
         self._db.flush()
 
+    def deactivate(self, caller: Identity, image_id: uuid.UUID) -> None:
+        """Active -> deactivated (downloads refused but to admins); again is a no-op; any other status 403."""
+        self._switch(caller, image_id, "deactivate", ImageStatus.ACTIVE, ImageStatus.DEACTIVATED)
+
+    def reactivate(self, caller: Identity, image_id: uuid.UUID) -> None:
+        """Deactivated -> active; again is a no-op; any other status 403 (as Glance answers)."""
+        self._switch(caller, image_id, "reactivate", ImageStatus.DEACTIVATED, ImageStatus.ACTIVE)
+
+    def _switch(
+        self, caller: Identity, image_id: uuid.UUID, rule: str, source: ImageStatus, target: ImageStatus
+    ) -> None:
+        image = self.get(caller, image_id, rule, for_update=True, with_details=False)
+        if image.status is target:
+            return
+        if image.status is not source:
+            raise Forbidden(f"Not allowed to {rule} image in status '{image.status}'.")
+        LocationLifecycle(self._db, self._clock).set_image_status(image, target)  # no count changes: data stays charged
+        self._db.flush()
+
     def add_tag(self, caller: Identity, image_id: uuid.UUID, tag: str) -> None:
         """Tag the image; tagging twice is harmless, as in Glance."""
         image = self.get(caller, image_id, "modify_image")

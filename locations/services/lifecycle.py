@@ -198,9 +198,12 @@ class LocationLifecycle:
         """Derive the image's status from its locations after they moved.
 
         A pending_delete image becomes deleted when its last live location is gone; an image whose
-        locations were all retired becomes pending_delete, or deleted when none holds data any more.
+        locations were all retired becomes pending_delete, or deleted when none holds data any more. A
+        deactivated image stays deactivated.
         """
         statuses = {location.status for location in image.locations}
+        if image.status is ImageStatus.DEACTIVATED:
+            return  # an owner's or admin's decision: location changes never undo it
         if image.status in (ImageStatus.PENDING_DELETE, ImageStatus.DELETED):
             target = ImageStatus.PENDING_DELETE if LocationStatus.PENDING_DELETE in statuses else ImageStatus.DELETED
         elif LocationStatus.ACTIVE in statuses:

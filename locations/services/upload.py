@@ -36,6 +36,7 @@ from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.db import abort_and_begin, commit_and_begin
 from locquota.errors import (
+    Forbidden,
     ImageConflict,
     ImageTooLarge,
     IncompleteUpload,
@@ -369,6 +370,8 @@ class ImageDataService:
         keyed for when added: a symlink swapped since then leaks nothing (it is skipped and counted).
         """
         image = self._images.get(caller, image_id, "download_image", with_details=False)
+        if image.status is ImageStatus.DEACTIVATED and not caller.is_admin:
+            raise Forbidden("The requested image has been deactivated. Image data download is prohibited.")
         locations, changed = image.active_locations, False
         for location in locations:
             try:

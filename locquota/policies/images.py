@@ -42,6 +42,8 @@ RULES = [
         f"{IMAGE}/locations",
     ),
     _rule("fetch_image_location", base.SERVICE, "List an image's locations.", "GET", f"{IMAGE}/locations"),
+    _rule("deactivate", base.ADMIN_OR_PROJECT_MEMBER, "Deactivate an image.", "POST", f"{IMAGE}/actions/deactivate"),
+    _rule("reactivate", base.ADMIN_OR_PROJECT_MEMBER, "Reactivate an image.", "POST", f"{IMAGE}/actions/reactivate"),
     _rule("copy_image", base.ADMIN, "Copy an active image into more stores (copy-image).", "POST", f"{IMAGE}/import"),
     _rule("tasks_api_access", base.ADMIN, "Use the tasks API (GET /v2/tasks/{task_id}).", "GET", "/v2/tasks/{task_id}"),
     _rule(

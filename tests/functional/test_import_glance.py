@@ -44,7 +44,7 @@ GLANCE_TO_LOCQUOTA_IMAGE_STATUS = {
     "saving": "queued",  # the upload died with Glance; locquota takes a new upload of a queued image
     "uploading": "queued",  # staged data is in Glance's staging area, not a store
     "active": "active",
-    "deactivated": "active",  # its data is there; locquota has no deactivation
+    "deactivated": "deactivated",  # its data is there, and it stays deactivated
     "pending_delete": "pending_delete",
     "killed": "killed",
     "deleted": "deleted",

@@ -61,7 +61,7 @@ def plan(stores: StoreRegistry, image: GlanceImage, *, has_location_status: bool
         ("uploading", ImageStatus.QUEUED, None),
         ("importing", ImageStatus.QUEUED, None),
         ("active", ImageStatus.ACTIVE, LocationStatus.ACTIVE),
-        ("deactivated", ImageStatus.ACTIVE, LocationStatus.ACTIVE),
+        ("deactivated", ImageStatus.DEACTIVATED, LocationStatus.ACTIVE),
         ("pending_delete", ImageStatus.PENDING_DELETE, LocationStatus.PENDING_DELETE),
         ("killed", ImageStatus.KILLED, LocationStatus.DELETED),
         ("deleted", ImageStatus.DELETED, LocationStatus.DELETED),

@@ -45,14 +45,14 @@ from locquota.errors import LocquotaError, UnsupportedScheme
 # None: no data yet, so its locations are not imported as data. Statuses outside SPEC section 8's table:
 # saving, uploading, importing -> queued: the upload (or the staged data, in Glance's staging area, not a
 # store) does not move to locquota, and locquota accepts an upload only for a queued image;
-# deactivated -> active: the data is there (locquota has no deactivation).
+# deactivated -> deactivated: the data is there, downloads stay refused but to admins.
 GLANCE_IMAGE_STATUSES: dict[str, tuple[ImageStatus, LocationStatus | None]] = {
     "queued": (ImageStatus.QUEUED, None),
     "saving": (ImageStatus.QUEUED, None),
     "uploading": (ImageStatus.QUEUED, None),
     "importing": (ImageStatus.QUEUED, None),
     "active": (ImageStatus.ACTIVE, LocationStatus.ACTIVE),
-    "deactivated": (ImageStatus.ACTIVE, LocationStatus.ACTIVE),
+    "deactivated": (ImageStatus.DEACTIVATED, LocationStatus.ACTIVE),
     "pending_delete": (ImageStatus.PENDING_DELETE, LocationStatus.PENDING_DELETE),
     "killed": (ImageStatus.KILLED, LocationStatus.DELETED),
     "deleted": (ImageStatus.DELETED, LocationStatus.DELETED),
@@ -238,7 +238,8 @@ class Planner:
         """Restore the data of a restored image; note what an active image without data would hide."""
         notes = planned.tally
         statuses = {location.status for location in planned.locations}
-        if planned.values["status"] is ImageStatus.ACTIVE and LocationStatus.ACTIVE not in statuses:
+        has_data = (ImageStatus.ACTIVE, ImageStatus.DEACTIVATED)
+        if planned.values["status"] in has_data and LocationStatus.ACTIVE not in statuses:
             if LocationStatus.PENDING_DELETE in statuses:
                 # glance-scrubber --restore made the image active but left its locations pending_delete: Glance
                 # then served it without data, and its scrubber skips it. The operator meant it restored.

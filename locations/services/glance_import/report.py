@@ -46,7 +46,7 @@ class Finding(StrEnum):
     # Decisions applied, for the record.
     RESTORED = "noted: locations of an image restored by glance-scrubber --restore, made active"
     PRE_JUNO_REMOVED = "noted: pre-Juno location removed under a live image (deleted = 1), imported pending_delete"
-    DEACTIVATED = "noted: deactivated image imported active"
+    DEACTIVATED = "noted: deactivated image imported deactivated (downloads refused but to admins)"
     UPLOAD_ABANDONED = "noted: image in saving/uploading/importing imported queued (no data)"
 
 
