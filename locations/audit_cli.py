@@ -14,12 +14,11 @@ from datetime import datetime, timedelta
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from locations.reaping import reapers
 from locations.services.audit import AuditBatch, Auditor, AuditTally, Finding, Found
 from locations.services.audit_fix import AuditRepairs, Repair
 from locations.services.audit_runs import finish_audit, start_audit
-from locations.services.factories import upload_lease_terms
 from locations.services.glance_import import describe_error
-from locations.services.upload_reaper import UploadReaper
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.scripting import LazyApp
@@ -121,9 +120,7 @@ def audit(ctx: click.Context, app: LazyApp, fix: bool, json_report: bool, grace_
     with app.request() as request:
         stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)
     unit_of_work = app.unit_of_work()
-    reaper = UploadReaper(
-        unit_of_work, stores, clock, upload_lease_terms(settings), batch_size=settings.scrub_batch_size, vault=vault
-    )
+    reaper = reapers(app)
     audited = [name for name, _ in settings.backends] + ([stores.staging.name] if stores.staging else [])
     auditor = Auditor(
         unit_of_work, stores, audited, clock,

@@ -12,11 +12,12 @@ import click
 from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
+from locations.reaping import reapers
 from locations.scrubber import Scrubber
 from locations.services.data_references import DataKeys
 from locations.services.data_rekey import record_collisions, rekey_batches, rows_to_rekey
 from locations.services.deletion import DeletionService
-from locations.services.factories import import_tools, scrub_policy, upload_lease_terms
+from locations.services.factories import scrub_policy
 from locations.services.glance_import import (
     GlanceImporter,
     GlanceSource,
@@ -24,10 +25,9 @@ from locations.services.glance_import import (
     TargetNotReadyError,
     describe_error,
 )
-from locations.services.image_import.reaper import ImportReaper, Reapers
 from locations.services.purge import purge_deleted_locations, purge_expired_tasks
 from locations.services.recount import reconcile_batches
-from locations.services.upload_reaper import ReapReport, UploadReaper
+from locations.services.upload_reaper import ReapReport
 from locations.services.url_encryption import reseal_batches, rows_to_scan, scrub_old_copies
 from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
@@ -89,7 +89,7 @@ def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address:
         batch_size=settings.scrub_batch_size, pool_size=settings.scrub_pool_size,
         vault=app.registry["locquota.url_vault"],
     )  # fmt: skip
-    reaper = _reaper(app)
+    reaper = reapers(app)
     stop = _stop_on_sigterm()
     if daemon:
         click.echo(f"scrubber {scrubber.worker}: waking every {settings.wakeup_time_seconds} s")
@@ -105,17 +105,6 @@ def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address:
     click.echo(f"scrubbed in {report.batches} batches: {counts}")
 
 
-def _reaper(app: LazyApp) -> Reapers:
-    settings = app.registry["locquota.settings"]
-    with app.request() as request:
-        stores, clock, tools = request.find_service(StoreRegistry), request.find_service(Clock), import_tools(request)
-    uploads = UploadReaper(
-        app.unit_of_work(), stores, clock, upload_lease_terms(settings),
-        batch_size=settings.scrub_batch_size, vault=app.registry["locquota.url_vault"],
-    )  # fmt: skip
-    return Reapers(uploads, ImportReaper(app.request, tools, batch_size=settings.scrub_batch_size))
-
-
 def _echo_reaped(report: ReapReport) -> None:
     if report.uploads:
         click.echo(f"reaped {report.uploads} uploads whose lease ran out: {report.locations} pieces of data to scrub")
@@ -127,7 +116,7 @@ def _echo_reaped(report: ReapReport) -> None:
 @click.pass_obj
 def reap(app: LazyApp) -> None:
     """End uploads and imports whose lease ran out: their data to the scrubber (`scrub` runs this too)."""
-    report = _reaper(app).run_once(_stop_on_sigterm())
+    report = reapers(app).run_once(_stop_on_sigterm())
     _echo_reaped(report)
     if not report.uploads and not report.imports:
         click.echo("no upload or import lease has run out")

@@ -7,7 +7,8 @@ Three walks, in batches, memory flat:
 - live locations by id: a sealed URL no key opens, a URL its store refuses now or that reaches other data
   than when it was keyed, is unreadable; an active location whose data is gone is missing, one whose size
   differs from its size_bytes is wrong_size;
-- images in saving: stuck when their upload lease ran out more than the grace ago, or they have none.
+- images in saving or uploading: stuck when their upload lease ran out more than the grace ago, or they have
+  none (and, uploading, no staged data); images in importing: stuck without an import task still running.
 Each batch reads the database in one short unit of work; store calls are made outside transactions.
 """
 
@@ -26,11 +27,14 @@ from sqlalchemy.orm import Session
 from locations.models import (
     DATA_KEY_VERSION,
     LIVE_LOCATION_STATUSES,
+    UNFINISHED_TASK_STATUSES,
+    UPLOADING_IMAGE_STATUSES,
     Image,
     ImageStatus,
     Location,
     LocationStatus,
     StagedData,
+    Task,
     TaskCopy,
     Upload,
 )
@@ -52,7 +56,7 @@ class Finding(StrEnum):
     WRONG_SIZE = "wrong_size"  # an active location whose data is not the size it records
     ORPHAN = "orphan"  # data in a store that nothing references
     PARTIAL = "partial"  # an upload's scratch data that no upload in flight names
-    STUCK = "stuck"  # an image in saving whose upload lease ran out, or that has none
+    STUCK = "stuck"  # an image in saving/uploading/importing that no lease will end
     UNREADABLE = "unreadable"  # a live location whose URL cannot be opened or identified now: reported only
 
 
@@ -323,17 +327,48 @@ class Auditor:
             )
         return [found for found in findings if found.location_id not in suspects or found.location_id in active]
 
-    # --- uploads --------------------------------------------------------------------------------------------
+    # --- uploads and imports ------------------------------------------------------------------------------------
+
+    def _why_stuck(
+        self, status: ImageStatus, expires_at: datetime | None, *, staged: bool, has_task: bool
+    ) -> str | None:
+        """Why an image in saving, uploading or importing is stuck; None if a lease (or its import) will end it."""
+        if status is ImageStatus.IMPORTING:
+            return None if has_task else "in importing without an import task"
+        if expires_at is None:
+            if status is ImageStatus.UPLOADING and staged:
+                return None  # staged, waiting for its glance-direct import: the owner's to import or delete
+            return f"in {status} without an upload lease"
+        if expires_at < self.cutoff:
+            return f"its upload lease ran out at {expires_at.isoformat(sep=' ', timespec='seconds')}"
+        return None  # in flight, or just ran out: the reaper's next pass ends it
 
     def stuck_images(self) -> Iterator[AuditBatch]:
-        """Images in saving whose upload lease ran out more than the grace ago, or that have none, by id."""
+        """Images that no lease will ever end, by id.
+
+        In saving or uploading (a stage request) whose upload lease ran out more than the grace ago, or
+        that have none; uploading without a lease nor staged data; importing without a task that has not
+        ended. (Leases end all of these in normal life: only a lost row or a bug leaves one.)
+        """
         after: uuid.UUID | None = None
+        unfinished_task = (
+            select(Task.id).where(Task.image_id == Image.id, Task.status.in_(UNFINISHED_TASK_STATUSES)).exists()
+        )
         while True:
             with self._unit() as db:
                 query = (
-                    select(Image.id, Image.owner, Upload.store, Upload.expires_at)
+                    select(
+                        Image.id,
+                        Image.owner,
+                        Image.status,
+                        Upload.store,
+                        Upload.expires_at,
+                        StagedData.image_id.is_not(None),
+                        unfinished_task,
+                    )
                     .outerjoin(Upload, Upload.image_id == Image.id)
-                    .where(Image.status == ImageStatus.SAVING)
+                    .outerjoin(StagedData, StagedData.image_id == Image.id)
+                    .where(Image.status.in_(UPLOADING_IMAGE_STATUSES))
                     .order_by(Image.id)
                     .limit(self._batch_size)
                 )
@@ -343,13 +378,9 @@ class Auditor:
             if not rows:
                 return
             findings = []
-            for image_id, owner, store, expires_at in rows:
-                if expires_at is None:
-                    detail = "in saving without an upload lease"
-                elif expires_at < self.cutoff:
-                    detail = f"its upload lease ran out at {expires_at.isoformat(sep=' ', timespec='seconds')}"
-                else:
-                    continue  # in flight, or just ran out: the reaper's next pass ends it
-                findings.append(Found(Finding.STUCK, store=store, image_id=image_id, owner=owner, detail=detail))
+            for image_id, owner, status, store, expires_at, staged, has_task in rows:
+                detail = self._why_stuck(status, expires_at, staged=staged, has_task=has_task)
+                if detail is not None:
+                    findings.append(Found(Finding.STUCK, store=store, image_id=image_id, owner=owner, detail=detail))
             yield AuditBatch(len(rows), findings)
             after = rows[-1][0]

@@ -22,9 +22,20 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageStatus, Location, LocationStatus, Upload, Visibility
+from locations.models import (
+    UNFINISHED_TASK_STATUSES,
+    UPLOADING_IMAGE_STATUSES,
+    Image,
+    ImageStatus,
+    Location,
+    LocationStatus,
+    Task,
+    Upload,
+    Visibility,
+)
 from locations.services.audit import Finding, Found, upload_names
 from locations.services.data_references import DataKeys, DataReferences
+from locations.services.image_import.tasks import run_out_task
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import StoreError, StoreNotFoundError, StoreRegistry
 from locquota.clock import Clock
@@ -212,26 +223,39 @@ class AuditRepairs:
     # --- stuck uploads ---------------------------------------------------------------------------------------
 
     def end_stuck(self, stuck: Iterable[Found]) -> dict[uuid.UUID, Repair]:
-        """Give an image in saving without a lease a run-out one, then run the reaper once; which left saving."""
+        """Give a stuck image a lease that already ran out, then run the reapers once; which left where they were.
+
+        Saving or uploading without an upload lease: a nameless run-out upload lease (the upload reaper returns
+        the image to queued). Importing without a task: a run-out task (the import reaper ends it as failed:
+        staged data released, the image back to queued).
+        """
         image_ids = {found.image_id: found.owner for found in stuck if found.image_id is not None}
         for image_id, owner in image_ids.items():
             if owner is not None:
                 self._lease_ran_out(image_id, owner)
         self._reap()
         with self._unit() as db:
-            saving = set(
-                db.scalars(select(Image.id).where(Image.id.in_(image_ids), Image.status == ImageStatus.SAVING))
+            stuck_still = set(
+                db.scalars(select(Image.id).where(Image.id.in_(image_ids), Image.status.in_(UPLOADING_IMAGE_STATUSES)))
             )
-        return {image_id: Repair.KEPT if image_id in saving else Repair.FIXED for image_id in image_ids}
+        return {image_id: Repair.KEPT if image_id in stuck_still else Repair.FIXED for image_id in image_ids}
 
     def _lease_ran_out(self, image_id: uuid.UUID, owner: str) -> None:
         """As migration 0007 did for uploads from before leases: a lease without names, already run out."""
         with self._unit() as db:
             LocationLifecycle(db, self._clock).lock_usage([owner])  # usage, then the upload, as the reaper locks
             image = db.scalar(
-                select(Image).where(Image.id == image_id, Image.status == ImageStatus.SAVING).with_for_update()
+                select(Image).where(Image.id == image_id, Image.status.in_(UPLOADING_IMAGE_STATUSES)).with_for_update()
             )
-            if image is None or db.get(Upload, image_id) is not None:
+            if image is None:
+                return
+            if image.status is ImageStatus.IMPORTING:
+                if not db.scalar(
+                    select(Task.id).where(Task.image_id == image_id, Task.status.in_(UNFINISHED_TASK_STATUSES))
+                ):
+                    db.add(run_out_task(image, self._clock.now()))
+                return
+            if db.get(Upload, image_id) is not None:
                 return
             now = self._clock.now()
             db.add(

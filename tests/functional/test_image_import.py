@@ -17,13 +17,14 @@ from urllib.parse import quote
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from locations import waiting_tasks_keeper
-from locations.models import Task
+from locations.models import Image, ImageStatus, Task
 from locations.services.image_import.workers import ImportWorkers
 from locquota.cli import cli
+from quota.models import TenantUsage
 from tests.conftest import identity, multi_store, write_ini
 from tests.web_source_servers import DATA as WEB_DATA
 from tests.web_source_servers import serve_fixture  # noqa: F401  (the `serve` fixture)
@@ -560,3 +561,43 @@ def test_a_source_whose_bytes_changed_fails_every_copy_and_leaves_nothing(api, t
     assert files(tmp_path, "cheap") == files(tmp_path, "slow") == []
     assert usage_of("tenant-a") == before
     assert "do not match the image's checksum" in tasks_of(api, image, ADMIN)[0]["message"]
+
+
+def audit(settings: dict[str, str], tmp_path: Path, *args: str):
+    ini = write_ini(tmp_path / "audit.ini", import_settings(settings, tmp_path))
+    return CliRunner().invoke(cli, ["--config", str(ini), "audit", "--grace-seconds", "0", *args])
+
+
+def test_an_image_stuck_importing_without_a_task_is_found_and_ended_by_audit_fix(
+    api, tmp_path, settings, engine, usage_of
+):
+    api.app.registry["locquota.import_workers"] = dead_workers()
+    image = staged(api)
+    import_to(api, image, {"method": {"name": "glance-direct"}})
+    with Session(engine) as session, session.begin():  # the task row lost (a bug, a hand-edited database)
+        session.execute(delete(Task).where(Task.image_id == uuid.UUID(image)))
+
+    found = audit(settings, tmp_path)
+    assert found.exit_code == 1, found.output
+    assert "in importing without an import task" in found.output
+
+    fixed = audit(settings, tmp_path, "--fix")
+    assert fixed.exit_code == 1, fixed.output  # it reports what it found, and what it repaired
+    assert (image_of(api, image)["status"], files(tmp_path, "staging")) == ("queued", [])
+    totals = usage_of("tenant-a")["totals"]
+    assert (totals["image_stage_total"], totals["image_count_uploading"]) == (0, 0)
+    audit_is_clean(settings, tmp_path)
+
+
+def test_an_image_uploading_with_neither_a_lease_nor_staged_data_is_stuck(api, tmp_path, settings, engine, usage_of):
+    image = api.post_json("/v2/images", IMAGE, headers=TENANT, status=201).json["id"]
+    with Session(engine) as session, session.begin():  # as if its stage request's lease row were lost
+        session.execute(update(Image).where(Image.id == uuid.UUID(image)).values(status=ImageStatus.UPLOADING))
+        session.execute(update(TenantUsage).values(image_count_uploading=1))
+
+    assert "in uploading without an upload lease" in audit(settings, tmp_path).output
+    audit(settings, tmp_path, "--fix")
+
+    assert image_of(api, image)["status"] == "queued"
+    assert usage_of("tenant-a")["totals"]["image_count_uploading"] == 0
+    audit_is_clean(settings, tmp_path)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from locations.models import UNFINISHED_TASK_STATUSES, Image, ImageProperty, Task, TaskStatus
 from locquota.clock import Clock
-from locquota.leases import LeaseColumns, LeaseTerms, renew
+from locquota.leases import LeaseColumns, LeaseTerms, new_holder, renew
 
 TASK_TYPE = "api_image_import"
 TASK_LEASE = LeaseColumns(Task.holder, Task.lease_expires_at)
@@ -126,4 +126,29 @@ def renew_waiting(db: Session, task_ids: set[uuid.UUID], holder: str, until: dat
         .where(Task.id.in_(task_ids), TASK_LEASE.held_by(holder), Task.status == TaskStatus.PENDING)
         .values(lease_expires_at=until)
         .execution_options(synchronize_session=False)
+    )
+
+
+def run_out_task(image: Image, now: datetime) -> Task:
+    """A task for an image stuck in importing without one, its lease already run out: the reaper ends it.
+
+    (`locquota audit --fix`'s repair: the import reaper then releases staged data and returns the image to
+    queued, as for any import whose worker died.)
+    """
+    return Task(
+        id=uuid.uuid4(),
+        type=TASK_TYPE,
+        status=TaskStatus.PROCESSING,
+        owner=image.owner,
+        image_id=image.id,
+        task_input={
+            "image_id": str(image.id),
+            "import_req": {"method": {"name": "glance-direct"}, "all_stores_must_succeed": True},
+            "backend": [],
+        },
+        message="",
+        created_at=now,
+        updated_at=now,
+        holder=new_holder("audit"),
+        lease_expires_at=now - timedelta(seconds=1),
     )
