@@ -5,14 +5,13 @@ import uuid
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
-from sqlalchemy import select
 
 from locations import presenters, schemas
 from locations.import_schema import import_body
 from locations.models import Task
 from locations.services.image_import.staging import StagingService
 from locations.services.image_import.starting import ImportService
-from locations.services.image_import.tasks import tasks_of_image
+from locations.services.image_import.tasks import shown_task, tasks_of_image
 from locations.services.image_import.workers import ImportWorkers
 from locations.services.images import ImageService
 from locations.views.images import UPLOAD_MEDIA_TYPE
@@ -77,9 +76,7 @@ def show_task(request: Request) -> dict[str, object]:
         task_id = uuid.UUID(request.matchdict["task_id"])
     except ValueError:
         raise TaskNotFound("No task found with this id.") from None
-    task = request.db.scalar(select(Task).where(Task.id == task_id))
-    now = request.find_service(Clock).now()
-    expired = task is not None and task.expires_at is not None and task.expires_at < now
-    if task is None or expired or not _visible(request, task):
+    task = shown_task(request.db, task_id, request.find_service(Clock).now())
+    if task is None or not _visible(request, task):
         raise TaskNotFound("No task found with this id.")
     return presenters.task(task)

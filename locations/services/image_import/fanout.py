@@ -52,6 +52,8 @@ def write_all(chunks: Iterable[bytes], writes: list[Write], ready: Callable[[], 
         for chunk in chunks:
             for write in writes:
                 _put(write, chunk)
+            if all(write._done.is_set() for write in writes):
+                break  # every store failed: reading the rest would feed nobody
         for write in writes:
             _put(write, _END)
         for write in writes:  # every writer durable (waiting in ready) or finished

@@ -98,6 +98,11 @@ def finish_task(task: Task, clock: Clock, status: TaskStatus, message: str) -> N
     task.holder = task.lease_expires_at = None
 
 
+def shown_task(db: Session, task_id: uuid.UUID, now: datetime) -> Task | None:
+    """The task, unless there is none or it has expired (GET /v2/tasks/{id})."""
+    return db.scalar(select(Task).where(Task.id == task_id, (Task.expires_at.is_(None)) | (Task.expires_at >= now)))
+
+
 def tasks_of_image(db: Session, image_id: uuid.UUID, now: datetime) -> list[Task]:
     """The image's tasks that have not expired, oldest first (GET /v2/images/{id}/tasks)."""
     return list(
