@@ -112,15 +112,20 @@ def remove_tag(request: Request) -> Response:
 def upload_image_data(request: Request) -> Response:
     """Stream the body into the default store, or the one X-Image-Meta-Store names (chunked or sized); 204."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
+    check_data_body(request)
+    store = _requested_store(request)
+    data = request.find_service(ImageDataService)
+    data.upload(request.identity, image_id, request.body_file, request.content_length, store=store)
+    return Response(status=204)
+
+
+def check_data_body(request: Request) -> None:
+    """415 unless the body is image data; 411 when its end cannot be known (uploads and staging alike)."""
     if request.content_type != UPLOAD_MEDIA_TYPE:
         raise UnsupportedMediaType(f"Image data must be sent as {UPLOAD_MEDIA_TYPE}.")
     if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
         # Without a length or a server that ends the chunked body for us, the end of the data is unknowable.
         raise LengthRequired("Send Content-Length or Transfer-Encoding: chunked through a server that decodes it.")
-    store = _requested_store(request)
-    data = request.find_service(ImageDataService)
-    data.upload(request.identity, image_id, request.body_file, request.content_length, store=store)
-    return Response(status=204)
 
 
 def _requested_store(request: Request) -> str | None:

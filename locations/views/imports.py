@@ -14,9 +14,9 @@ from locations.services.image_import.starting import ImportService
 from locations.services.image_import.tasks import shown_task, tasks_of_image
 from locations.services.image_import.workers import ImportWorkers
 from locations.services.images import ImageService
-from locations.views.images import UPLOAD_MEDIA_TYPE
+from locations.views.images import check_data_body
 from locquota.clock import Clock
-from locquota.errors import LengthRequired, TaskNotFound, UnsupportedMediaType
+from locquota.errors import TaskNotFound
 
 REQUEST_ID_HEADER = "X-Openstack-Request-Id"
 
@@ -32,10 +32,7 @@ def import_info(request: Request) -> dict[str, object]:
 def stage_image_data(request: Request) -> Response:
     """Stream the body into the staging area (charged to image_stage_total); 204, image uploading."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
-    if request.content_type != UPLOAD_MEDIA_TYPE:
-        raise UnsupportedMediaType(f"Staged data must be sent as {UPLOAD_MEDIA_TYPE}.")
-    if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
-        raise LengthRequired("Send Content-Length or Transfer-Encoding: chunked through a server that decodes it.")
+    check_data_body(request)
     staging = request.find_service(StagingService)
     staging.stage(request.identity, image_id, request.body_file, request.content_length)
     return Response(status=204)
