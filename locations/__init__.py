@@ -40,11 +40,8 @@ def includeme(config: Configurator) -> None:
     """Glance image routes, the image and store services, and their views."""
     settings = config.registry["locquota.settings"]
     setting = "enabled_backends" if settings.is_multi_store else "enabled_stores"
-    stores = StoreRegistry(
-        load_stores(settings.backends, settings.store_options, setting),
-        settings.default_backend_name,
-        staging=staging_store(settings),
-    )
+    enabled = load_stores(settings.backends, settings.store_options, setting)
+    stores = StoreRegistry(enabled, settings.default_backend_name, staging=staging_store(settings, enabled.values()))
     vault, session_factory = config.registry["locquota.url_vault"], config.registry["locquota.session_factory"]
     check_key_ring(session_factory, vault)  # a wrong or missing key refuses to start, naming the setting
     if vault.is_enabled:

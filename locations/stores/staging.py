@@ -4,6 +4,8 @@ Staged data waits here for its glance-direct import (SPEC section 8b). Every API
 directory (a shared file system) when several serve one cloud: the import may run on any of them.
 """
 
+from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from locations.stores.base import Store
@@ -13,8 +15,13 @@ from locquota.settings import Settings
 STAGING_STORE = "os_glance_staging_store"
 
 
-def staging_store(settings: Settings) -> Store | None:
-    """The staging store, None when node_staging_uri is not set (no staging, so no glance-direct/web-download)."""
+def staging_store(settings: Settings, stores: Iterable[Store] = ()) -> Store | None:
+    """The staging store, None when node_staging_uri is not set (no staging, so no glance-direct/web-download).
+
+    Its directory may neither lie inside a file store's root nor hold one: staged data is no location, so a
+    tenant could otherwise add another tenant's staged file as a location of its own (or a store's
+    inventory would list staged files as orphans).
+    """
     if not settings.node_staging_uri:
         return None
     parts = urlsplit(settings.node_staging_uri)
@@ -22,4 +29,12 @@ def staging_store(settings: Settings) -> Store | None:
         raise ValueError("locquota.node_staging_uri: expected file:///<absolute directory>")
     if STAGING_STORE in {name for name, _ in settings.backends}:
         raise ValueError(f"locquota.enabled_backends: {STAGING_STORE!r} is the staging area's reserved name")
-    return FileStore(STAGING_STORE, {"filesystem_store_datadir": unquote(parts.path)})
+    staging = FileStore(STAGING_STORE, {"filesystem_store_datadir": unquote(parts.path)})
+    for store in stores:
+        root = getattr(store, "root", None)
+        if isinstance(root, Path) and (staging.root.is_relative_to(root) or root.is_relative_to(staging.root)):
+            raise ValueError(
+                f"locquota.node_staging_uri: the staging directory and store {store.name!r}'s directory overlap;"
+                " give staging a directory of its own"
+            )
+    return staging

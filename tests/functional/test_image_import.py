@@ -601,3 +601,12 @@ def test_an_image_uploading_with_neither_a_lease_nor_staged_data_is_stuck(api, t
     assert image_of(api, image)["status"] == "queued"
     assert usage_of("tenant-a")["totals"]["image_count_uploading"] == 0
     audit_is_clean(settings, tmp_path)
+
+
+@pytest.mark.parametrize("where", ["inside", "around"])
+def test_a_staging_directory_overlapping_a_store_refuses_to_start(build_wsgi_app, settings, tmp_path, where):
+    """Staged data is no location: inside a store's root, another tenant could add it as a location of its own."""
+    staging = tmp_path / "fast" / "staging" if where == "inside" else tmp_path
+    overlapping = {**import_settings(settings, tmp_path), "locquota.node_staging_uri": f"file://{staging}"}
+    with pytest.raises(ValueError, match="node_staging_uri: the staging directory and store 'fast'"):
+        build_wsgi_app(overlapping)
