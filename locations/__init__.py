@@ -18,6 +18,7 @@ from locations.services.factories import (
     import_service_factory,
     import_tools,
     location_api_factory,
+    member_service_factory,
     staging_service_factory,
     url_filter,
 )
@@ -28,6 +29,7 @@ from locations.services.image_import.tasks import renew_waiting
 from locations.services.image_import.workers import ImportWorkers
 from locations.services.images import ImageService
 from locations.services.location_api import LocationApi
+from locations.services.members import MemberService
 from locations.services.upload import ImageDataService
 from locations.services.url_encryption import check_key_ring, refuse_plaintext
 from locations.stores.base import StoreRegistry, load_stores
@@ -50,6 +52,7 @@ def includeme(config: Configurator) -> None:
     config.register_service(stores, iface=StoreRegistry)
     config.register_service_factory(image_service_factory, iface=ImageService)
     config.register_service_factory(location_api_factory, iface=LocationApi)
+    config.register_service_factory(member_service_factory, iface=MemberService)
     config.register_service_factory(image_catalog_factory, iface=ImageCatalog)
     config.register_service_factory(deletion_service_factory, iface=DeletionService)
     config.register_service_factory(backlog_service_factory, iface=BacklogService)

@@ -47,7 +47,7 @@ class LocationStatus(StrEnum):
 
 
 class Visibility(StrEnum):
-    """Who may see an image, as Glance names it (locquota shows tenants only their own images)."""
+    """Who may see an image, as Glance names it: private (its owner), shared (and its members), community, public."""
 
     PUBLIC = "public"
     PRIVATE = "private"
@@ -115,6 +115,8 @@ class Image(Base):
         Index("ix_images_owner_created_at_id", "owner", "created_at", "id"),
         # The admin's list of every tenant's images, same order.
         Index("ix_images_created_at_id", "created_at", "id"),
+        # Public and community images in every tenant's list, same order.
+        Index("ix_images_visibility_created_at_id", "visibility", "created_at", "id"),
     )
 
     @property
@@ -354,3 +356,34 @@ class TaskCopy(Base):
     scratch_url: Mapped[str | None] = mapped_column(Text)
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[datetime]
+
+
+class MemberStatus(StrEnum):
+    """A member's answer to an image shared with it (Glance's member statuses)."""
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class ImageMember(Base):
+    """A project a shared image is shared with. Members see the image; only its owner is charged for it.
+
+    image_created_at repeats the image's created_at (which never changes) so that a member's list walks
+    ix_image_members_member_status_created in the list's default order, however many images it is shared.
+    """
+
+    __tablename__ = "image_members"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id"))
+    member: Mapped[str] = mapped_column(String(255))
+    status: Mapped[MemberStatus] = mapped_column(_enum(MemberStatus, 20))
+    image_created_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        # One membership per project and image; also the image's member list, in order of project.
+        UniqueConstraint("image_id", "member", name="uq_image_members_image_id_member"),
+        Index("ix_image_members_member_status_created", "member", "status", "image_created_at", "image_id"),
+    )

@@ -1,9 +1,10 @@
 """The only place that turns images into JSON: location status stays internal, only active locations show."""
 
+from collections.abc import Iterable
 from datetime import datetime
 from urllib.parse import urlencode
 
-from locations.models import Task
+from locations.models import ImageMember, Task
 from locations.services.backlog import BacklogEntry, StoreTotal
 from locations.services.catalog import ImageView
 from locations.stores.base import StoreRegistry
@@ -152,3 +153,20 @@ def task(row: Task) -> dict[str, object]:
 
 
 NULLABLE_NEVER = frozenset({"image_id", "user_id", "request_id"})
+
+
+def member(row: ImageMember) -> dict[str, object]:
+    """One membership as Glance shows it (also the body of the 200 that answers an add)."""
+    return {
+        "member_id": row.member,
+        "image_id": str(row.image_id),
+        "status": str(row.status),
+        "created_at": glance_time(row.created_at),
+        "updated_at": glance_time(row.updated_at),
+        "schema": "/v2/schemas/member",
+    }
+
+
+def members(rows: Iterable[ImageMember]) -> dict[str, object]:
+    """The members the caller may see, as Glance lists them."""
+    return {"members": [member(row) for row in rows], "schema": "/v2/schemas/members"}

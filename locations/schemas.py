@@ -47,7 +47,9 @@ RESERVED_PREFIX = "os_glance"
 EDITABLE_BASE = ("name", "visibility", "protected", "os_hidden", "min_disk", "min_ram", "disk_format",
                  "container_format", "owner", "tags")  # fmt: skip
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
-LIST_FILTERS_WITH_IN = ("name", "status", "visibility", "owner", "disk_format", "container_format", "id")
+LIST_FILTERS_WITH_IN = ("name", "status", "owner", "disk_format", "container_format", "id")
+VISIBILITIES = ("public", "private", "shared", "community")
+MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
 
 def _nullable(kind: str, **extra: object) -> dict[str, object]:
@@ -364,6 +366,9 @@ class ImageQuery:
     size_max: int | None = None
     protected: bool | None = None
     os_hidden: bool = False
+    # None: Glance's default list (own, public and accepted shared images); else the visibilities asked for.
+    visibilities: frozenset[str] | None = None
+    member_statuses: tuple[str, ...] = ("accepted",)  # of the shared images listed through a membership
 
 
 def _sort_key(name: str) -> str:
@@ -465,7 +470,8 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
     tags = tuple(tag.strip() for tag in params.pop("tag", []))
     if "changes-since" in params:
         raise InvalidQueryParameter('The "changes-since" filter is no longer available on v2.')
-    params.pop("member_status", None)
+    member_statuses = _member_statuses(_single(params, "member_status"))
+    visibilities = _visibilities(_single(params, "visibility"))
     size_min = _integer("size_min", _single(params, "size_min"))
     size_max = _integer("size_max", _single(params, "size_max"))
     protected = _flag("protected", _single(params, "protected"))
@@ -475,11 +481,6 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
         raw = _single(params, name)
         if raw is not None:
             equal_filters[name] = tuple(raw[3:].split(",")) if raw.startswith("in:") else (raw,)
-    visibility = equal_filters.get("visibility", ())
-    if any(value not in ("community", "public", "private", "shared", "all") for value in visibility):
-        raise InvalidQueryParameter("Invalid visibility value.")
-    if "all" in visibility:
-        equal_filters.pop("visibility")
     properties = {}
     for name, values in params.items():
         if len(values) > 1:
@@ -500,4 +501,26 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
         size_max=size_max,
         protected=protected,
         os_hidden=os_hidden,
+        visibilities=visibilities,
+        member_statuses=member_statuses,
     )
+
+
+def _visibilities(raw: str | None) -> frozenset[str] | None:
+    """visibility=public (one value, as Glance takes it) or =all (community included); None if not given."""
+    if raw is None:
+        return None
+    if raw not in (*VISIBILITIES, "all"):
+        raise InvalidQueryParameter("Invalid visibility value.")
+    return frozenset(VISIBILITIES) if raw == "all" else frozenset((raw,))
+
+
+def _member_statuses(raw: str | None) -> tuple[str, ...]:
+    """member_status=pending|accepted|rejected|all, as Glance takes it (accepted when not given)."""
+    if raw is None:
+        return ("accepted",)
+    if raw == "all":
+        return MEMBER_STATUSES
+    if raw not in MEMBER_STATUSES:
+        raise InvalidQueryParameter("Invalid member_status value: it must be pending, accepted, rejected or all.")
+    return (raw,)

@@ -202,6 +202,18 @@ class TooManyProperties(LocquotaError):
     status, code = 413, "property_limit_exceeded"
 
 
+class TooManyMembers(LocquotaError):
+    status, code = 413, "member_limit_exceeded"
+
+
+class MemberNotFound(LocquotaError):
+    status, code = 404, "member_not_found"
+
+
+class MemberConflict(LocquotaError):
+    status, code = 409, "member_conflict"
+
+
 class UnsupportedMediaType(LocquotaError):
     status, code = 415, "unsupported_media_type"
 

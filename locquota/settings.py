@@ -273,6 +273,7 @@ class Settings:
     web_download_timeout_seconds: float = 30.0
     import_workers: int = 2  # import tasks run at once in each API process (threads)
     import_lease_seconds: int = 300
+    image_member_quota: int = 128  # projects an image may be shared with (Glance's option; negative: unlimited)
 
     @property
     def backends(self) -> tuple[tuple[str, str], ...]:
@@ -357,6 +358,7 @@ class Settings:
             "web_download_timeout_seconds": _positive_seconds,
             "import_workers": _positive_int,
             "import_lease_seconds": _positive_int,
+            "image_member_quota": int,
         }
         raw = {**raw, **_from_environment(environ or {}, parsers)}
         values: dict[str, object] = {}

@@ -11,10 +11,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Row, Select, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Row, Select, Subquery, and_, exists, func, or_, select, union
 from sqlalchemy.orm import Session
 
-from locations.models import HIDDEN_IMAGE_STATUSES, Image, ImageProperty, ImageTag, Location, LocationStatus
+from locations.models import (
+    HIDDEN_IMAGE_STATUSES,
+    Image,
+    ImageMember,
+    ImageProperty,
+    ImageTag,
+    Location,
+    LocationStatus,
+    Visibility,
+)
 from locations.schemas import ImageQuery
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.sqljson import json_document, json_rows
@@ -124,9 +133,23 @@ def open_locations(
 
 
 def visible_to(caller: Identity) -> ColumnElement[bool]:
-    """Images the caller may see: its own (an admin: everyone's), never pending_delete or deleted ones."""
+    """Images the caller may see (Glance's is_image_visible), never pending_delete or deleted ones.
+
+    Its own, public and community images, and shared images it is a member of whatever its answer;
+    an admin sees every image. Another project's private image is as missing as an image that is not.
+    """
     shown = Image.status.not_in(HIDDEN_IMAGE_STATUSES)
-    return shown if caller.is_admin else and_(Image.owner == caller.tenant_id, shown)
+    if caller.is_admin:
+        return shown
+    membership = exists().where(ImageMember.image_id == Image.id, ImageMember.member == caller.tenant_id)
+    return and_(
+        shown,
+        or_(
+            Image.owner == caller.tenant_id,
+            Image.visibility.in_((Visibility.PUBLIC, Visibility.COMMUNITY)),
+            and_(Image.visibility == Visibility.SHARED, membership),
+        ),
+    )
 
 
 def view_columns(*, with_locations: bool, with_stores: bool = False) -> list[ColumnElement[object]]:
@@ -184,47 +207,123 @@ class ImageCatalog:
         return view
 
     def page(self, caller: Identity, query: ImageQuery) -> tuple[list[ImageView], str | None]:
-        """One page and the marker of the next one (None on the last page)."""
+        """One page and the marker of the next one (None on the last page), in one statement.
+
+        An admin's page walks every image in order. A tenant's is the union of one short walk per source
+        of images it sees (its own, public, community, shared with it), each down its own index in the
+        list's order and cut at the page size, so a page costs the same at 1k or 1M visible images.
+        """
         caller.authorize("get_images")
         keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
         if "id" not in {key.name for key in query.sort}:
             keys.append((Image.id, query.sort[-1].descending))
-        statement = self._select().where(*self._scope(caller), *_filters(query))
-        if query.marker is not None:
-            statement = statement.where(self._after_marker(caller, query.marker, keys))
-        order = [column.desc() if descending else column.asc() for column, descending in keys]
-        if not caller.is_admin:
-            # With owner first in the ORDER BY, only ix_images_owner_created_at_id yields this order, so
-            # PostgreSQL cannot walk the all-tenants index and filter out other tenants' newer images.
-            order.insert(0, Image.owner.desc() if keys[0][1] else Image.owner.asc())
+        after = self._marker_values(caller, query.marker, keys) if query.marker is not None else None
+        conditions = [Image.status.not_in(HIDDEN_IMAGE_STATUSES), *_filters(query)]
+        if query.visibilities is not None:
+            conditions.append(Image.visibility.in_(query.visibilities))
+        if caller.is_admin:
+            if query.visibilities is None:  # Glance leaves other projects' community images out by default
+                conditions.append(or_(Image.owner == caller.tenant_id, Image.visibility != Visibility.COMMUNITY))
+            statement = self._select().where(*conditions)
+            if after is not None:
+                statement = statement.where(_after(keys, after))
+            order = _order(keys)
+        else:
+            listed = _visible_page(caller, query, keys, after, conditions)
+            statement = self._select().join(listed, Image.id == listed.c.id)
+            order = _order([(listed.c[f"k{index}"], descending) for index, (_, descending) in enumerate(keys)])
         rows = self._db.execute(statement.order_by(*order).limit(query.limit + 1)).all()
         views = [ImageView.from_row(row, self._vault) for row in rows[: query.limit]]
         return views, (str(views[-1].id) if len(rows) > query.limit else None)
 
-    def _scope(self, caller: Identity) -> list[ColumnElement[bool]]:
-        if caller.is_admin:
-            return [visible_to(caller)]
-        # A range, not an equality: an equality would let the planner drop owner from the ORDER BY above.
-        return [Image.owner >= caller.tenant_id, Image.owner <= caller.tenant_id, visible_to(caller)]
-
-    def _after_marker(
+    def _marker_values(
         self, caller: Identity, marker: uuid.UUID, keys: Sequence[tuple[ColumnElement[object], bool]]
-    ) -> ColumnElement[bool]:
-        """Keyset paging: rows strictly after the marker in the sort order, so pages stay cheap at any depth."""
+    ) -> Row[tuple[object, ...]]:
+        """The marker image's sort keys; a marker the caller cannot see is refused (it names nothing here)."""
         values = self._db.execute(
             select(*(column for column, _ in keys)).where(Image.id == marker, visible_to(caller))
         ).first()
         if values is None:
             raise InvalidMarker("The marker does not name an image in this listing.")
-        clauses = []
-        for index, (column, descending) in enumerate(keys):
-            equal_before = [keys[j][0] == values[j] for j in range(index)]
-            beyond = column < values[index] if descending else column > values[index]
-            clauses.append(and_(*equal_before, beyond))
-        first_column, first_descending = keys[0]
-        # A redundant bound on the first key lets the database use its index range.
-        bound = first_column <= values[0] if first_descending else first_column >= values[0]
-        return and_(bound, or_(*clauses) if clauses else false())
+        return values
+
+
+Keys = Sequence[tuple[ColumnElement[object], bool]]
+
+
+def _order(keys: Keys) -> list[ColumnElement[object]]:
+    return [column.desc() if descending else column.asc() for column, descending in keys]
+
+
+def _after(keys: Keys, values: Sequence[object]) -> ColumnElement[bool]:
+    """Keyset paging: rows strictly after the marker's values in the sort order, so deep pages stay cheap."""
+    clauses = []
+    for index, (column, descending) in enumerate(keys):
+        equal_before = [keys[j][0] == values[j] for j in range(index)]
+        beyond = column < values[index] if descending else column > values[index]
+        clauses.append(and_(*equal_before, beyond))
+    first_column, first_descending = keys[0]
+    # A redundant bound on the first key lets the database use its index range.
+    bound = first_column <= values[0] if first_descending else first_column >= values[0]
+    return and_(bound, or_(*clauses))
+
+
+def _visible_page(
+    caller: Identity,
+    query: ImageQuery,
+    keys: Keys,
+    after: Sequence[object] | None,
+    conditions: list[ColumnElement[bool]],
+) -> Subquery:
+    """(id, k0..kn) of at most a page and one from each source of images the tenant sees, in Glance's terms.
+
+    Own images walk ix_images_owner_created_at_id; public and community images (asked for by visibility,
+    community only explicitly) ix_images_visibility_created_at_id; shared images, one walk per member
+    status asked for, ix_image_members_member_status_created. The union keeps each image once.
+    """
+    asked = query.visibilities
+    own = [*conditions, Image.owner == caller.tenant_id]
+    sources: list[Select[tuple[object, ...]]] = [_walk(keys, after, query.limit, own)]
+    for visibility in (Visibility.PUBLIC, Visibility.COMMUNITY):
+        if (asked is None and visibility is Visibility.PUBLIC) or (asked is not None and visibility in asked):
+            sources.append(_walk(keys, after, query.limit, [*conditions, Image.visibility == visibility]))
+    if asked is None or Visibility.SHARED in asked:
+        member_keys = _member_keys(keys)
+        for status in query.member_statuses:
+            membership = [
+                *conditions,
+                ImageMember.member == caller.tenant_id,
+                ImageMember.status == status,
+                Image.visibility == Visibility.SHARED,
+            ]
+            sources.append(_walk(member_keys, after, query.limit, membership, through_members=True))
+    walks = [select(source.subquery()) for source in sources]  # SQLite: LIMIT only inside a subquery
+    # With every source's page cut at limit + 1 rows, the union holds the merged page's limit + 1 rows.
+    return (union(*walks) if len(walks) > 1 else walks[0]).subquery("listed")
+
+
+def _walk(
+    keys: Keys,
+    after: Sequence[object] | None,
+    limit: int,
+    source: list[ColumnElement[bool]],
+    *,
+    through_members: bool = False,
+) -> Select[tuple[object, ...]]:
+    statement = select(Image.id.label("id"), *(column.label(f"k{index}") for index, (column, _) in enumerate(keys)))
+    if through_members:
+        statement = statement.select_from(ImageMember).join(Image, Image.id == ImageMember.image_id)
+    statement = statement.where(*source)
+    if after is not None:
+        statement = statement.where(_after(keys, after))
+    return statement.order_by(*_order(keys)).limit(limit + 1)
+
+
+def _member_keys(keys: Keys) -> Keys:
+    """The default order (created_at, id) read from the membership row, whose index holds it; else the image's."""
+    if len(keys) == 2 and keys[0][0] is Image.created_at and keys[1][0] is Image.id:
+        return [(ImageMember.image_created_at, keys[0][1]), (ImageMember.image_id, keys[1][1])]
+    return keys
 
 
 def _filters(query: ImageQuery) -> list[ColumnElement[bool]]:

@@ -16,6 +16,7 @@ from locations.services.image_import.web_source_filter import UrlFilter
 from locations.services.images import ImageService
 from locations.services.location_api import LocationApi
 from locations.services.location_changes import LocationChanges
+from locations.services.members import MemberService
 from locations.services.scrubbing import ScrubPolicy
 from locations.services.upload import ImageDataService
 from locations.stores.base import StoreRegistry
@@ -48,6 +49,12 @@ def image_service_factory(_context: object, request: Request) -> ImageService:
     """The image service for this request's session."""
     clock = request.find_service(Clock)
     return ImageService(request.db, clock, _location_changes(request), request.find_service(LimitService))
+
+
+def member_service_factory(_context: object, request: Request) -> MemberService:
+    """Image members for this request."""
+    images = request.find_service(ImageService)
+    return MemberService(request.db, request.find_service(Clock), images, request.settings.image_member_quota)
 
 
 def location_api_factory(_context: object, request: Request) -> LocationApi:

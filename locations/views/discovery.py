@@ -4,7 +4,7 @@ from pyramid.request import Request
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from locations import schemas, task_schemas
+from locations import member_schemas, schemas, task_schemas
 
 # Glance 33 decides what it advertises from its configuration (glance/api/versions.py); locquota has no
 # image cache, so it takes Glance's branch without one: 2.16 and 2.14 (cache APIs) and 2.18 are never
@@ -66,3 +66,15 @@ def task_schema(_request: Request) -> dict[str, object]:
 def tasks_schema(_request: Request) -> dict[str, object]:
     """The task collection schema."""
     return task_schemas.tasks_schema()
+
+
+@view_config(route_name="schemas.member", request_method="GET", renderer="json")
+def member_schema(_request: Request) -> dict[str, object]:
+    """The image member schema glanceclient validates a membership against."""
+    return member_schemas.member_schema()
+
+
+@view_config(route_name="schemas.members", request_method="GET", renderer="json")
+def members_schema(_request: Request) -> dict[str, object]:
+    """The member collection schema."""
+    return member_schemas.members_schema()

@@ -1,7 +1,8 @@
 """Glance's image rules (Images v2), with Glance's names and secure-RBAC defaults.
 
 The target of an image rule describes the image: `project_id` and `owner` are its owner, `visibility`
-its visibility; for a list or a create, `project_id` is the caller's project and `owner` the owner asked for.
+its visibility, `member_id` the caller's project when the image is shared and not the caller's (Glance's
+ImageTarget); for a list or a create, `project_id` is the caller's project and `owner` the owner asked for.
 """
 
 from oslo_policy.policy import DocumentedRuleDefault
@@ -20,6 +21,8 @@ def _rule(name: str, check: str, description: str, method: str, path: str) -> Do
 
 
 IMAGE = "/v2/images/{image_id}"
+MEMBERS = f"{IMAGE}/members"
+MEMBER = f"{MEMBERS}/{{member_id}}"
 
 RULES = [
     _rule("add_image", base.ADMIN_OR_MEMBER_CREATING_FOR_ITSELF, "Create an image.", "POST", "/v2/images"),
@@ -42,6 +45,11 @@ RULES = [
         f"{IMAGE}/locations",
     ),
     _rule("fetch_image_location", base.SERVICE, "List an image's locations.", "GET", f"{IMAGE}/locations"),
+    _rule("add_member", base.ADMIN_OR_PROJECT_MEMBER, "Share an image with a project.", "POST", MEMBERS),
+    _rule("delete_member", base.ADMIN_OR_PROJECT_MEMBER, "Stop sharing an image with a project.", "DELETE", MEMBER),
+    _rule("get_member", base.ADMIN_OR_READER_OF_OWNER_OR_SHARED_MEMBER, "Show an image member.", "GET", MEMBER),
+    _rule("get_members", base.ADMIN_OR_READER_OF_OWNER_OR_SHARED_MEMBER, "List image members.", "GET", MEMBERS),
+    _rule("modify_member", base.ADMIN_OR_SHARED_MEMBER, "Accept or reject a shared image.", "PUT", MEMBER),
     _rule("deactivate", base.ADMIN_OR_PROJECT_MEMBER, "Deactivate an image.", "POST", f"{IMAGE}/actions/deactivate"),
     _rule("reactivate", base.ADMIN_OR_PROJECT_MEMBER, "Reactivate an image.", "POST", f"{IMAGE}/actions/reactivate"),
     _rule("copy_image", base.ADMIN, "Copy an active image into more stores (copy-image).", "POST", f"{IMAGE}/import"),
