@@ -1,8 +1,8 @@
-"""`locquota import-glance`: images and locations from a Glance database (SQLite, PostgreSQL, MySQL/MariaDB).
+"""`locquota import-glance`: images, locations and members from a Glance database (SQLite, PostgreSQL, MySQL).
 
-One job per module, imported one way: report <- source (reads Glance) <- planner (maps an image) <- writer
-(writes a batch) <- importer (runs the batches, then settles usage). docs/import.md is the operator's guide,
-with every decision explained.
+One job per module, imported one way: report <- source (reads Glance) <- memberships (maps an image's members)
+<- planner (maps an image) <- writer (writes a batch) <- importer (runs the batches, then settles usage).
+docs/import.md is the operator's guide, with every decision explained.
 """
 
 from locations.services.glance_import.importer import GlanceImporter, TargetNotReadyError

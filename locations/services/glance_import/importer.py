@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from locations.models import LIVE_LOCATION_STATUSES, Location
+from locations.models import LIVE_LOCATION_STATUSES, ImageMember, Location
 from locations.services.glance_import.planner import PlannedImage, Planner
 from locations.services.glance_import.report import Finding, ImportReport, Tally, TenantUsageLine, describe_error
 from locations.services.glance_import.source import GlanceSource
@@ -27,7 +27,7 @@ from quota.models import Resource, UsageDrift
 from quota.services.reconcile import Reconciler
 
 FIRST_ANALYZE = 1000  # images written before the first ANALYZE of the tables the import fills
-ANALYZED_TABLES = ("images", "image_properties", "image_tags", "locations")
+ANALYZED_TABLES = ("images", "image_properties", "image_tags", "locations", "image_members")
 
 
 class TargetNotReadyError(Exception):
@@ -69,10 +69,12 @@ class GlanceImporter:
             for glance in glance_batch:
                 tally.counts["images.read"] += 1
                 tally.counts["locations.read"] += len(glance.locations)
+                tally.counts["members.read"] += len(glance.members)
                 image = planner.plan(glance, tally)
                 if image is None:
                     tally.counts["images.skipped"] += 1
                     tally.counts["locations.skipped"] += len(glance.locations)
+                    tally.counts["members.skipped"] += len(glance.members)
                     continue
                 tally.counts[f"image.status.{image.glance_status} -> {image.values['status']}"] += 1
                 planned.append(image)
@@ -86,8 +88,10 @@ class GlanceImporter:
     def _check_target(self) -> None:
         """Refuse before any batch if locquota's schema predates the import (every image would fail alike)."""
         with self._unit_of_work() as db:
-            columns = {column["name"] for column in inspect(db.connection()).get_columns(Location.__tablename__)}
-        if "glance_location_id" not in columns:
+            inspector = inspect(db.connection())
+            columns = {column["name"] for column in inspector.get_columns(Location.__tablename__)}
+            has_members = inspector.has_table(ImageMember.__tablename__)
+        if "glance_location_id" not in columns or not has_members:
             raise TargetNotReadyError("locquota's database is not at the newest revision: run `locquota db upgrade`")
 
     def _analyze_if_grown(self, written: int) -> None:
@@ -127,6 +131,7 @@ class GlanceImporter:
                 tally.counts["images.skipped"] += 1
                 skipped = len(image.locations) + image.no_data_locations + image.skipped_locations
                 tally.counts["locations.skipped"] += skipped
+                tally.counts["members.skipped"] += image.members.rows
         return tally
 
     def _write_images(self, planned: list[PlannedImage]) -> Tally:
@@ -138,6 +143,8 @@ class GlanceImporter:
         for image in planned:
             tally.merge(image.tally)
             tally.counts["locations.skipped"] += image.skipped_locations
+            tally.counts["members.skipped"] += image.members.skipped
+            tally.counts["members.deleted"] += image.members.deleted
             if self._dry_run:
                 self._tally_usage(image)
         return tally

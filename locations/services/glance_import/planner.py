@@ -3,7 +3,7 @@
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from locations.models import (
     LocationStatus,
     Visibility,
 )
+from locations.services.glance_import.memberships import PlannedMembers, has_live_members, plan_members
 from locations.services.glance_import.report import MAX_METADATA_CHARS, Finding, Tally, has_credentials, mask_url
 from locations.services.glance_import.source import (
     GlanceImage,
@@ -85,6 +86,7 @@ class PlannedImage:
     locations: list[PlannedLocation]
     tally: Tally
     defaulted: tuple[str, ...] = ()  # timestamps Glance did not give: the import's time stands in
+    members: PlannedMembers = field(default_factory=PlannedMembers)
     no_data_locations: int = 0  # not imported: the image has no data (SPEC section 8)
     skipped_locations: int = 0  # not imported: duplicate or unusable URL
 
@@ -118,6 +120,7 @@ class Planner:
         image_status, data_status = GLANCE_IMAGE_STATUSES[status]
         notes = Tally()
         values = self._image_values(image_id, row, image_status, label, notes)
+        values["visibility"] = self._visibility(row, has_live_members(glance.members), label, notes)
         too_long = _too_long(Image.__table__, values)
         if too_long:
             tally.note(Finding.IMAGE_VALUE_TOO_LONG, f"{label}: {too_long}")
@@ -136,6 +139,7 @@ class Planner:
             locations=[],
             tally=notes,
             defaulted=_defaulted_times(row),
+            members=plan_members(glance.members, label, notes),
         )
         self._plan_locations(glance, planned, data_status, label)
         return planned
@@ -154,7 +158,6 @@ class Planner:
             "id": image_id,
             "name": _text(row.get("name")),
             "status": status,
-            "visibility": self._visibility(row, label, notes),
             "owner": row["owner"],
             "size": size,
             "virtual_size": parse_non_negative_int(row.get("virtual_size"), MAX_BIGINT),
@@ -172,15 +175,22 @@ class Planner:
         }
 
     @staticmethod
-    def _visibility(row: Mapping[str, object], label: str, notes: Tally) -> Visibility:
-        if "visibility" in row:
+    def _visibility(row: Mapping[str, object], has_members: bool, label: str, notes: Tally) -> Visibility:
+        if "visibility" in row and (row["visibility"] is not None or "is_public" not in row):
             try:
                 return Visibility(str(row["visibility"]))
             except ValueError:
                 notes.note(Finding.VISIBILITY_UNKNOWN, label)
                 return Visibility.PRIVATE
-        # Before Mitaka, Glance had is_public instead.
-        return Visibility.PUBLIC if parse_flag(row.get("is_public")) else Visibility.PRIVATE
+        # Before Ocata, Glance had is_public instead (and between its expand and migrate steps, a NULL
+        # visibility). Its Ocata migration makes a non-public image with live members shared, else private;
+        # private, an image's members would lose it.
+        if parse_flag(row.get("is_public")):
+            return Visibility.PUBLIC
+        if has_members:
+            notes.note(Finding.SHARED_BEFORE_OCATA, label)
+            return Visibility.SHARED
+        return Visibility.PRIVATE
 
     @staticmethod
     def _properties(glance: GlanceImage, label: str, notes: Tally) -> dict[str, str]:

@@ -28,6 +28,9 @@ class Finding(StrEnum):
     # One location is skipped; its image is imported.
     LOCATION_DUPLICATE = "location skipped: same URL as another live location of the image (charged once)"
     LOCATION_URL_UNUSABLE = "location skipped: URL empty, too long or with a NUL character"
+    # One membership is skipped; its image is imported.
+    MEMBER_UNUSABLE = "member skipped: project empty, too long or with a NUL character"
+    MEMBER_DUPLICATE = "member skipped: same project as another live membership of the image (the last answer kept)"
     # Imported, and worth a look.
     OUTSIDE_STORE = "flagged: URL outside every configured store (imported; locquota never deletes or serves it)"
     SCHEME_NOT_ENABLED = "flagged: URL scheme of no enabled store (imported; locquota never deletes or serves it)"
@@ -39,6 +42,7 @@ class Finding(StrEnum):
     SIZE_INVALID = "flagged: image size is not a non-negative integer (imported as NULL)"
     UNKNOWN_LOCATION_STATUS = "flagged: unknown location status (taken from the image status)"
     VISIBILITY_UNKNOWN = "flagged: unknown visibility (imported private)"
+    MEMBER_UNKNOWN_STATUS = "flagged: unknown member status (imported pending)"
     TIMESTAMP_UNREADABLE = "flagged: image created_at missing or unreadable (the import's time, kept on re-runs)"
     PROPERTY_SKIPPED = "flagged: property or tag with an empty or too long name (not imported)"
     ACTIVE_WITHOUT_DATA = "flagged: active image without an active location"
@@ -48,6 +52,7 @@ class Finding(StrEnum):
     PRE_JUNO_REMOVED = "noted: pre-Juno location removed under a live image (deleted = 1), imported pending_delete"
     DEACTIVATED = "noted: deactivated image imported deactivated (downloads refused but to admins)"
     UPLOAD_ABANDONED = "noted: image in saving/uploading/importing imported queued (no data)"
+    SHARED_BEFORE_OCATA = "noted: non-public image with members and no visibility (before Ocata) imported shared"
 
 
 def mask_url(url: str) -> str:
@@ -123,6 +128,10 @@ class ImportReport:
             f"locations\t{locations_read} read, {self._outcomes('locations', written)},"
             f" {counts['locations.skipped']} skipped, {counts['locations.no_data']} not imported (no data)",
             "locations by status\t" + self._by_prefix("location.status."),
+            f"members\t{counts['members.read']} read, {self._outcomes('members', written)},"
+            f" {counts['members.skipped']} skipped, {counts['members.deleted']} not imported (deleted in Glance),"
+            f" {counts['members.removed']} {'would be removed' if self.dry_run else 'removed'} (no longer in Glance)",
+            "members by status\t" + self._by_prefix("member.status."),
             f"tenants\t{self.tenants} ({'usage from Glance rows' if self.dry_run else 'usage recounted and set'})",
         ]
         for finding in sorted(self.tally.findings, key=list(Finding).index):

@@ -1,11 +1,11 @@
 """Reading Glance's database, never writing it: one read-only transaction, keyset batches of images.
 
-Each batch comes with its images' locations, properties and tags, read with SQLAlchemy Core, so memory stays flat
-however large the database. Values are taken as the driver gives them and made sense of here.
+Each batch comes with its images' locations, properties, tags and members, read with SQLAlchemy Core, so memory
+stays flat however large the database. Values are taken as the driver gives them and made sense of here.
 """
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,8 +37,13 @@ LOCATION_COLUMNS = (
 )
 PROPERTY_COLUMNS = ("image_id", "name", "value", "deleted")
 TAG_COLUMNS = ("image_id", "value", "deleted")
+MEMBER_COLUMNS = ("id", "image_id", "member", "status", "created_at", "updated_at", "deleted")
 # Larger values are not read at all (their length is): a hostile row cannot blow up the importer's memory.
 MAX_URL_CHARS = 4096
+MAX_MEMBER_CHARS = 255  # Glance's image_members.member, and locquota's
+# image_members.status came in Grizzly, NULL on the rows it found until Juno's migration made them pending: a
+# missing or NULL status is what Glance's own upgrades make of it.
+MEMBER_STATUS_UNSET = "pending"
 
 
 class GlanceSourceError(Exception):
@@ -62,13 +67,27 @@ class GlanceLocation:
 
 
 @dataclass(slots=True)
+class GlanceMember:
+    """One image_members row as read (member is None when longer than MAX_MEMBER_CHARS: not read)."""
+
+    id: int
+    member: str | None
+    member_chars: int
+    status: str
+    is_deleted: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(slots=True)
 class GlanceImage:
-    """One images row with its locations, and its properties and tags as (name, value, deleted)."""
+    """One images row with its locations and members, and its properties and tags as (name, value, deleted)."""
 
     row: dict[str, object]
     locations: list[GlanceLocation] = field(default_factory=list)
     properties: list[tuple[object, object, bool]] = field(default_factory=list)
     tags: list[tuple[object, bool]] = field(default_factory=list)
+    members: list[GlanceMember] = field(default_factory=list)
 
 
 def _source_engine(url: str) -> Engine:
@@ -106,7 +125,7 @@ def _source_engine(url: str) -> Engine:
 
 
 class GlanceSource:
-    """Glance's images, locations, properties and tags, read in batches over one connection."""
+    """Glance's images, locations, properties, tags and members, read in batches over one connection."""
 
     def __init__(self, url: str) -> None:
         self.display_url = _display_url(url)
@@ -127,6 +146,7 @@ class GlanceSource:
         self._locations = _table("image_locations", LOCATION_COLUMNS, present["image_locations"])
         self._properties = _table("image_properties", PROPERTY_COLUMNS, present.get("image_properties", set()))
         self._tags = _table("image_tags", TAG_COLUMNS, present.get("image_tags", set()))
+        self._members = _table("image_members", MEMBER_COLUMNS, present.get("image_members", set()))
 
     def __enter__(self) -> Self:
         return self
@@ -144,7 +164,7 @@ class GlanceSource:
         tables = set(inspector.get_table_names())
         return {
             name: {column["name"] for column in inspector.get_columns(name)}
-            for name in ("images", "image_locations", "image_properties", "image_tags")
+            for name in ("images", "image_locations", "image_properties", "image_tags", "image_members")
             if name in tables
         }
 
@@ -235,6 +255,36 @@ class GlanceSource:
             query = select(tags.image_id, tags.value, *(tags[name] for name in ("deleted",) if name in tags))
             for row in self._connection.execute(query.where(tags.image_id.in_(ids))):
                 owner_of(row.image_id).tags.append((row.value, parse_flag(row._mapping.get("deleted"))))
+        self._attach_members(ids, owner_of)
+
+    def _attach_members(self, ids: list[str], owner_of: Callable[[object], GlanceImage]) -> None:
+        """The batch's image_members rows, deleted ones too (counted), in id order; a long member is not read."""
+        members = self._members.c
+        if not {"id", "image_id", "member"} <= set(members.keys()):
+            return  # no image_members table (a hand-made or trimmed database): nothing shared
+        # Characters, not bytes: MySQL's length() counts bytes, SQLite has no char_length().
+        chars = func.length if self._connection.dialect.name == "sqlite" else func.char_length
+        columns = [
+            members.id,
+            members.image_id,
+            case((chars(members.member) <= MAX_MEMBER_CHARS, members.member), else_=None).label("member"),
+            chars(members.member).label("member_chars"),
+            *(members[name] for name in ("status", "deleted", "created_at", "updated_at") if name in members),
+        ]
+        query = select(*columns).where(members.image_id.in_(ids)).order_by(members.id)
+        for row in self._connection.execute(query):
+            values, status = row._mapping, row._mapping.get("status")
+            owner_of(row.image_id).members.append(
+                GlanceMember(
+                    id=int(row.id),
+                    member=None if row.member is None else str(row.member),
+                    member_chars=int(values["member_chars"] or 0),
+                    status=MEMBER_STATUS_UNSET if status is None else str(status),
+                    is_deleted=parse_flag(values.get("deleted")),
+                    created_at=parse_timestamp(values.get("created_at")),
+                    updated_at=parse_timestamp(values.get("updated_at")),
+                )
+            )
 
     def owners(self, batch_size: int) -> Iterator[list[str]]:
         """Every distinct image owner, in order, batch_size at a time: the tenants the import touched."""

@@ -1,7 +1,7 @@
 """A batch of planned images compared with what locquota holds; only the difference is written.
 
-Images keep Glance's ids; locations are found again by (image id, Glance's image_locations.id), so a re-run
-updates what changed and adds nothing twice.
+Images keep Glance's ids; locations are found again by (image id, Glance's image_locations.id), members by
+(image id, project), so a re-run updates what changed and adds nothing twice.
 """
 
 import uuid
@@ -11,7 +11,15 @@ from typing import Any
 from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from locations.models import LIVE_LOCATION_STATUSES, Image, ImageProperty, ImageTag, Location, LocationStatus
+from locations.models import (
+    LIVE_LOCATION_STATUSES,
+    Image,
+    ImageMember,
+    ImageProperty,
+    ImageTag,
+    Location,
+    LocationStatus,
+)
 from locations.services.glance_import.planner import PlannedImage
 from locations.services.glance_import.report import Finding, Tally
 from locquota.clock import Clock
@@ -24,6 +32,8 @@ LOCATION_FIELDS = (
 BOOKKEEPING = (
     "pending_since", "scrub_after", "deleted_at", "attempts", "last_error", "claimed_by", "claim_expires_at",
 )  # fmt: skip
+# Compared to decide whether an imported membership changed.
+MEMBER_FIELDS = ("status", "image_created_at", "created_at", "updated_at")
 
 
 class BatchWriter:
@@ -45,12 +55,14 @@ class BatchWriter:
         ids = [planned.image_id for planned in batch]
         images = self._existing_images(ids)
         properties, tags, locations = self._existing_details(ids)
+        members = self._existing_members(ids)
         self._note_shared_urls(batch, tally)
         writes: dict[str, list[dict[str, object]]] = defaultdict(list)
         for planned in batch:
             changed = self._diff_image(planned, images.get(planned.image_id), writes)
             changed |= self._diff_details(planned, properties[planned.image_id], tags[planned.image_id], writes)
             changed |= self._diff_locations(planned, locations, writes, tally)
+            changed |= self._diff_members(planned, members[planned.image_id], writes, tally)
             outcome = "new" if planned.image_id not in images else "updated" if changed else "unchanged"
             tally.counts[f"images.{outcome}"] += 1
         if not self._dry_run:
@@ -92,6 +104,14 @@ class BatchWriter:
         )
         locations = {(row.image_id, row.glance_location_id): dict(row._mapping) for row in self._db.execute(query)}
         return properties, tags, locations
+
+    def _existing_members(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, dict[str, object]]]:
+        """The batch's memberships by image and project (locked: a member may be answering meanwhile)."""
+        members: dict[uuid.UUID, dict[str, dict[str, object]]] = defaultdict(dict)
+        table = ImageMember.__table__
+        for row in self._db.execute(self._locked(select(table).where(table.c.image_id.in_(ids)))):
+            members[row.image_id][row.member] = dict(row._mapping)
+        return members
 
     def _diff_image(
         self, planned: PlannedImage, existing: dict[str, object] | None, writes: dict[str, list[dict[str, object]]]
@@ -172,6 +192,46 @@ class BatchWriter:
             tally.counts[f"location.status.{location.status}"] += 1
         return changed
 
+    def _diff_members(
+        self,
+        planned: PlannedImage,
+        existing: dict[str, dict[str, object]],
+        writes: dict[str, list[dict[str, object]]],
+        tally: Tally,
+    ) -> bool:
+        """Glance's live memberships of the image, and no others: as its properties, Glance's are the truth."""
+        changed = False
+        image_created_at = planned.values["created_at"]  # after _diff_image kept a stand-in time
+        for member, membership in planned.members.by_member.items():
+            current = existing.get(member)
+            # A time Glance did not give: the import's on the first run, kept on the next ones.
+            created_at = membership.created_at or (current["created_at"] if current else self._clock.now())
+            values = {
+                "image_id": planned.image_id,
+                "member": member,
+                "status": membership.status,
+                "image_created_at": image_created_at,  # must equal the image's (the member's list walks it)
+                "created_at": created_at,
+                "updated_at": membership.updated_at or (current["updated_at"] if current else created_at),
+            }
+            if current is None:
+                writes["members.insert"].append(values)
+                outcome = "new"
+            elif all(current[name] == values[name] for name in MEMBER_FIELDS):
+                outcome = "unchanged"
+            else:
+                writes["members.update"].append({**values, "id": current["id"]})
+                outcome = "updated"
+            changed |= outcome != "unchanged"
+            tally.counts[f"members.{outcome}"] += 1
+            tally.counts[f"member.status.{membership.status}"] += 1
+        for member, current in existing.items():
+            if member not in planned.members.by_member:
+                writes["members.delete"].append({"id": current["id"]})
+                tally.counts["members.removed"] += 1
+                changed = True
+        return changed
+
     def _note_shared_urls(self, batch: list[PlannedImage], tally: Tally) -> None:
         """Flag each location whose data (by canonical key) a live location of another image already holds."""
         live = [
@@ -199,7 +259,7 @@ class BatchWriter:
             holders[digests[0]].add(image_id)
 
     def _apply(self, writes: dict[str, list[dict[str, object]]]) -> None:
-        """Bulk statements, parents first (images before their properties, tags and locations)."""
+        """Bulk statements, parents first (images before their properties, tags, locations and members)."""
         db = self._db
         for name, model in (("properties", ImageProperty), ("tags", ImageTag)):
             if writes[f"{name}.delete"]:
@@ -218,3 +278,10 @@ class BatchWriter:
             db.execute(insert(Location), writes["locations.insert"])
         if writes["locations.update"]:
             db.execute(update(Location), writes["locations.update"])
+        if writes["members.delete"]:
+            ids = [row["id"] for row in writes["members.delete"]]
+            db.execute(delete(ImageMember).where(ImageMember.id.in_(ids)).execution_options(synchronize_session=False))
+        if writes["members.update"]:
+            db.execute(update(ImageMember), writes["members.update"])
+        if writes["members.insert"]:
+            db.execute(insert(ImageMember), writes["members.insert"])
