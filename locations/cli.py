@@ -189,7 +189,7 @@ def reconcile(app: LazyApp, fix: bool, batch_size: int) -> None:
 )
 @click.pass_obj
 def import_glance(app: LazyApp, url: str, dry_run: bool, batch_size: int) -> None:
-    """Import images and locations from the Glance database at URL (sqlite:///, postgresql://, mysql://).
+    """Import images, locations and members from the Glance database at URL (sqlite:///, postgresql://, mysql://).
 
     Safe to run again: images keep Glance's ids, and rows already imported are updated, never doubled.
     At the end every imported tenant's usage is recounted and set. See docs/import.md.
