@@ -214,9 +214,7 @@ class ImageCatalog:
         list's order and cut at the page size, so a page costs the same at 1k or 1M visible images.
         """
         caller.authorize("get_images")
-        keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
-        if "id" not in {key.name for key in query.sort}:
-            keys.append((Image.id, query.sort[-1].descending))
+        keys = _sort_keys(query)
         after = self._marker_values(caller, query.marker, keys) if query.marker is not None else None
         conditions = [Image.status.not_in(HIDDEN_IMAGE_STATUSES), *_filters(query)]
         if query.visibilities is not None:
@@ -249,6 +247,18 @@ class ImageCatalog:
 
 
 Keys = Sequence[tuple[ColumnElement[object], bool]]
+
+
+def _sort_keys(query: ImageQuery) -> list[tuple[ColumnElement[object], bool]]:
+    """The sort keys, then Glance's tie-breakers created_at and id where missing.
+
+    As in Glance, the tie-breakers take the direction of the one key given, or descending after several.
+    """
+    keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
+    tie_direction = query.sort[0].descending if len(query.sort) == 1 else True
+    named = {key.name for key in query.sort}
+    keys.extend((SORT_COLUMNS[name], tie_direction) for name in ("created_at", "id") if name not in named)
+    return keys
 
 
 def _order(keys: Keys) -> list[ColumnElement[object]]:
