@@ -1,4 +1,4 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores|copy]: all by default.
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores|copy|sharing].
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
@@ -14,7 +14,9 @@ a location and listing with location URLs sealed and not, and times key rotation
 (benchmarks.stores) starts the test suite's Ceph, Keystone and Swift and times upload, download and peak RSS of
 file, rbd, s3 and swift images of 1 to 512 MiB, and the scrubber's deletions/s on each. The copy part
 (benchmarks.copy_image) times copy-image to 2 and 4 file stores against the same copy done the file store's
-way, and compares the API worker's peak RSS at 64 and 256 MiB. All run by default.
+way, and compares the API worker's peak RSS at 64 and 256 MiB. The sharing part (benchmarks.sharing) times a
+tenant's GET /v2/images on PostgreSQL and SQLite as the public and shared images it sees grow to 1M. All run by
+default.
 Run it from the repository root (it imports `tests.servers`).
 """
 
@@ -29,7 +31,7 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import copy_image, encryption, import_glance, quota, report, scrape, scrubber, stores
+from benchmarks import copy_image, encryption, import_glance, quota, report, scrape, scrubber, sharing, stores
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.deployment import fresh_database
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
@@ -79,7 +81,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy"]),
+    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy", "sharing"]),
     help="Run one part only. [default: all]",
 )
 @click.option(
@@ -133,6 +135,7 @@ def main(  # keyword-only: click passes every option by name
             ("encryption", lambda: encryption.benchmark(admin_url, smoke=smoke)),
             ("stores", lambda: stores.benchmark(admin_url, smoke=smoke)),
             ("copy", lambda: copy_image.benchmark(admin_url, smoke=smoke)),
+            ("sharing", lambda: sharing.benchmark(admin_url, smoke=smoke)),
         ]
         for number, (_name, run) in enumerate(part for part in parts if only in (None, part[0])):
             if number:
