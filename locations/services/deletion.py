@@ -4,10 +4,10 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from locations.models import Image, ImageStatus, Location, LocationStatus
+from locations.models import Image, ImageMember, ImageStatus, Location, LocationStatus
 from locations.services.data_references import DataKeys, DataReferences
 from locations.services.image_import.staging import release_staged
 from locations.services.images import ImageService
@@ -60,6 +60,9 @@ class DeletionService:
         staging = release_staged(self._db, self._lifecycle, self._stores, self._vault, image)
         self._lifecycle.set_image_status(image, ImageStatus.PENDING_DELETE if live else ImageStatus.DELETED)
         image.updated_at = self._clock.now()
+        # As Glance: the memberships go with the image (a restore brings it back unshared), so members'
+        # lists never walk past memberships of images that are gone.
+        self._db.execute(delete(ImageMember).where(ImageMember.image_id == image.id))
         self._db.flush()
         ids = [location.id for location in (staging if self._delayed else [*live, *staging])]
         if ids:

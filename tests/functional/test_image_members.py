@@ -5,7 +5,9 @@ image; nobody else learns the image exists; sharing moves no charge.
 """
 
 import pytest
+from sqlalchemy import func, select
 
+from locations.models import ImageMember
 from tests.conftest import identity
 
 OWNER = identity("owner-p")
@@ -35,8 +37,8 @@ def test_the_member_lifecycle(app, usage_of):
     before = {tenant: usage_of(tenant) for tenant in ("owner-p", "member-p")}
 
     added = app.post_json(f"/v2/images/{image}/members", {"member": "member-p"}, headers=OWNER, status=200).json
-    assert added["member_id"] == "member-p" and added["image_id"] == image and added["status"] == "pending"
-    assert added["schema"] == "/v2/schemas/member"
+    shown = {key: added[key] for key in ("member_id", "image_id", "status", "schema")}
+    assert shown == {"member_id": "member-p", "image_id": image, "status": "pending", "schema": "/v2/schemas/member"}
     app.post_json(f"/v2/images/{image}/members", {"member": "member-p"}, headers=OWNER, status=409)
 
     # pending: seen and downloadable, not listed by default
@@ -118,3 +120,15 @@ def test_the_member_quota(make_app, settings):
     refused = app.post_json(f"/v2/images/{image}/members", {"member": "c"}, headers=OWNER, status=413)
     assert refused.json["error"]["code"] == "member_limit_exceeded"
     assert len(app.get(f"/v2/images/{image}/members", headers=OWNER).json["members"]) == 2
+
+
+def test_deleting_the_image_ends_its_memberships(app, db):
+    image = shared_image(app)
+    app.post_json(f"/v2/images/{image}/members", {"member": "member-p"}, headers=OWNER, status=200)
+    app.put_json(f"/v2/images/{image}/members/member-p", {"status": "accepted"}, headers=MEMBER)
+
+    app.delete(f"/v2/images/{image}", headers=OWNER, status=204)
+
+    app.get(f"/v2/images/{image}", headers=MEMBER, status=404)
+    assert image not in listed(app, MEMBER, "?member_status=all")
+    assert db.scalar(select(func.count()).select_from(ImageMember)) == 0
