@@ -227,7 +227,8 @@ class ImageCatalog:
                 statement = statement.where(_after(keys, after))
             order = _order(keys)
         else:
-            listed = _visible_page(caller, query, keys, after, conditions)
+            by_range = self._db.get_bind().dialect.name == "postgresql"
+            listed = _visible_page(caller, query, keys, after, conditions, pin_by_range=by_range)
             statement = self._select().join(listed, Image.id == listed.c.id)
             order = _order([(listed.c[f"k{index}"], descending) for index, (_, descending) in enumerate(keys)])
         rows = self._db.execute(statement.order_by(*order).limit(query.limit + 1)).all()
@@ -284,6 +285,8 @@ def _visible_page(
     keys: Keys,
     after: Sequence[object] | None,
     conditions: list[ColumnElement[bool]],
+    *,
+    pin_by_range: bool,
 ) -> Subquery:
     """(id, k0..kn) of at most a page and one from each source of images the tenant sees, in Glance's terms.
 
@@ -292,11 +295,13 @@ def _visible_page(
     status asked for, ix_image_members_member_status_created. The union keeps each image once.
     """
     asked = query.visibilities
-    own = [*conditions, Image.owner == caller.tenant_id]
-    sources: list[Select[tuple[object, ...]]] = [_walk(keys, after, query.limit, own)]
+    pinned = [(Image.owner, caller.tenant_id)]
     for visibility in (Visibility.PUBLIC, Visibility.COMMUNITY):
         if (asked is None and visibility is Visibility.PUBLIC) or (asked is not None and visibility in asked):
-            sources.append(_walk(keys, after, query.limit, [*conditions, Image.visibility == visibility]))
+            pinned.append((Image.visibility, visibility.value))
+    sources = [
+        _walk(keys, after, query.limit, _pin(column, value, keys, pin_by_range), conditions) for column, value in pinned
+    ]
     if asked is None or Visibility.SHARED in asked:
         member_keys = _member_keys(keys)
         for status in query.member_statuses:
@@ -306,16 +311,32 @@ def _visible_page(
                 ImageMember.status == status,
                 Image.visibility == Visibility.SHARED,
             ]
-            sources.append(_walk(member_keys, after, query.limit, membership, through_members=True))
+            sources.append(_walk(member_keys, after, query.limit, ([], []), membership, through_members=True))
     walks = [select(source.subquery()) for source in sources]  # SQLite: LIMIT only inside a subquery
     # With every source's page cut at limit + 1 rows, the union holds the merged page's limit + 1 rows.
     return (union(*walks) if len(walks) > 1 else walks[0]).subquery("listed")
+
+
+Pin = tuple[list[ColumnElement[bool]], list[ColumnElement[object]]]  # conditions, leading ORDER BY columns
+
+
+def _pin(column: ColumnElement[str], value: str, keys: Keys, by_range: bool) -> Pin:
+    """A walk restricted to one value of an index's leading column, so that index alone yields the order.
+
+    SQLite walks the index in order from an equality. PostgreSQL, given an equality, drops the column from
+    the ORDER BY and may walk the all-tenants index (created_at, id) instead, filtering out every newer
+    row of other owners or visibilities; a range plus the column first in the ORDER BY leaves it one index.
+    """
+    if not by_range:
+        return [column == value], []
+    return [column >= value, column <= value], [column.desc() if keys[0][1] else column.asc()]
 
 
 def _walk(
     keys: Keys,
     after: Sequence[object] | None,
     limit: int,
+    pin: Pin,
     source: list[ColumnElement[bool]],
     *,
     through_members: bool = False,
@@ -323,10 +344,11 @@ def _walk(
     statement = select(Image.id.label("id"), *(column.label(f"k{index}") for index, (column, _) in enumerate(keys)))
     if through_members:
         statement = statement.select_from(ImageMember).join(Image, Image.id == ImageMember.image_id)
-    statement = statement.where(*source)
+    pinned, leading = pin
+    statement = statement.where(*source, *pinned)
     if after is not None:
         statement = statement.where(_after(keys, after))
-    return statement.order_by(*_order(keys)).limit(limit + 1)
+    return statement.order_by(*leading, *_order(keys)).limit(limit + 1)
 
 
 def _member_keys(keys: Keys) -> Keys:
