@@ -77,7 +77,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     help=f"API: size {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests; scrubber: a"
     f" {scrubber.SMOKE_BACKLOG}-location backlog; quota: {quota.SMOKE_SIZES[0]} locations, clients"
     f" {','.join(map(str, quota.SMOKE_CLIENTS))}; stores: {stores.SMOKE_SIZES[0] >> 20} MiB images and a"
-    f" {stores.SMOKE_BACKLOG}-object backlog (for CI).",
+    f" {stores.SMOKE_BACKLOG}-object backlog; sharing: {sharing.SMOKE_SIZES[0]} visible images (for CI).",
 )
 @click.option(
     "--only",
