@@ -209,6 +209,8 @@ class ImageCatalog:
     def page(self, caller: Identity, query: ImageQuery) -> tuple[list[ImageView], str | None]:
         """One page and the marker of the next one (None on the last page), in one statement.
 
+        A marker's sort keys are read first, by primary key.
+
         An admin's page walks every image in order. A tenant's is the union of one short walk per source
         of images it sees (its own, public, community, shared with it), each down its own index in the
         list's order and cut at the page size, so a page costs the same at 1k or 1M visible images.
