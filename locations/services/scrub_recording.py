@@ -1,0 +1,472 @@
+"""Recording a scrubber batch's outcomes in a constant number of statements, whatever the batch's size.
+
+record_batch writes exactly what scrubbing.record, called item by item in claim order after
+lock_for_recording, writes (SPEC section 6): the same rows, the same usage, the same versions. It reads
+once under the same locks, decides every item in Python as the per-row path would in that order (a
+shared location is kept only while a reference not deleted earlier in the batch still holds its data),
+then writes each kind of change with one statement for the whole batch:
+
+    locks    the owners' usage (by tenant id), the shared data keys (by canonical key), the shared
+             groups' rows and the batch's own rows (each one query, in id order)
+    reads    which claims are still held (the lock query), the touched images' location counts
+    writes   deleted locations (guarded UPDATE ... RETURNING), the others' bookkeeping, tenant_usage
+             and store_usage grouped per tenant and (tenant, store), the settled images
+
+Per-row values go through `WITH v(...) AS (VALUES ...) UPDATE ... FROM v` rather than executemany: one
+statement and one round trip on both PostgreSQL and SQLite (3.33+ for UPDATE FROM, 3.35+ for
+RETURNING), where executemany is one statement per row to the server.
+"""
+
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum, auto
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, bindparam, column, func, select, text, update, values
+from sqlalchemy.orm import Session
+
+from locations.models import Image, ImageStatus, Location, LocationStatus
+from locations.services.data_references import DataReferences, Question, Reference
+from locations.services.lifecycle import LocationLifecycle, count_changes
+from locations.services.scrubbing import CLAIM, Claim, Deletion, Outcome, ScrubPolicy
+from locquota.clock import Clock
+from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
+from quota.services.ledger import insert_for
+from quota.services.usage_cache import mark_changed
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(Enum):
+    """What recording one item comes to (the per-row path's branches)."""
+
+    LOST = auto()  # the claim is no longer this worker's: nothing written
+    DELETED = auto()  # the location (and perhaps its image) is deleted
+    RELEASED = auto()  # shared data no longer shared: due again at once
+    FAILED = auto()  # an attempt more, the error, a backed-off retry time
+    CLEARED = auto()  # the claim is given back as it was (the lease ran out before deletion)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """A claimed location still this worker's, read under its row lock."""
+
+    location_id: int
+    image_id: uuid.UUID
+    store: str
+    size_bytes: int | None
+    attempts: int
+    last_error: str | None
+    scrub_after: datetime | None
+
+
+@dataclass(slots=True)
+class ImageState:
+    """One image as settle sees it: its status, and how many of its locations are in each status."""
+
+    owner: str
+    status: ImageStatus
+    locations: Counter[LocationStatus]
+    moved: bool = False  # its status changed at least once (updated_at is stamped)
+
+
+@dataclass(slots=True)
+class TenantChange:
+    """What the per-row path's ledger charges add up to for one tenant."""
+
+    deltas: Counter[Resource] = field(default_factory=Counter)
+    charges: int = 0  # each charge bumps tenant_usage.version, even one that changes no total
+
+
+@dataclass(slots=True)
+class SpaceMove:
+    """What leaves one (tenant, store)'s pending_delete space."""
+
+    size_bytes: int = 0
+    locations: int = 0
+
+    def add(self, size_bytes: int) -> None:
+        """One more location of this size (0 bytes still moves a location)."""
+        self.size_bytes += size_bytes
+        self.locations += 1
+
+
+def record_batch(
+    db: Session,
+    clock: Clock,
+    lifecycle: LocationLifecycle,
+    references: DataReferences,
+    worker: str,
+    policy: ScrubPolicy,
+    claims: Sequence[Claim],
+    deletions: Sequence[Deletion],
+) -> list[bool]:
+    """Record a batch's outcomes as `record` would item by item; True per item whose location is deleted.
+
+    Takes the locks lock_for_recording takes, in its order: call it instead of that and `record`.
+    """
+    if len(claims) != len(deletions):
+        raise ValueError("one deletion per claim")
+    if not claims:
+        return []
+    now = clock.now()
+    lifecycle.lock_owners([item.location_id for item in claims])
+    groups = _lock_shared_groups(db, references, claims, deletions)
+    held = _lock_held(db, worker, [item.location_id for item in claims])
+    verdicts = decide(claims, deletions, held, groups)
+    deleted = [
+        held[item.location_id] for item, verdict in zip(claims, verdicts, strict=True) if verdict is Verdict.DELETED
+    ]
+    images = _read_images(db, {row.image_id for row in deleted})
+    tenants, space = _settle(images, deleted)
+    _write_deleted(db, worker, now, [row.location_id for row in deleted])
+    _write_kept(db, worker, now, policy, claims, deletions, verdicts, held)
+    _charge_tenants(db, now, tenants)
+    _move_space(db, space)
+    _write_images(db, now, {image_id: state for image_id, state in images.items() if state.moved})
+    _log(claims, deletions, verdicts, held)
+    return [verdict is Verdict.DELETED for verdict in verdicts]
+
+
+def decide(
+    claims: Sequence[Claim],
+    deletions: Sequence[Deletion],
+    held: dict[int, HeldRow],
+    groups: dict[int, list[Reference]],
+) -> list[Verdict]:
+    """Each item's verdict, in claim order, as the per-row path reaches it.
+
+    groups: per shared item, the live references to its data as the batch began. The per-row path asks
+    again before each shared item, and by then the items recorded before it are deleted: they no longer
+    hold the data. Nothing else the batch writes changes whether a location is live.
+    """
+    deleted_so_far: set[int] = set()
+    verdicts = []
+    for item, deletion in zip(claims, deletions, strict=True):
+        verdict = _verdict(item, deletion, held, groups.get(item.location_id, []), deleted_so_far)
+        if verdict is Verdict.DELETED:
+            deleted_so_far.add(item.location_id)
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _verdict(
+    item: Claim, deletion: Deletion, held: dict[int, HeldRow], group: list[Reference], deleted_so_far: set[int]
+) -> Verdict:
+    if item.location_id not in held:
+        return Verdict.LOST
+    outcome = deletion.outcome
+    if outcome is Outcome.SHARED:
+        others = (ref for ref in group if ref.location_id != item.location_id and ref.location_id not in deleted_so_far)
+        return Verdict.DELETED if any(ref.shares_name for ref in others) else Verdict.RELEASED
+    if outcome is Outcome.DELETED:
+        return Verdict.DELETED
+    return Verdict.FAILED if outcome is Outcome.FAILED else Verdict.CLEARED
+
+
+# --- locks and reads ------------------------------------------------------------------------------
+
+
+def _lock_shared_groups(
+    db: Session, references: DataReferences, claims: Sequence[Claim], deletions: Sequence[Deletion]
+) -> dict[int, list[Reference]]:
+    """Lock the data keys of the shared items (by key), then every row of their groups; each item's group.
+
+    The keys are locked by canonical key as lock_for_recording locks them, so this path and the per-row
+    one (and a scrubber of either version during an upgrade) take them in one order.
+    """
+    shared = [
+        item
+        for item, deletion in zip(claims, deletions, strict=True)
+        if deletion.outcome is Outcome.SHARED and item.identity is not None
+    ]
+    if not shared:
+        return {}
+    by_key = {item.identity.key: item.identity for item in shared}  # type: ignore[union-attr]
+    _lock_keys(db, [references.keys.digests(by_key[key])[-1] for key in sorted(by_key)])
+    questions = [Question(item.identity, item.url) for item in shared]  # type: ignore[arg-type]
+    answers = references.find_all(questions, lock=True)
+    return {item.location_id: answer for item, answer in zip(shared, answers, strict=True)}
+
+
+def _lock_keys(db: Session, key_hashes: list[str]) -> None:
+    """DataReferences' advisory lock of each key, all in one statement, in the order given.
+
+    unnest WITH ORDINALITY yields the array in order, and PostgreSQL knows it: the plan is a bare Function
+    Scan that evaluates the lock row by row in that order. SQLite serialises every writer anyway.
+    """
+    if db.get_bind().dialect.name != "postgresql":
+        return
+    ids = list(dict.fromkeys(int(key_hash[:15], 16) for key_hash in key_hashes))
+    db.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS t(k, n) ORDER BY n"
+        ).bindparams(bindparam("ids", ids))
+    )
+
+
+def _lock_held(db: Session, worker: str, location_ids: list[int]) -> dict[int, HeldRow]:
+    """Lock the batch's rows still claimed by worker and pending_delete (in id order); the others are lost."""
+    query = (
+        select(
+            Location.id,
+            Location.image_id,
+            Location.store,
+            Location.size_bytes,
+            Location.attempts,
+            Location.last_error,
+            Location.scrub_after,
+        )
+        .where(_still_held(worker, location_ids))
+        .order_by(Location.id)
+        .with_for_update()
+    )
+    return {row.id: HeldRow(*row) for row in db.execute(query)}
+
+
+def _still_held(worker: str, location_ids: Iterable[int]) -> ColumnElement[bool]:
+    return (
+        Location.id.in_(list(location_ids)) & CLAIM.held_by(worker) & (Location.status == LocationStatus.PENDING_DELETE)
+    )
+
+
+def _read_images(db: Session, image_ids: set[uuid.UUID]) -> dict[uuid.UUID, ImageState]:
+    """The touched images, with their locations counted by status (what settle looks at)."""
+    if not image_ids:
+        return {}
+    query: Select[Any] = (
+        select(Image.id, Image.owner, Image.status, Location.status, func.count())
+        .join(Location, Location.image_id == Image.id)
+        .where(Image.id.in_(image_ids))
+        .group_by(Image.id, Image.owner, Image.status, Location.status)
+    )
+    images: dict[uuid.UUID, ImageState] = {}
+    for image_id, owner, image_status, location_status, how_many in db.execute(query):
+        state = images.setdefault(image_id, ImageState(owner, image_status, Counter()))
+        state.locations[location_status] += how_many
+    return images
+
+
+# --- settling images and usage, in memory ---------------------------------------------------------
+
+
+def _settle(
+    images: dict[uuid.UUID, ImageState], deleted: list[HeldRow]
+) -> tuple[dict[str, TenantChange], dict[tuple[str, str], SpaceMove]]:
+    """Move each deleted location and settle its image after it, in claim order, as record does.
+
+    Returns the charges per tenant, and what leaves each (tenant, store)'s pending_delete space.
+    Settling after every move matters: an image can pass through a status and come back.
+    """
+    tenants: dict[str, TenantChange] = {}
+    space: dict[tuple[str, str], SpaceMove] = {}
+    for row in deleted:
+        image = images[row.image_id]
+        change = tenants.setdefault(image.owner, TenantChange())
+        size = row.size_bytes or 0
+        change.deltas[Resource.IMAGE_SIZE_TOTAL] -= size
+        change.charges += 1
+        space.setdefault((image.owner, row.store), SpaceMove()).add(size)
+        image.locations[LocationStatus.PENDING_DELETE] -= 1
+        image.locations[LocationStatus.DELETED] += 1
+        target = _settled_status(image)
+        if target is not None and target is not image.status:
+            change.deltas.update(count_changes(image.status, target))
+            change.charges += 1
+            image.status, image.moved = target, True
+    return tenants, space
+
+
+def _settled_status(image: ImageState) -> ImageStatus | None:
+    """LocationLifecycle.settle's decision for these counts (None: the image's status stays)."""
+    if image.status is ImageStatus.DEACTIVATED:
+        return None
+    if image.status in (ImageStatus.PENDING_DELETE, ImageStatus.DELETED):
+        pending = image.locations[LocationStatus.PENDING_DELETE] > 0
+        return ImageStatus.PENDING_DELETE if pending else ImageStatus.DELETED
+    return ImageStatus.ACTIVE if image.locations[LocationStatus.ACTIVE] > 0 else None
+
+
+# --- writes: one statement per kind ---------------------------------------------------------------
+
+
+def _write_deleted(db: Session, worker: str, now: datetime, location_ids: list[int]) -> None:
+    """The deleted locations, guarded by the claim: every one must still be held (its row is locked)."""
+    if not location_ids:
+        return
+    statement = (
+        update(Location)
+        .where(_still_held(worker, location_ids))
+        .values(
+            status=LocationStatus.DELETED,
+            updated_at=now,
+            deleted_at=now,
+            **CLAIM.released(),
+        )
+        .returning(Location.id)
+        .execution_options(synchronize_session=False)
+    )
+    written = set(db.scalars(statement))
+    if written != set(location_ids):
+        # Cannot happen under the row locks; if it does, write nothing rather than charge for a row not moved.
+        raise RuntimeError(f"{len(set(location_ids) - written)} claimed locations changed under their lock")
+
+
+def _write_kept(
+    db: Session,
+    worker: str,
+    now: datetime,
+    policy: ScrubPolicy,
+    claims: Sequence[Claim],
+    deletions: Sequence[Deletion],
+    verdicts: Sequence[Verdict],
+    held: dict[int, HeldRow],
+) -> None:
+    """The locations that stay pending_delete: the claim given back, and each one's retry bookkeeping."""
+    rows = []
+    for item, deletion, verdict in zip(claims, deletions, verdicts, strict=True):
+        if verdict in (Verdict.LOST, Verdict.DELETED):
+            continue
+        row = held[item.location_id]
+        attempts, last_error, scrub_after = row.attempts, row.last_error, row.scrub_after
+        if verdict is Verdict.RELEASED:
+            scrub_after = now
+        elif verdict is Verdict.FAILED:
+            attempts, last_error = attempts + 1, deletion.error
+            scrub_after = now + policy.retry_delay(attempts)
+        rows.append((row.location_id, attempts, last_error, scrub_after))
+    if not rows:
+        return
+    kept = values(
+        column("id", Location.id.type),
+        column("attempts", Location.attempts.type),
+        column("last_error", Location.last_error.type),
+        column("scrub_after", Location.scrub_after.type),
+        name="kept",
+    ).data(rows)
+    kept_cte = kept.cte("kept")
+    db.execute(
+        update(Location)
+        .where(Location.id == kept_cte.c.id, _still_held(worker, [row[0] for row in rows]))
+        .values(
+            attempts=kept_cte.c.attempts,
+            last_error=kept_cte.c.last_error,
+            scrub_after=kept_cte.c.scrub_after,
+            **CLAIM.released(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _charge_tenants(db: Session, now: datetime, tenants: dict[str, TenantChange]) -> None:
+    """UsageLedger.charge for every tenant at once: the summed deltas, and version moved by every charge.
+
+    A tenant without a usage row gets its zero row first, as charge creates it (two more statements,
+    only then).
+    """
+    if not tenants:
+        return
+    updated = set(db.scalars(_charge_statement(now, tenants)))
+    missing = sorted(set(tenants) - updated)
+    if missing:
+        zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
+        db.execute(
+            insert_for(db, TenantUsage.__table__)  # type: ignore[arg-type]
+            .values([{"tenant_id": tenant_id, "version": 0, "updated_at": now, **zeros} for tenant_id in missing])
+            .on_conflict_do_nothing(index_elements=["tenant_id"])
+        )
+        db.execute(_charge_statement(now, {tenant_id: tenants[tenant_id] for tenant_id in missing})).all()
+    for tenant_id in tenants:
+        mark_changed(db, tenant_id)
+
+
+def _charge_statement(now: datetime, tenants: dict[str, TenantChange]) -> Any:
+    changes = values(
+        column("tenant_id", TenantUsage.tenant_id.type),
+        *(column(resource.value, TenantUsage.version.type) for resource in TENANT_RESOURCES),
+        column("charges", TenantUsage.version.type),
+        name="changes",
+    ).data(
+        [
+            (tenant_id, *(change.deltas[resource] for resource in TENANT_RESOURCES), change.charges)
+            for tenant_id, change in sorted(tenants.items())
+        ]
+    )
+    changes_cte = changes.cte("changes")
+    totals = {
+        resource.value: getattr(TenantUsage, resource.value) + changes_cte.c[resource.value]
+        for resource in TENANT_RESOURCES
+    }
+    return (
+        update(TenantUsage)
+        .where(TenantUsage.tenant_id == changes_cte.c.tenant_id)
+        .values(version=TenantUsage.version + changes_cte.c.charges, updated_at=now, **totals)
+        .returning(TenantUsage.tenant_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _move_space(db: Session, space: dict[tuple[str, str], SpaceMove]) -> None:
+    """UsageLedger.move_space out of pending_delete for every (tenant, store) at once: one upsert."""
+    if not space:
+        return
+    insert = insert_for(db, StoreUsage.__table__).values(  # type: ignore[arg-type]
+        [
+            {
+                "tenant_id": tenant_id,
+                "store": store,
+                "state": SpaceState.PENDING_DELETE.value,
+                "size_bytes": -move.size_bytes,
+                "locations": -move.locations,
+            }
+            for (tenant_id, store), move in sorted(space.items())
+        ]
+    )
+    db.execute(
+        insert.on_conflict_do_update(
+            index_elements=["tenant_id", "store", "state"],
+            set_={
+                "size_bytes": StoreUsage.size_bytes + insert.excluded.size_bytes,
+                "locations": StoreUsage.locations + insert.excluded.locations,
+            },
+        )
+    )
+
+
+def _write_images(db: Session, now: datetime, moved: dict[uuid.UUID, ImageState]) -> None:
+    """The images whose status changed (updated_at stamped, as set_image_status does)."""
+    if not moved:
+        return
+    statuses = values(column("id", Image.id.type), column("status", Image.status.type), name="settled").data(
+        [(image_id, state.status) for image_id, state in sorted(moved.items())]
+    )
+    settled = statuses.cte("settled")
+    db.execute(
+        update(Image)
+        .where(Image.id == settled.c.id)
+        .values(status=settled.c.status, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _log(
+    claims: Sequence[Claim],
+    deletions: Sequence[Deletion],
+    verdicts: Sequence[Verdict],
+    held: dict[int, HeldRow],
+) -> None:
+    """The per-row path's log lines, item by item (operators follow a location by them)."""
+    for item, deletion, verdict in zip(claims, deletions, verdicts, strict=True):
+        if verdict is Verdict.LOST:
+            log.warning(
+                "location %s: claim lost before its outcome (%s) was recorded", item.location_id, deletion.outcome
+            )
+        elif verdict is Verdict.RELEASED:
+            log.info("location %s: its data is no longer shared; released for deletion", item.location_id)
+        elif verdict is Verdict.FAILED:
+            attempts = held[item.location_id].attempts + 1
+            log.warning("location %s: deletion failed (attempt %s): %s", item.location_id, attempts, deletion.error)
