@@ -16,7 +16,7 @@ a crash leaves both or neither (SPEC section 11).
 """
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -67,6 +67,21 @@ def count_changes(source: ImageStatus | None, target: ImageStatus) -> dict[Resou
     """The change in counts when an image goes from source to target."""
     before, after = image_counts(source), image_counts(target)
     return {resource: after[resource] - before[resource] for resource in after}
+
+
+def settled_status(status: ImageStatus, location_statuses: Container[LocationStatus]) -> ImageStatus | None:
+    """What an image's status becomes once its locations moved; None: it stays.
+
+    A pending_delete image becomes deleted when its last live location is gone; an image whose
+    locations were all retired becomes pending_delete, or deleted when none holds data any more. A
+    deactivated image stays deactivated: an owner's or admin's decision that location changes never undo.
+    """
+    if status is ImageStatus.DEACTIVATED:
+        return None
+    if status in (ImageStatus.PENDING_DELETE, ImageStatus.DELETED):
+        pending = LocationStatus.PENDING_DELETE in location_statuses
+        return ImageStatus.PENDING_DELETE if pending else ImageStatus.DELETED
+    return ImageStatus.ACTIVE if LocationStatus.ACTIVE in location_statuses else None
 
 
 def check_transition(source: LocationStatus | None, target: LocationStatus) -> None:
@@ -195,22 +210,10 @@ class LocationLifecycle:
         self.move(location, LocationStatus.PENDING_DELETE, scrub_after=self._clock.now() + delay)
 
     def settle(self, image: Image) -> None:
-        """Derive the image's status from its locations after they moved.
-
-        A pending_delete image becomes deleted when its last live location is gone; an image whose
-        locations were all retired becomes pending_delete, or deleted when none holds data any more. A
-        deactivated image stays deactivated.
-        """
-        statuses = {location.status for location in image.locations}
-        if image.status is ImageStatus.DEACTIVATED:
-            return  # an owner's or admin's decision: location changes never undo it
-        if image.status in (ImageStatus.PENDING_DELETE, ImageStatus.DELETED):
-            target = ImageStatus.PENDING_DELETE if LocationStatus.PENDING_DELETE in statuses else ImageStatus.DELETED
-        elif LocationStatus.ACTIVE in statuses:
-            target = ImageStatus.ACTIVE
-        else:
-            return
-        self.set_image_status(image, target)
+        """Derive the image's status from its locations after they moved (see settled_status)."""
+        target = settled_status(image.status, {location.status for location in image.locations})
+        if target is not None:
+            self.set_image_status(image, target)
 
     def set_image_status(self, image: Image, target: ImageStatus) -> None:
         """Change a loaded (and locked) image's status, and charge the counts it implies."""

@@ -10,7 +10,8 @@ then writes each kind of change with one statement for the whole batch:
              groups' rows and the batch's own rows (each one query, in id order)
     reads    which claims are still held (the lock query), the touched images' location counts
     writes   deleted locations (guarded UPDATE ... RETURNING), the others' bookkeeping, tenant_usage
-             and store_usage grouped per tenant and (tenant, store), the settled images
+             and store_usage grouped per tenant and (tenant, store) (quota.services.batch_ledger),
+             the settled images
 
 Per-row values go through `WITH v(...) AS (VALUES ...) UPDATE ... FROM v` rather than executemany: one
 statement and one round trip on both PostgreSQL and SQLite (3.33+ for UPDATE FROM, 3.35+ for
@@ -21,7 +22,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, auto
 from typing import Any
@@ -31,12 +32,11 @@ from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.services.data_references import DataReferences, Question, Reference
-from locations.services.lifecycle import LocationLifecycle, count_changes
+from locations.services.lifecycle import LocationLifecycle, count_changes, settled_status
 from locations.services.scrubbing import CLAIM, Claim, Deletion, Outcome, ScrubPolicy
 from locquota.clock import Clock
-from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
-from quota.services.ledger import insert_for
-from quota.services.usage_cache import mark_changed
+from quota.models import Resource
+from quota.services.batch_ledger import SpaceMove, TenantChange, charge_tenants, release_pending_space
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +74,6 @@ class ImageState:
     moved: bool = False  # its status changed at least once (updated_at is stamped)
 
 
-@dataclass(slots=True)
-class TenantChange:
-    """What the per-row path's ledger charges add up to for one tenant."""
-
-    deltas: Counter[Resource] = field(default_factory=Counter)
-    charges: int = 0  # each charge bumps tenant_usage.version, even one that changes no total
-
-
-@dataclass(slots=True)
-class SpaceMove:
-    """What leaves one (tenant, store)'s pending_delete space."""
-
-    size_bytes: int = 0
-    locations: int = 0
-
-    def add(self, size_bytes: int) -> None:
-        """One more location of this size (0 bytes still moves a location)."""
-        self.size_bytes += size_bytes
-        self.locations += 1
-
-
 def record_batch(
     db: Session,
     clock: Clock,
@@ -125,8 +104,8 @@ def record_batch(
     tenants, space = _settle(images, deleted)
     _write_deleted(db, worker, now, [row.location_id for row in deleted])
     _write_kept(db, worker, now, policy, claims, deletions, verdicts, held)
-    _charge_tenants(db, now, tenants)
-    _move_space(db, space)
+    charge_tenants(db, now, tenants)
+    release_pending_space(db, space)
     _write_images(db, now, {image_id: state for image_id, state in images.items() if state.moved})
     _log(claims, deletions, verdicts, held)
     return [verdict is Verdict.DELETED for verdict in verdicts]
@@ -273,22 +252,12 @@ def _settle(
         space.setdefault((image.owner, row.store), SpaceMove()).add(size)
         image.locations[LocationStatus.PENDING_DELETE] -= 1
         image.locations[LocationStatus.DELETED] += 1
-        target = _settled_status(image)
+        target = settled_status(image.status, {status for status, count in image.locations.items() if count > 0})
         if target is not None and target is not image.status:
             change.deltas.update(count_changes(image.status, target))
             change.charges += 1
             image.status, image.moved = target, True
     return tenants, space
-
-
-def _settled_status(image: ImageState) -> ImageStatus | None:
-    """LocationLifecycle.settle's decision for these counts (None: the image's status stays)."""
-    if image.status is ImageStatus.DEACTIVATED:
-        return None
-    if image.status in (ImageStatus.PENDING_DELETE, ImageStatus.DELETED):
-        pending = image.locations[LocationStatus.PENDING_DELETE] > 0
-        return ImageStatus.PENDING_DELETE if pending else ImageStatus.DELETED
-    return ImageStatus.ACTIVE if image.locations[LocationStatus.ACTIVE] > 0 else None
 
 
 # --- writes: one statement per kind ---------------------------------------------------------------
@@ -359,81 +328,6 @@ def _write_kept(
             **CLAIM.released(),
         )
         .execution_options(synchronize_session=False)
-    )
-
-
-def _charge_tenants(db: Session, now: datetime, tenants: dict[str, TenantChange]) -> None:
-    """UsageLedger.charge for every tenant at once: the summed deltas, and version moved by every charge.
-
-    A tenant without a usage row gets its zero row first, as charge creates it (two more statements,
-    only then).
-    """
-    if not tenants:
-        return
-    updated = set(db.scalars(_charge_statement(now, tenants)))
-    missing = sorted(set(tenants) - updated)
-    if missing:
-        zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
-        db.execute(
-            insert_for(db, TenantUsage.__table__)  # type: ignore[arg-type]
-            .values([{"tenant_id": tenant_id, "version": 0, "updated_at": now, **zeros} for tenant_id in missing])
-            .on_conflict_do_nothing(index_elements=["tenant_id"])
-        )
-        db.execute(_charge_statement(now, {tenant_id: tenants[tenant_id] for tenant_id in missing})).all()
-    for tenant_id in tenants:
-        mark_changed(db, tenant_id)
-
-
-def _charge_statement(now: datetime, tenants: dict[str, TenantChange]) -> Any:
-    changes = values(
-        column("tenant_id", TenantUsage.tenant_id.type),
-        *(column(resource.value, TenantUsage.version.type) for resource in TENANT_RESOURCES),
-        column("charges", TenantUsage.version.type),
-        name="changes",
-    ).data(
-        [
-            (tenant_id, *(change.deltas[resource] for resource in TENANT_RESOURCES), change.charges)
-            for tenant_id, change in sorted(tenants.items())
-        ]
-    )
-    changes_cte = changes.cte("changes")
-    totals = {
-        resource.value: getattr(TenantUsage, resource.value) + changes_cte.c[resource.value]
-        for resource in TENANT_RESOURCES
-    }
-    return (
-        update(TenantUsage)
-        .where(TenantUsage.tenant_id == changes_cte.c.tenant_id)
-        .values(version=TenantUsage.version + changes_cte.c.charges, updated_at=now, **totals)
-        .returning(TenantUsage.tenant_id)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _move_space(db: Session, space: dict[tuple[str, str], SpaceMove]) -> None:
-    """UsageLedger.move_space out of pending_delete for every (tenant, store) at once: one upsert."""
-    if not space:
-        return
-    insert = insert_for(db, StoreUsage.__table__).values(  # type: ignore[arg-type]
-        [
-            {
-                "tenant_id": tenant_id,
-                "store": store,
-                "state": SpaceState.PENDING_DELETE.value,
-                "size_bytes": -move.size_bytes,
-                "locations": -move.locations,
-            }
-            for (tenant_id, store), move in sorted(space.items())
-        ]
-    )
-    db.execute(
-        insert.on_conflict_do_update(
-            index_elements=["tenant_id", "store", "state"],
-            set_={
-                "size_bytes": StoreUsage.size_bytes + insert.excluded.size_bytes,
-                "locations": StoreUsage.locations + insert.excluded.locations,
-            },
-        )
     )
 
 
