@@ -93,6 +93,13 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--warmup", type=click.IntRange(min=0), help="API: untimed requests per endpoint and size, first.")
 @click.option("--seed", type=int, default=0, show_default=True, help="API: seeds the data and the request order.")
 @click.option(
+    "--durable/--no-durable",
+    default=True,
+    show_default=True,
+    help="PostgreSQL with fsync, synchronous_commit and full_page_writes on, as production runs it;"
+    " --no-durable turns them off (faster, and it flatters every write figure). The header says which.",
+)
+@click.option(
     "--scrub-backlog",
     type=click.IntRange(min=10),
     help=f"Scrubber: backlog for throughput; peak RSS compares a tenth of it with it."
@@ -122,10 +129,11 @@ def main(  # keyword-only: click passes every option by name
     scrub_backlog: int | None,
     quota_sizes: tuple[int, ...] | None,
     import_sizes: tuple[int, ...] | None,
+    durable: bool,
 ) -> None:
     """Time the read endpoints, the scrubber, quota accounting, the /metrics scrape, the Glance import and stores."""
-    with postgresql_server() as admin_url:
-        report.print_facts(report.machine_facts(_server_version(admin_url)))
+    with postgresql_server(durable=durable) as admin_url:
+        report.print_facts([*report.machine_facts(_server_version(admin_url)), _durability(admin_url)])
         parts: list[tuple[str, Callable[[], None]]] = [
             ("api", lambda: _api(admin_url, smoke, sizes, rounds, warmup, seed)),
             ("scrubber", lambda: scrubber.benchmark(admin_url, smoke=smoke, backlog_size=scrub_backlog)),
@@ -214,6 +222,16 @@ def _load(engine: Engine, dataset: Dataset, size: int) -> None:
         added = dataset.grow_to(engine, size, progress=bar.update)
     elapsed = time.perf_counter() - started
     click.echo(f"loaded {added} rows in {elapsed:.1f} s ({added / elapsed:.0f} rows/s), then ANALYZE")
+
+
+def _durability(admin_url: str) -> tuple[str, str]:
+    """What the server really runs with (asked, not assumed): write figures depend on it."""
+    with psycopg.connect(admin_url + "/postgres", autocommit=True) as connection:
+        shown = [
+            f"{name} {connection.execute(f'SHOW {name}').fetchone()[0]}"  # type: ignore[index]
+            for name in ("fsync", "synchronous_commit", "full_page_writes")
+        ]
+    return "durability", ", ".join(shown)
 
 
 def _server_version(admin_url: str) -> str:

@@ -58,9 +58,14 @@ def _as_server_user() -> tuple[list[str], str | None]:
 
 
 class PostgresqlServer:
-    """A throwaway PostgreSQL on 127.0.0.1 that a test may stop and start again (an outage, for real)."""
+    """A throwaway PostgreSQL on 127.0.0.1 that a test may stop and start again (an outage, for real).
 
-    def __init__(self) -> None:
+    Tests run it without fsync (speed, nothing to keep); durable=True keeps fsync, synchronous_commit and
+    full_page_writes on, as production runs it, for benchmarks of writes.
+    """
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self._durable = durable
         self._bindir = _pg_bindir()
         self._prefix, user = _as_server_user()
         self.workdir = Path(tempfile.mkdtemp(prefix="locquota-pg-"))
@@ -89,7 +94,9 @@ class PostgresqlServer:
         """Start the server (unless it runs) and return once it accepts connections (pg_ctl -w)."""
         if self.is_running():
             return
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -F -c max_connections=200 -c full_page_writes=off"
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c max_connections=200"
+        if not self._durable:
+            options += " -F -c full_page_writes=off"
         subprocess.run(
             [*self._prefix, str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "-o", options, "-l",
              str(self.workdir / "log"), "-w", "start"],
@@ -112,9 +119,9 @@ class PostgresqlServer:
 
 
 @contextmanager
-def postgresql_server() -> Iterator[str]:
+def postgresql_server(*, durable: bool = False) -> Iterator[str]:
     """Run a throwaway PostgreSQL on 127.0.0.1 and yield its admin URL; stop and remove it afterwards."""
-    server = PostgresqlServer()
+    server = PostgresqlServer(durable=durable)
     server.start()
     try:
         yield server.url
