@@ -18,7 +18,7 @@ DATABASE_FREE = {
     "versions.root", "versions.list", "schemas.image", "schemas.images", "health.live", "metrics",
     "info.stores", "info.stores.detail",
     "stores.image",  # this deployment has one store: Glance's multi-store routes are 404 without several
-    "schemas.task", "schemas.tasks", "info.import",
+    "schemas.task", "schemas.tasks", "schemas.member", "schemas.members", "info.import",
     "images.stage",  # no staging area here: 404 before the database
     "images.import",  # its body ({} here) is refused before the database
 }  # fmt: skip
@@ -30,6 +30,7 @@ PLACEHOLDERS = {
     "store_id": "file",
     "task_id": str(uuid.uuid4()),
     "action": "deactivate",
+    "member_id": "tenant-b",
 }
 BODIES = {"POST": b"{}", "PUT": b"{}", "PATCH": b"[]"}
 CONTENT_TYPES = {
