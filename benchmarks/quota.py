@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from benchmarks import cpu, quota_concurrency, quota_dataset
+from benchmarks import cpu, quota_concurrency, quota_dataset, write_floor
 from benchmarks.deployment import fresh_database
 from benchmarks.quota_report import SizeResult, print_concurrency, print_sizes
 from benchmarks.quota_requests import Answer, Operation, QuotaClient, measure
@@ -40,6 +40,7 @@ from benchmarks.timing import Summary
 from locations.services.recount import recount
 from locquota.db import make_engine, upgrade_to_head
 from quota.services.usage_cache import KEY_PREFIX
+from tests.statement_counter import Counts
 
 DATABASE = "locquota_quota_bench"
 TENANT = "bench-quota-tenant"
@@ -127,6 +128,7 @@ def _by_size(
     recount_budget: float,
 ) -> list[SizeResult]:
     rounds, warmup = rounds_and_warmup
+    database_url = engine.url.render_as_string(hide_password=False)
     rng = random.Random(0)  # noqa: S311 - a reproducible request order, not a secret
     app = build_app(raw_settings)
     cache = redis.Redis.from_url(redis_url)
@@ -144,13 +146,16 @@ def _by_size(
                     loaded = size
                     cache.delete(KEY_PREFIX + TENANT)  # the repair changed the rows behind the app's back
                     recount_times = _time_recount(engine, recount_budget)
-                    targets = _patch_targets(rng, size, rounds + warmup, used)
-                    files = quota_dataset.location_files(store_root, f"added-{size}", rounds + warmup)
-                    operations = _operations(cache, iter(targets), iter(files))
+                    # One more target and file than the rounds use: the counted pass below takes the last.
+                    targets = iter(_patch_targets(rng, size, rounds + warmup + 1, used))
+                    files = iter(quota_dataset.location_files(store_root, f"added-{size}", rounds + warmup + 1))
+                    operations = _operations(cache, targets, files)
                     started = time.perf_counter()
                     measured = measure(client, operations, rounds, warmup, rng)
+                    counts = _count_writes(app.registry["locquota.engine"], client, next(targets), next(files))
+                    floor = write_floor.measure_floor(database_url, store_root.parent / "floor", rounds)
                     click.echo(f"measured {size} locations in {time.perf_counter() - started:.1f} s")
-                    results.append(SizeResult(size, measured, recount_times))
+                    results.append(SizeResult(size, measured, recount_times, counts, floor))
             finally:
                 client.close()
                 admin.close()
@@ -225,6 +230,26 @@ def _operations(cache: redis.Redis, targets: Iterator[str], files: Iterator[str]
     return [constant, usage_warm, usage_cold, add_location, upload]
 
 
+def _count_writes(engine: Engine, client: QuotaClient, target: str, file_url: str) -> dict[str, Counts]:
+    """The admitting requests once more, untimed, each with what it sent to the database counted."""
+    operation = [{"op": "add", "path": "/locations/-", "value": {"url": file_url, "metadata": {}}}]
+    created: list[str] = []
+
+    def create() -> None:
+        created.append(str(client.expect("POST", "/v2/images", 201, CREATE_BODY, JSON).json()["id"]))
+
+    return write_floor.count_each(
+        engine,
+        {
+            "add_location": lambda: client.expect(
+                "PATCH", f"/v2/images/{target}", 200, json.dumps(operation).encode(), PATCH_TYPE
+            ),
+            "create": create,
+            "upload": lambda: client.expect("PUT", f"/v2/images/{created[0]}/file", 204, b"x", DATA_TYPE),
+        },
+    )
+
+
 def _check_source(document: dict[str, object], source: str) -> None:
     freshness = document["freshness"]
     if not isinstance(freshness, dict) or freshness["source"] != source:
@@ -248,9 +273,11 @@ def _concurrent(
             quota_concurrency.warm_up(port, admin, max(clients))
             for count in clients:
                 api = quota_concurrency.api_run(port, admin, engine, count, requests, processes)
+                free = quota_concurrency.api_run(port, admin, engine, count, requests, processes, limited=False)
                 raw = quota_concurrency.raw_run(database_url, engine, count, requests * RAW_FACTOR, processes)
-                click.echo(f"{count} client(s): API {api.rate:.0f}/s, raw {raw.rate:.0f}/s")
-                runs += [api, raw]
+                rates = f"API {api.rate:.0f}/s, unlimited {free.rate:.0f}/s, raw {raw.rate:.0f}/s"
+                click.echo(f"{count} client(s): {rates}")
+                runs += [api, free, raw]
         finally:
             admin.close()
     return runs

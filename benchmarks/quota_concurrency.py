@@ -32,6 +32,7 @@ RAW_ADMISSION = (
     "UPDATE tenant_usage SET image_count_total = image_count_total + 1, version = version + 1"
     " WHERE tenant_id = %s AND image_count_total + 1 <= %s"
 )
+UNLIMITED = -1
 WARMUP_REQUESTS = 25  # per client of the warm-up run: every gunicorn worker and thread has served a create
 
 
@@ -39,7 +40,7 @@ WARMUP_REQUESTS = 25  # per client of the warm-up run: every gunicorn worker and
 class Run:
     """One concurrent run of `clients` clients on a fresh tenant."""
 
-    path: str  # "api" or "raw"
+    path: str  # "api", "unlimited" (the same workload, the tenant without a limit) or "raw"
     clients: int
     requests: int
     admitted: int
@@ -69,7 +70,7 @@ def limit_for(requests: int) -> int:
 
 def warm_up(port: int, admin: QuotaClient, clients: int) -> None:
     """Untimed creates on a throwaway tenant, so no timed run pays for a worker's first requests."""
-    _api_run(port, admin, "bench-concurrent-warmup", clients, clients * WARMUP_REQUESTS, -1)
+    _api_run(port, admin, "bench-concurrent-warmup", clients, clients * WARMUP_REQUESTS, UNLIMITED)
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,27 @@ class Processes:
         return cpu.split(before[0], after[0], wall_seconds), (after[1] - before[1]) / wall_seconds
 
 
-def api_run(port: int, admin: QuotaClient, engine: Engine, clients: int, requests: int, processes: Processes) -> Run:
-    """`clients` threads creating images for one tenant through the API."""
-    tenant, limit = f"bench-concurrent-{clients}", limit_for(requests)
+def api_run(
+    port: int,
+    admin: QuotaClient,
+    engine: Engine,
+    clients: int,
+    requests: int,
+    processes: Processes,
+    *,
+    limited: bool = True,
+) -> Run:
+    """`clients` threads creating images for one tenant through the API (unlimited: the same, no limit)."""
+    path = "api" if limited else "unlimited"
+    tenant, limit = f"bench-{path}-{clients}", limit_for(requests) if limited else UNLIMITED
     before = processes.snapshot()
     wall, admitted, refused = _api_run(port, admin, tenant, clients, requests, limit)
     cpus, server_cpus = processes.split(before, wall)
     stored = stored_total(engine, tenant, "image_count_total")
     drift = len(drift_of(engine, tenant))
-    return Run("api", clients, requests, admitted, refused, wall, limit, stored, drift, cpus, server_cpus)
+    # Nothing can overrun no limit: the run's "limit" is then all its requests.
+    shown_limit = limit if limited else requests
+    return Run(path, clients, requests, admitted, refused, wall, shown_limit, stored, drift, cpus, server_cpus)
 
 
 def _api_run(

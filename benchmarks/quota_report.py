@@ -1,5 +1,6 @@
 """The quota benchmark's tables and targets (reported, never asserted)."""
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -7,12 +8,17 @@ from benchmarks.quota_concurrency import Run
 from benchmarks.quota_requests import Measured
 from benchmarks.report import FLAT_TARGET, print_rows
 from benchmarks.timing import Summary
+from benchmarks.write_floor import shown
+from tests.statement_counter import Counts
 
 # The targets (SPEC section 10; issue: quota benchmark).
 WARM_VS_CONSTANT_TARGET = 0.6  # usage reads from Redis: at least this share of the constant view's req/s
 RECOUNT_TARGET, RECOUNT_TARGET_AT = 1000.0, 1_000_000  # recount / warm usage read, at 1M locations
 SERVER_MS_TARGET = 5.0  # an admission's server time at the largest size
+FLOOR_TARGET = 2.0  # issue 18: an upload's PUT server time / the floor (a durable file + a committed admission)
+UPLOAD_STATEMENTS_TARGET, UPLOAD_TRANSACTIONS_TARGET = 8, 2  # issue 18: create + PUT
 API_VS_RAW_TARGET, API_VS_RAW_AT = 0.5, 8  # concurrent admissions/s through the API / raw, at 8 clients
+LIMITED_VS_UNLIMITED_TARGET, LIMITED_VS_UNLIMITED_AT = 0.8, 8  # issue 18: one tenant, limited / unlimited
 
 LABELS = {
     "constant": "constant      GET /bench/constant",
@@ -34,6 +40,8 @@ class SizeResult:
     locations: int
     measured: dict[str, Measured]
     recount: Summary
+    counts: dict[str, Counts]  # statements and transactions of one admitting request of each kind
+    floor: Summary  # one durable 1-byte file + one committed admission, without the app
 
 
 def _verdict(is_met: bool) -> str:
@@ -56,6 +64,7 @@ def print_sizes(results: list[SizeResult]) -> None:
         "req/s",
         "x constant",
         f"x @{smallest.locations}",
+        "stmts/txns",
     )
     rows = []
     for result in results:
@@ -73,11 +82,14 @@ def print_sizes(results: list[SizeResult]) -> None:
                     f"{summary.requests_per_second:.0f}",
                     f"{summary.median / constant:.2f}",
                     f"{summary.median / _median(smallest, name):.2f}",
+                    shown(result.counts.get(name)),
                 )
             )
     print_rows(headers, rows, {1}, group=0)
     print("(server ms: the median of the app's own time, measured by a WSGI middleware around it in the server;")
-    print(" req/s: one serial client's throughput; recount: timed in this process, no HTTP)")
+    print(" req/s: one serial client's throughput; recount: timed in this process, no HTTP;")
+    print(" stmts/txns: statements and committed transactions one more request of the kind sent, counted on the")
+    print(" app's engine; upload is the PUT alone, its create is the create row)")
     print()
     print("targets (reported, not asserted; medians, ratios from this run):")
     shares = [
@@ -109,6 +121,22 @@ def print_sizes(results: list[SizeResult]) -> None:
             f" (target < {FLAT_TARGET:g}) {_verdict(growth < FLAT_TARGET)}; drift-corrected {corrected:.2f}"
             f" {_verdict(corrected < FLAT_TARGET)}"
         )
+    for result in results:
+        upload_ms, floor_ms = result.measured["upload"].server_median * 1000, result.floor.median * 1000
+        ratio = upload_ms / floor_ms
+        print(
+            f"  upload server time / floor @{result.locations}: {upload_ms:.2f} / {floor_ms:.2f} ms ="
+            f" x{ratio:.2f} (target <= {FLOOR_TARGET:g}) {_verdict(ratio <= FLOOR_TARGET)};"
+            f" floor = 1-byte file write + fsync, then the admission's UPDATE + COMMIT (psycopg, no app)"
+        )
+    both = {name: largest.counts[name] for name in ("create", "upload")}
+    statements = sum(len(counts.statements) for counts in both.values())
+    commits = sum(counts.commits for counts in both.values())
+    met = statements <= UPLOAD_STATEMENTS_TARGET and commits <= UPLOAD_TRANSACTIONS_TARGET
+    print(
+        f"  create + upload: {statements} statements, {commits} transactions (target <= {UPLOAD_STATEMENTS_TARGET},"
+        f" <= {UPLOAD_TRANSACTIONS_TARGET}) {_verdict(met)}"
+    )
     for name in ADMISSIONS:
         server_ms = largest.measured[name].server_median * 1000
         print(
@@ -145,7 +173,7 @@ def print_concurrency(runs: list[Run]) -> None:
             str(run.refused),
             f"{run.wall_seconds:.2f}",
             f"{run.rate:.0f}",
-            f"{run.rate / raw_rates[run.clients]:.2f}" if run.path == "api" else "-",
+            f"{run.rate / raw_rates[run.clients]:.2f}" if run.path != "raw" else "-",
             str(run.limit),
             str(run.stored),
             str(run.overrun),
@@ -171,7 +199,20 @@ def print_concurrency(runs: list[Run]) -> None:
             else "(no target)"
         )
         print(f"  API / raw admissions/s at {clients} client(s): x{ratio:.2f} {target}")
+    free_rates = {run.clients: run.rate for run in runs if run.path == "unlimited"}
+    if LIMITED_VS_UNLIMITED_AT in api_rates and LIMITED_VS_UNLIMITED_AT in free_rates:
+        ratio = api_rates[LIMITED_VS_UNLIMITED_AT] / free_rates[LIMITED_VS_UNLIMITED_AT]
+        print(
+            f"  limited / unlimited tenant admissions/s at {LIMITED_VS_UNLIMITED_AT} clients: x{ratio:.2f}"
+            f" (target >= {LIMITED_VS_UNLIMITED_TARGET:g}) {_verdict(ratio >= LIMITED_VS_UNLIMITED_TARGET)}"
+        )
+    by_clients = [api_rates[clients] for clients in sorted(api_rates)]
+    rising = all(later > earlier for earlier, later in itertools.pairwise(by_clients))
+    print(
+        f"  limited tenant admissions/s by clients: {' -> '.join(f'{rate:.0f}' for rate in by_clients)}"
+        f" (target: rising) {_verdict(rising)}"
+    )
     worst = max(run.overrun for run in runs)
     print(f"  overruns (stored total - limit, if positive): {worst} at most (must be 0) {_verdict(worst == 0)}")
-    exact = all(run.drift == 0 for run in runs if run.path == "api")
+    exact = all(run.drift == 0 for run in runs if run.path != "raw")
     print(f"  stored usage = recount after every API run: {'yes' if exact else 'NO'} {_verdict(exact)}")

@@ -109,7 +109,7 @@ class ImageService:
         target = image_target(str(owner), request.attributes.get("visibility", Visibility.SHARED.value))
         caller.authorize("add_image", target)
         check_visibility_change(caller, request.attributes.get("visibility"), target)
-        if self._db.get(Image, image_id) is not None:
+        if request.image_id is not None and self._db.get(Image, image_id) is not None:  # a new uuid4 is free
             raise ImageConflict("An image with this id already exists.")
         now = self._clock.now()
         image = Image(

@@ -138,6 +138,16 @@ class LocationLifecycle:
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, charged)
         return self._new_location(image, url, identity, store, metadata, size_bytes)
 
+    def admit_landing(
+        self, owner: str, during: ImageStatus, target: ImageStatus, resource: Resource, size_bytes: int, limits: Limits
+    ) -> None:
+        """The last unit of an upload (or staging) starts here: its bytes and its status change, admitted at once.
+
+        One conditional UPDATE of the owner's usage, the first row the unit locks (as every writer locks it
+        first), so the lock is held only for the unit's few short writes and its commit; 413 changes nothing.
+        """
+        self._ledger.charge(owner, {resource: size_bytes, **count_changes(during, target)}, within=limits)
+
     def land_upload(
         self,
         image: Image,
@@ -145,18 +155,11 @@ class LocationLifecycle:
         identity: DataIdentity,
         store: str,
         size_bytes: int,
-        limits: Limits,
         metadata: dict[str, object] | None = None,
     ) -> Location:
-        """An upload's data is in the store: its first location, and the image saving -> active.
-
-        One admission for both (the bytes, and the end of the upload), so the usage row is written once.
-        """
+        """An admitted upload's data is in the store: its first location, the bytes in the store's active space."""
         check_transition(None, LocationStatus.ACTIVE)
-        deltas = {Resource.IMAGE_SIZE_TOTAL: size_bytes, **count_changes(image.status, ImageStatus.ACTIVE)}
-        self._ledger.charge(image.owner, deltas, within=limits)
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, size_bytes)
-        image.status, image.updated_at = ImageStatus.ACTIVE, self._clock.now()
         return self._new_location(image, url, identity, store, metadata or {}, size_bytes)
 
     def _new_location(
@@ -235,6 +238,8 @@ class LocationLifecycle:
 
         With limits, the counts it adds are admitted (413 past image_count_uploading).
         """
+        # The usage row first, as every writer locks it; a refused status change rolls the charge back.
+        self._ledger.charge(owner, count_changes(source, target), within=limits)
         moved = self._db.execute(
             update(Image)
             .where(Image.id == image_id, Image.status == source)
@@ -242,7 +247,6 @@ class LocationLifecycle:
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise InvalidImageStatus(f"Image status transition from {source} to {target} is not allowed.")
-        self._ledger.charge(owner, count_changes(source, target), within=limits)
 
     def lock_owners(self, location_ids: list[int]) -> None:
         """Lock the usage of every tenant owning these locations, in one order (before changing several)."""

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, lazyload
 from transaction import TransactionManager
 
 from locations.models import Image, ImageStatus, Location, Upload
@@ -122,6 +122,7 @@ class Landed:
 
     lease: UploadLease
     image_id: uuid.UUID
+    owner: str
     store: str
     url: str
     reader: HashingReader
@@ -223,9 +224,9 @@ class ImageDataService:
             resource=receipt.resource,
         )
         try:
-            # Renewed once more when the bytes are durable, just before they are put in place: data is never
-            # linked under a lease the reaper may have taken over.
-            ready = lambda: lease.keep_alive(self._checkpoint, force=True)  # noqa: E731 - named for the comment
+            # Checked once more when the bytes are durable, just before they are put in place (renewed if half
+            # spent, so at least half is left): data is never linked under a lease the reaper may take over.
+            ready = lambda: lease.keep_alive(self._checkpoint)  # noqa: E731 - named for the comment
             url = target_store.add(target, reader.chunks(), ready=ready)
         except Exception as exc:
             broken = isinstance(exc, StoreError) and not isinstance(exc, StoreDuplicateError)
@@ -245,7 +246,7 @@ class ImageDataService:
                 raise StoreUnavailable("The store failed while writing the image data.") from exc
             raise
         try:
-            landed = Landed(lease, image_id, target_store.name, url, reader, limits)
+            landed = Landed(lease, image_id, owner, target_store.name, url, reader, limits)
             return receipt.land(landed)
         except Exception:
             # Refused (concurrent requests used the space while the bytes streamed) or failed: nothing of
@@ -301,30 +302,49 @@ class ImageDataService:
         return False
 
     def _activate(self, landed: "Landed") -> Image:
-        """Admit the size first: a refusal must find nothing written in this unit of work."""
-        image = self.hold_landing(landed, ImageStatus.SAVING)
+        """The image active with the upload's first location: admitted first, so a refusal finds nothing written."""
         store_name, url, reader = landed.store, landed.url, landed.reader
-        identity = self._stores[store_name].identify(url)
+        identity = self._stores[store_name].identify(url)  # a store call: before the unit locks anything
+        self._lifecycle.admit_landing(
+            landed.owner, ImageStatus.SAVING, ImageStatus.ACTIVE, Resource.IMAGE_SIZE_TOTAL, reader.size, landed.limits
+        )
+        image = self.hold_landing(
+            landed,
+            ImageStatus.SAVING,
+            status=ImageStatus.ACTIVE,
+            size=reader.size,
+            checksum=reader.md5.hexdigest(),
+            os_hash_algo=HASH_ALGORITHM,
+            os_hash_value=reader.digest.hexdigest(),
+        )
         metadata: dict[str, object] = {"store": store_name} if self._multi_store else {}
-        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, landed.limits, metadata)
-        image.size, image.checksum = reader.size, reader.md5.hexdigest()
-        image.os_hash_algo, image.os_hash_value = HASH_ALGORITHM, reader.digest.hexdigest()
+        self._lifecycle.land_upload(image, url, identity, store_name, reader.size, metadata)
         self._db.flush()
         return image
 
-    def hold_landing(self, landed: "Landed", during: ImageStatus) -> Image:
-        """The last unit's start: usage locked, the lease still ours (its row deleted), the image still `during`."""
-        image = self._images.reload(landed.image_id)
-        self._lifecycle.lock_usage([image.owner])  # usage before the upload's row, as the reaper locks them
-        upload = landed.lease.hold()
-        if upload is None:
+    def hold_landing(self, landed: "Landed", during: ImageStatus, **changes: object) -> Image:
+        """The last unit, once admitted: the lease ended if still ours, the image changed if still `during`.
+
+        Two guarded writes, no reads: the upload's row deleted only by its holder, the image updated only
+        in the status it had (RETURNING gives it back). Either refused means the upload was ended or the
+        image deleted meanwhile; raising then rolls the admission back with them.
+        """
+        if not landed.lease.end():
             # Only a process frozen longer than the lease between its last renewal and here gets this far:
             # the reaper may not have seen this data. `locquota audit` finds it as an orphan.
-            log.error("image %s: upload lease taken over after its data was put in store %s", image.id, landed.store)
+            log.error("image %s: lease taken over after its data was stored in %s", landed.image_id, landed.store)
             raise UploadInterrupted("The upload stalled past its lease and was ended; upload the data again.")
-        if image.status is not during:  # deleted while its data streamed in
-            raise InvalidImageStatus(f"Image status transition from {image.status} to active is not allowed.")
-        self._db.delete(upload)
+        image = self._db.scalar(
+            update(Image)
+            .where(Image.id == landed.image_id, Image.status == during)
+            .values(updated_at=self._clock.now(), **changes)
+            .returning(Image)
+            .options(lazyload(Image.properties), lazyload(Image.tags))  # the landing touches neither
+            .execution_options(populate_existing=True)
+        )
+        if image is None:  # deleted while its data streamed in
+            status = self._db.scalar(select(Image.status).where(Image.id == landed.image_id))
+            raise InvalidImageStatus(f"Image status transition from {status} to active is not allowed.")
         return image
 
     def _give_back(self, lease: UploadLease, owner: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, Upload
@@ -76,6 +76,15 @@ class UploadLease:
             raise UploadInterrupted("The upload stalled past its lease and was ended; upload the data again.")
         checkpoint()
         self.expires_at = until
+
+    def end(self) -> bool:
+        """Delete the upload's row if this lease still holds it (in the caller's landing unit); False if taken over."""
+        ended = self._db.execute(
+            delete(Upload)
+            .where(Upload.image_id == self.image_id, UPLOAD_LEASE.held_by(self.holder))
+            .execution_options(synchronize_session=False)
+        )
+        return ended.rowcount == 1  # type: ignore[attr-defined]
 
     def hold(self) -> Upload | None:
         """The upload's row, locked until the caller's commit, if this lease still holds it."""

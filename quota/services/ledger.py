@@ -37,8 +37,11 @@ class UsageLedger:
     def charge(self, tenant_id: str, deltas: Mapping[Resource, int], *, within: Limits | None = None) -> None:
         """Add deltas to the tenant's totals; with `within`, refuse (413, nothing changed) past a limit.
 
-        Only increases are checked: freeing space is always allowed, as is going on holding it.
+        Only increases are checked: freeing space is always allowed, as is going on holding it. Nothing to
+        change (a status change that moves no count) sends nothing.
         """
+        if not any(deltas.values()):
+            return
         columns = {resource: getattr(TenantUsage, resource.value) for resource in TENANT_RESOURCES}
         statement = (
             update(TenantUsage)
@@ -91,10 +94,19 @@ class UsageLedger:
         """Hold off every other writer of these tenants until this transaction ends.
 
         Locks in tenant id order, so two transactions that lock several tenants (scrubber batches,
-        reconcile batches) cannot deadlock on each other; on SQLite the no-op write takes the lock.
+        reconcile batches) cannot deadlock on each other: one statement, FOR UPDATE on PostgreSQL, a no-op
+        write on SQLite (which has no row locks).
         """
         ordered = sorted(set(tenant_ids))
         if not ordered:
+            return
+        if self._db.get_bind().dialect.name == "sqlite":  # no row locks: a write takes the database's lock
+            self._db.execute(
+                update(TenantUsage)
+                .where(TenantUsage.tenant_id.in_(ordered))
+                .values(version=TenantUsage.version)
+                .execution_options(synchronize_session=False)
+            )
             return
         self._db.execute(
             select(TenantUsage.tenant_id)
@@ -102,12 +114,6 @@ class UsageLedger:
             .order_by(TenantUsage.tenant_id)
             .with_for_update()
         ).all()
-        self._db.execute(
-            update(TenantUsage)
-            .where(TenantUsage.tenant_id.in_(ordered))
-            .values(version=TenantUsage.version)
-            .execution_options(synchronize_session=False)
-        )
 
     def remaining(self, tenant_id: str, resource: Resource, limits: Limits) -> int | None:
         """What is left of the limit right now, in accounting units; None when unlimited."""

@@ -50,9 +50,10 @@ class StagingService:
 
     def _record(self, landed: Landed) -> Image:
         """The staged bytes recorded and admitted to image_stage_total; the image stays uploading."""
-        image = self._data.hold_landing(landed, ImageStatus.UPLOADING)
         size = landed.reader.size
-        UsageLedger(self._db, self._clock).charge(image.owner, {Resource.IMAGE_STAGE_TOTAL: size}, within=landed.limits)
+        ledger = UsageLedger(self._db, self._clock)
+        ledger.charge(landed.owner, {Resource.IMAGE_STAGE_TOTAL: size}, within=landed.limits)  # the first lock taken
+        image = self._data.hold_landing(landed, ImageStatus.UPLOADING, size=size)
         self._db.add(
             StagedData(
                 image_id=image.id,
@@ -64,7 +65,6 @@ class StagingService:
                 staged_at=self._clock.now(),
             )
         )
-        image.size, image.updated_at = size, self._clock.now()
         self._db.flush()
         return image
 
