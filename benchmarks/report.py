@@ -108,6 +108,8 @@ def print_table(results: list[SizeResult], endpoint_labels: dict[str, str], targ
         f"<={CONSTANT_TARGET:g}",
         f"x @{smallest.tenant_images}",
         f"<{FLAT_TARGET:g}",
+        "stmts",
+        "commits",
     )
     rows: list[tuple[str, ...]] = []
     for result in results:
@@ -127,6 +129,8 @@ def print_table(results: list[SizeResult], endpoint_labels: dict[str, str], targ
                     _verdict(vs_constant, CONSTANT_TARGET, inclusive=True) if is_target else "-",
                     f"{vs_smallest:.2f}",
                     _verdict(vs_smallest, FLAT_TARGET, inclusive=False) if is_target else "-",
+                    _count(summary.statements),
+                    _count(summary.commits),
                 )
             )
     widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
@@ -145,6 +149,20 @@ def print_table(results: list[SizeResult], endpoint_labels: dict[str, str], targ
             print()
         previous = row[0]
         print(line(row))
+    print()
+    _print_counts_legend()
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _print_counts_legend() -> None:
+    """What the two count columns mean (tests/statement_counter.py counts them)."""
+    print(
+        "stmts, commits: what one more (untimed) request of each endpoint sent to the database: statements the"
+        " driver executed, and COMMITs (a read ends in ROLLBACK or runs in autocommit: 0 commits)"
+    )
 
 
 def print_targets(results: list[SizeResult], endpoint_labels: dict[str, str], targeted: set[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from pyramid.request import Request
 from pyramid.router import Router
 from pyramid.security import NO_PERMISSION_REQUIRED
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from waitress.server import TcpWSGIServer, create_server
 
 from locquota.app import configure
@@ -23,6 +23,8 @@ from locquota.app import configure
 CONSTANT_PATH = "/bench/constant"
 DB_FLOOR_PATH = "/bench/db"
 SERVER_THREADS = 4
+# The engine of the app served on each port, so a client can count what one of its requests sends.
+_ENGINES: dict[int, Engine] = {}
 
 
 def constant_view(_request: Request) -> dict[str, bool]:
@@ -31,7 +33,7 @@ def constant_view(_request: Request) -> dict[str, bool]:
 
 
 def db_floor_view(request: Request) -> dict[str, bool]:
-    """One SELECT 1 through request.db: session, pyramid_tm transaction, pool pre-ping, one round trip.
+    """One SELECT 1 through request.db: session, pyramid_tm transaction (BEGIN, ROLLBACK), one round trip.
 
     The least any database-backed view pays; the gap between it and get/list is the endpoints' own work.
     """
@@ -77,6 +79,11 @@ def build_app(raw_settings: dict[str, str]) -> Router:
     return config.make_wsgi_app()
 
 
+def engine_serving(port: int) -> Engine | None:
+    """The engine of the locquota app that serving() runs on this port (None for another app or port)."""
+    return _ENGINES.get(port)
+
+
 @contextmanager
 def serving(app: Router) -> Iterator[int]:
     """Serve the app on a free port of 127.0.0.1; yield the port; stop the server afterwards."""
@@ -85,9 +92,14 @@ def serving(app: Router) -> Iterator[int]:
     stopping = threading.Event()
     thread = threading.Thread(target=_run, args=(server, stopping), name="waitress", daemon=True)
     thread.start()
+    port = server.socket.getsockname()[1]
+    registry = getattr(app, "registry", None)  # a wrapping middleware has none: its requests are not counted
+    if registry is not None:
+        _ENGINES[port] = registry["locquota.engine"]
     try:
-        yield server.socket.getsockname()[1]
+        yield port
     finally:
+        _ENGINES.pop(port, None)
         stopping.set()
         _shutdown(server)
         thread.join(timeout=5)

@@ -21,10 +21,11 @@ def image(
     view: ImageView, *, show_locations: bool = False, show_direct_url: bool = False, show_stores: bool = False
 ) -> dict[str, object]:
     """One image as Glance v2 shows it: custom properties at top level, links, no internal status."""
+    image_id = str(view.id)
     body: dict[str, object] = dict(view.properties)
     body.update(
         {
-            "id": str(view.id),
+            "id": image_id,
             "name": view.name,
             "status": str(view.status),
             "visibility": str(view.visibility),
@@ -43,8 +44,8 @@ def image(
             "created_at": glance_time(view.created_at),
             "updated_at": glance_time(view.updated_at),
             "tags": list(view.tags),
-            "self": f"/v2/images/{view.id}",
-            "file": f"/v2/images/{view.id}/file",
+            "self": f"/v2/images/{image_id}",
+            "file": f"/v2/images/{image_id}/file",
             "schema": "/v2/schemas/image",
         }
     )

@@ -3,6 +3,10 @@
 Writes go through ImageService and the ORM; reads, the hot path of the API, select the image columns
 with their properties, tags and (when shown) active locations aggregated as JSON, so a page costs one
 round trip whatever its size, and location status stays in SQL, never reaching a response.
+
+Statements are built once per shape (the caller's kind, the sort, which filters, a marker or not) with
+every value a bound parameter, so a request pays neither for building one nor for SQLAlchemy's cache
+key of a fresh one: at a page's cost, both were more than the database's own work.
 """
 
 import logging
@@ -10,8 +14,23 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache, lru_cache
 
-from sqlalchemy import ColumnElement, Row, Select, Subquery, and_, exists, func, or_, select, union
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Row,
+    Select,
+    Subquery,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    union,
+)
 from sqlalchemy.orm import Session
 
 from locations.models import (
@@ -28,6 +47,7 @@ from locations.schemas import ImageQuery
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.sqljson import json_document, json_rows
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
+from locquota.db import UNPREPARED, reading
 from locquota.errors import ImageNotFound, InvalidMarker, InvalidQueryParameter
 from locquota.identity import Identity
 from metrics.instruments import LOCATION_DECRYPT_ERRORS
@@ -55,6 +75,13 @@ IN_FILTER_COLUMNS = {
     "container_format": Image.container_format,
 }
 IMAGE_COLUMNS = tuple(Image.__table__.columns)
+IMAGE_KEYS = tuple(column.key for column in IMAGE_COLUMNS)
+# Distinct shapes of list statements kept built; a shape is a handful of small values, so this bounds memory
+# against callers that send every combination of filters.
+PAGE_SHAPES_KEPT = 512
+# The filters' part of a list statement's shape: os_hidden, the equality filters' names, the number of tag
+# and of property filters, whether size_min and size_max are given, protected.
+FilterShape = tuple[bool, tuple[str, ...], int, int, bool, bool, bool | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +124,24 @@ class ImageView:
         )
 
     @classmethod
-    def from_row(cls, row: Row[tuple[object, ...]], vault: UrlVault = PLAINTEXT) -> "ImageView":
-        """The view of a row selected with view_columns(); sealed URLs are opened here, not in SQL."""
-        mapping = row._mapping
-        locations = sorted(mapping.get("locations_json") or [], key=lambda entry: entry[0])
+    def from_row(
+        cls, row: Row[tuple[object, ...]], vault: UrlVault = PLAINTEXT, *, with_locations: bool, with_stores: bool
+    ) -> "ImageView":
+        """The view of a row selected with view_columns(with_locations=, with_stores=); sealed URLs are opened here.
+
+        By position (the image's columns, then its collections in view_columns' order): looking up a
+        RowMapping by name, and missing names through its KeyError, cost a page more than its JSON.
+        """
+        image = dict(zip(IMAGE_KEYS, row, strict=False))
+        properties, tags, *collections = row[len(IMAGE_KEYS) :]
+        locations = collections.pop(0) if with_locations else None
+        stores = collections.pop(0) if with_stores else None
         return cls(
-            **{column.key: mapping[column.key] for column in IMAGE_COLUMNS},
-            properties=dict(mapping["properties_json"] or []),
-            tags=sorted(tag for (tag,) in mapping["tags_json"] or []),
-            locations=open_locations(vault, locations),
-            stores=_in_order(mapping.get("stores_json") or []),
+            **image,  # type: ignore[arg-type]
+            properties=dict(properties or []),
+            tags=sorted(tag for (tag,) in tags or []),
+            locations=open_locations(vault, sorted(locations or [], key=lambda entry: entry[0])),
+            stores=_in_order(stores or []),
         )
 
 
@@ -138,14 +173,19 @@ def visible_to(caller: Identity) -> ColumnElement[bool]:
     Its own, public and community images, and shared images it is a member of whatever its answer;
     an admin sees every image. Another project's private image is as missing as an image that is not.
     """
+    return _visibility(is_admin=caller.is_admin, tenant=caller.tenant_id)
+
+
+def _visibility(*, is_admin: bool, tenant: object) -> ColumnElement[bool]:
+    """visible_to for an admin or for the tenant `tenant` (a value, or a bound parameter of a built statement)."""
     shown = Image.status.not_in(HIDDEN_IMAGE_STATUSES)
-    if caller.is_admin:
+    if is_admin:
         return shown
-    membership = exists().where(ImageMember.image_id == Image.id, ImageMember.member == caller.tenant_id)
+    membership = exists().where(ImageMember.image_id == Image.id, ImageMember.member == tenant)
     return and_(
         shown,
         or_(
-            Image.owner == caller.tenant_id,
+            Image.owner == tenant,
             Image.visibility.in_((Visibility.PUBLIC, Visibility.COMMUNITY)),
             and_(Image.visibility == Visibility.SHARED, membership),
         ),
@@ -180,6 +220,26 @@ VIEW_SELECTS = {
     for shown in (False, True)
     for stores in (False, True)
 }
+# The values of the built statements, bound at execution.
+TENANT = bindparam("tenant_id", type_=Image.owner.type)
+PAGE_ROWS = bindparam("page_rows", type_=Integer())  # the page size plus one, which tells whether more follow
+
+
+@cache
+def _show_statement(select_key: tuple[bool, bool], is_admin: bool) -> Select[tuple[object, ...]]:
+    """One image by primary key; psycopg may prepare it: no value can make another plan better than pk_images."""
+    image_id = bindparam("image_id", type_=Image.id.type)
+    return VIEW_SELECTS[select_key].where(Image.id == image_id, _visibility(is_admin=is_admin, tenant=TENANT))
+
+
+@cache
+def _marker_statement(sort: tuple[tuple[str, bool], ...], is_admin: bool) -> Select[tuple[object, ...]]:
+    """A marker's sort keys by primary key; preparable like _show_statement."""
+    keys = _sort_keys_of(sort)
+    marker = bindparam("marker", type_=Image.id.type)
+    return select(*(column for column, _ in keys)).where(
+        Image.id == marker, _visibility(is_admin=is_admin, tenant=TENANT)
+    )
 
 
 class ImageCatalog:
@@ -194,15 +254,14 @@ class ImageCatalog:
         """The view of an image just written through the ORM (create, patch, restore)."""
         return ImageView.from_record(image, self._vault, with_locations=self._with_locations)
 
-    def _select(self) -> Select[tuple[object, ...]]:
-        return VIEW_SELECTS[self._with_locations, self._with_stores]
-
     def show(self, caller: Identity, image_id: uuid.UUID) -> ImageView:
         """One image, or 404 (also for another tenant's image: existence does not leak)."""
-        row = self._db.execute(self._select().where(Image.id == image_id, visible_to(caller))).first()
+        statement = _show_statement((self._with_locations, self._with_stores), caller.is_admin)
+        with reading(self._db) as connection:
+            row = connection.execute(statement, {"image_id": image_id, "tenant_id": caller.tenant_id}).first()
         if row is None:
             raise ImageNotFound("No image found with this id.")
-        view = ImageView.from_row(row, self._vault)
+        view = ImageView.from_row(row, self._vault, with_locations=self._with_locations, with_stores=self._with_stores)
         authorize_image(caller, "get_image", image_target(view.owner, view.visibility))
         return view
 
@@ -216,52 +275,103 @@ class ImageCatalog:
         list's order and cut at the page size, so a page costs the same at 1k or 1M visible images.
         """
         caller.authorize("get_images")
-        keys = _sort_keys(query)
-        after = self._marker_values(caller, query.marker, keys) if query.marker is not None else None
-        conditions = [Image.status.not_in(HIDDEN_IMAGE_STATUSES), *_filters(query)]
-        if query.visibilities is not None:
-            conditions.append(Image.visibility.in_(query.visibilities))
-        if caller.is_admin:
-            if query.visibilities is None:  # Glance leaves other projects' community images out by default
-                conditions.append(or_(Image.owner == caller.tenant_id, Image.visibility != Visibility.COMMUNITY))
-            statement = self._select().where(*conditions)
-            if after is not None:
-                statement = statement.where(_after(keys, after))
-            order = _order(keys)
-        else:
-            by_range = self._db.get_bind().dialect.name == "postgresql"
-            listed = _visible_page(caller, query, keys, after, conditions, pin_by_range=by_range)
-            statement = self._select().join(listed, Image.id == listed.c.id)
-            order = _order([(listed.c[f"k{index}"], descending) for index, (_, descending) in enumerate(keys)])
-        rows = self._db.execute(statement.order_by(*order).limit(query.limit + 1)).all()
-        views = [ImageView.from_row(row, self._vault) for row in rows[: query.limit]]
+        sort = _sort_names(query)
+        params: dict[str, object] = {"tenant_id": caller.tenant_id, "page_rows": query.limit + 1}
+        shape = PageShape(
+            select_key=(self._with_locations, self._with_stores),
+            is_admin=caller.is_admin,
+            pin_by_range=self._db.get_bind().dialect.name == "postgresql",
+            sort=sort,
+            has_marker=query.marker is not None,
+            filters=_filter_shape(query, params),
+            visibilities=tuple(sorted(query.visibilities)) if query.visibilities is not None else None,
+            member_statuses=query.member_statuses,
+        )
+        with reading(self._db) as connection:
+            if query.marker is not None:
+                after = self._marker_values(connection, caller, query.marker, sort)
+                params.update({f"after_{index}": value for index, value in enumerate(after)})
+            rows = connection.execute(_page_statement(shape), params).all()
+        views = [
+            ImageView.from_row(row, self._vault, with_locations=self._with_locations, with_stores=self._with_stores)
+            for row in rows[: query.limit]
+        ]
         return views, (str(views[-1].id) if len(rows) > query.limit else None)
 
     def _marker_values(
-        self, caller: Identity, marker: uuid.UUID, keys: Sequence[tuple[ColumnElement[object], bool]]
+        self, connection: Connection, caller: Identity, marker: uuid.UUID, sort: tuple[tuple[str, bool], ...]
     ) -> Row[tuple[object, ...]]:
         """The marker image's sort keys; a marker the caller cannot see is refused (it names nothing here)."""
-        values = self._db.execute(
-            select(*(column for column, _ in keys)).where(Image.id == marker, visible_to(caller))
-        ).first()
+        statement = _marker_statement(sort, caller.is_admin)
+        values = connection.execute(statement, {"marker": marker, "tenant_id": caller.tenant_id}).first()
         if values is None:
             raise InvalidMarker("The marker does not name an image in this listing.")
         return values
 
 
+@dataclass(frozen=True, slots=True)
+class PageShape:
+    """What decides a list statement's SQL; the values it compares with are bound at execution."""
+
+    select_key: tuple[bool, bool]  # (with locations, with stores)
+    is_admin: bool
+    pin_by_range: bool
+    sort: tuple[tuple[str, bool], ...]  # (sort key, descending), tie-breakers included
+    has_marker: bool
+    filters: FilterShape
+    visibilities: tuple[str, ...] | None
+    member_statuses: tuple[str, ...]
+
+
+@lru_cache(maxsize=PAGE_SHAPES_KEPT)
+def _page_statement(shape: PageShape) -> Select[tuple[object, ...]]:
+    """One page of a list of this shape: parameters tenant_id, page_rows, after_<i> and the filters' own."""
+    keys = _sort_keys_of(shape.sort)
+    after = [bindparam(f"after_{index}", type_=column.type) for index, (column, _) in enumerate(keys)]
+    conditions = [Image.status.not_in(HIDDEN_IMAGE_STATUSES), *_filters(shape.filters)]
+    visibilities = frozenset(shape.visibilities) if shape.visibilities is not None else None
+    if visibilities is not None:
+        conditions.append(Image.visibility.in_(shape.visibilities))
+    select_all = VIEW_SELECTS[shape.select_key]
+    if shape.is_admin:
+        if visibilities is None:  # Glance leaves other projects' community images out by default
+            conditions.append(or_(Image.owner == TENANT, Image.visibility != Visibility.COMMUNITY))
+        statement = select_all.where(*conditions)
+        if shape.has_marker:
+            statement = statement.where(_after(keys, after))
+        order = _order(keys)
+    else:
+        listed = _visible_page(
+            visibilities,
+            shape.member_statuses,
+            keys,
+            after if shape.has_marker else None,
+            conditions,
+            pin_by_range=shape.pin_by_range,
+        )
+        statement = select_all.join(listed, Image.id == listed.c.id)
+        order = _order([(listed.c[f"k{index}"], descending) for index, (_, descending) in enumerate(keys)])
+    # Never prepared: a walk's plan is chosen for the tenant and the marker at hand (see _pin), not generic.
+    return statement.order_by(*order).limit(PAGE_ROWS).execution_options(**{UNPREPARED: True})
+
+
 Keys = Sequence[tuple[ColumnElement[object], bool]]
 
 
-def _sort_keys(query: ImageQuery) -> list[tuple[ColumnElement[object], bool]]:
+def _sort_names(query: ImageQuery) -> tuple[tuple[str, bool], ...]:
     """The sort keys, then Glance's tie-breakers created_at and id where missing.
 
     As in Glance, the tie-breakers take the direction of the one key given, or descending after several.
     """
-    keys = [(SORT_COLUMNS[key.name], key.descending) for key in query.sort]
+    keys = [(key.name, key.descending) for key in query.sort]
     tie_direction = query.sort[0].descending if len(query.sort) == 1 else True
     named = {key.name for key in query.sort}
-    keys.extend((SORT_COLUMNS[name], tie_direction) for name in ("created_at", "id") if name not in named)
-    return keys
+    keys.extend((name, tie_direction) for name in ("created_at", "id") if name not in named)
+    return tuple(keys)
+
+
+def _sort_keys_of(sort: tuple[tuple[str, bool], ...]) -> list[tuple[ColumnElement[object], bool]]:
+    return [(SORT_COLUMNS[name], descending) for name, descending in sort]
 
 
 def _order(keys: Keys) -> list[ColumnElement[object]]:
@@ -282,8 +392,8 @@ def _after(keys: Keys, values: Sequence[object]) -> ColumnElement[bool]:
 
 
 def _visible_page(
-    caller: Identity,
-    query: ImageQuery,
+    asked: frozenset[str] | None,
+    member_statuses: tuple[str, ...],
     keys: Keys,
     after: Sequence[object] | None,
     conditions: list[ColumnElement[bool]],
@@ -296,24 +406,21 @@ def _visible_page(
     community only explicitly) ix_images_visibility_created_at_id; shared images, one walk per member
     status asked for, ix_image_members_member_status_created. The union keeps each image once.
     """
-    asked = query.visibilities
-    pinned = [(Image.owner, caller.tenant_id)]
+    pinned: list[tuple[ColumnElement[str], object]] = [(Image.owner, TENANT)]
     for visibility in (Visibility.PUBLIC, Visibility.COMMUNITY):
         if (asked is None and visibility is Visibility.PUBLIC) or (asked is not None and visibility in asked):
             pinned.append((Image.visibility, visibility.value))
-    sources = [
-        _walk(keys, after, query.limit, _pin(column, value, keys, pin_by_range), conditions) for column, value in pinned
-    ]
+    sources = [_walk(keys, after, _pin(column, value, keys, pin_by_range), conditions) for column, value in pinned]
     if asked is None or Visibility.SHARED in asked:
         member_keys = _member_keys(keys)
-        for status in query.member_statuses:
+        for status in member_statuses:
             membership = [
                 *conditions,
-                ImageMember.member == caller.tenant_id,
+                ImageMember.member == TENANT,
                 ImageMember.status == status,
                 Image.visibility == Visibility.SHARED,
             ]
-            sources.append(_walk(member_keys, after, query.limit, ([], []), membership, through_members=True))
+            sources.append(_walk(member_keys, after, ([], []), membership, through_members=True))
     walks = [select(source.subquery()) for source in sources]  # SQLite: LIMIT only inside a subquery
     # With every source's page cut at limit + 1 rows, the union holds the merged page's limit + 1 rows.
     return (union(*walks) if len(walks) > 1 else walks[0]).subquery("listed")
@@ -322,7 +429,7 @@ def _visible_page(
 Pin = tuple[list[ColumnElement[bool]], list[ColumnElement[object]]]  # conditions, leading ORDER BY columns
 
 
-def _pin(column: ColumnElement[str], value: str, keys: Keys, by_range: bool) -> Pin:
+def _pin(column: ColumnElement[str], value: object, keys: Keys, by_range: bool) -> Pin:
     """A walk restricted to one value of an index's leading column, so that index alone yields the order.
 
     SQLite walks the index in order from an equality. PostgreSQL, given an equality, drops the column from
@@ -337,7 +444,6 @@ def _pin(column: ColumnElement[str], value: str, keys: Keys, by_range: bool) -> 
 def _walk(
     keys: Keys,
     after: Sequence[object] | None,
-    limit: int,
     pin: Pin,
     source: list[ColumnElement[bool]],
     *,
@@ -350,7 +456,7 @@ def _walk(
     statement = statement.where(*source, *pinned)
     if after is not None:
         statement = statement.where(_after(keys, after))
-    return statement.order_by(*leading, *_order(keys)).limit(limit + 1)
+    return statement.order_by(*leading, *_order(keys)).limit(PAGE_ROWS)
 
 
 def _member_keys(keys: Keys) -> Keys:
@@ -360,25 +466,50 @@ def _member_keys(keys: Keys) -> Keys:
     return keys
 
 
-def _filters(query: ImageQuery) -> list[ColumnElement[bool]]:
-    filters: list[ColumnElement[bool]] = [Image.os_hidden.is_(query.os_hidden)]
+def _filter_shape(query: ImageQuery, params: dict[str, object]) -> FilterShape:
+    """The filters' part of a list statement's shape; their values go into params, under _filters' names."""
     for name, values in query.equal_filters.items():
-        if name == "id":
-            filters.append(Image.id.in_(_uuids(values)))
-        else:
-            filters.append(IN_FILTER_COLUMNS[name].in_(values))
-    for tag in query.tags:
+        params[f"in_{name}"] = _uuids(values) if name == "id" else list(values)
+    for index, tag in enumerate(query.tags):
+        params[f"tag_{index}"] = tag
+    for index, (name, value) in enumerate(query.properties.items()):
+        params[f"property_name_{index}"], params[f"property_value_{index}"] = name, value
+    if query.size_min is not None:
+        params["size_min"] = query.size_min
+    if query.size_max is not None:
+        params["size_max"] = query.size_max
+    return (
+        query.os_hidden,
+        tuple(query.equal_filters),
+        len(query.tags),
+        len(query.properties),
+        query.size_min is not None,
+        query.size_max is not None,
+        query.protected,
+    )
+
+
+def _filters(shape: FilterShape) -> list[ColumnElement[bool]]:
+    os_hidden, equal_names, tags, properties, size_min, size_max, protected = shape
+    filters: list[ColumnElement[bool]] = [Image.os_hidden.is_(os_hidden)]
+    for name in equal_names:
+        column = Image.id if name == "id" else IN_FILTER_COLUMNS[name]
+        filters.append(column.in_(bindparam(f"in_{name}", type_=column.type, expanding=True)))
+    for index in range(tags):
+        tag = bindparam(f"tag_{index}", type_=ImageTag.value.type)
         filters.append(exists().where(ImageTag.image_id == Image.id, ImageTag.value == tag))
-    for name, value in query.properties.items():
+    for index in range(properties):
+        name = bindparam(f"property_name_{index}", type_=ImageProperty.name.type)
+        value = bindparam(f"property_value_{index}", type_=ImageProperty.value.type)
         filters.append(
             exists().where(ImageProperty.image_id == Image.id, ImageProperty.name == name, ImageProperty.value == value)
         )
-    if query.size_min is not None:
-        filters.append(Image.size >= query.size_min)
-    if query.size_max is not None:
-        filters.append(Image.size <= query.size_max)
-    if query.protected is not None:
-        filters.append(Image.protected.is_(query.protected))
+    if size_min:
+        filters.append(Image.size >= bindparam("size_min", type_=Image.size.type))
+    if size_max:
+        filters.append(Image.size <= bindparam("size_max", type_=Image.size.type))
+    if protected is not None:
+        filters.append(Image.protected.is_(protected))
     return filters
 
 
