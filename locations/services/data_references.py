@@ -13,13 +13,28 @@ number of long-gone data matches nothing. Rows not yet re-keyed (data_key_versio
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Row,
+    and_,
+    any_,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+    values,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from locations.models import (
     DATA_KEY_VERSION,
@@ -46,6 +61,53 @@ REFERENCE_COLUMNS = (
     Location.url,
     Location.store,
 )
+
+
+def connection_of(db: Session) -> Connection:
+    """The session's connection (its transaction), its pending changes flushed first as its execute would.
+
+    For reads whose rows need none of the ORM's loading (plain columns): Core execution skips the ORM's
+    per-statement and per-row work. Never for writes: the request's transaction (zope.sqlalchemy) learns
+    of a write only through the session, and would roll back one made behind its back.
+    """
+    if db.autoflush:
+        db.flush()
+    return db.connection()
+
+
+def one_of(db: Session, expression: ColumnElement[Any], items: Collection[object]) -> ColumnElement[bool]:
+    """The test `expression IN items`, in the form the database handles best for a batch of items.
+
+    PostgreSQL: `= ANY(:items)`, one array parameter: one value to send and parse, and one statement text
+    (so one cached compilation and plan) whatever the count, where an IN list is a parameter per item
+    (measured 9.9 ms against 2.6 ms for 500 ids). SQLite: an IN list, its only form.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        return expression == any_(bindparam(None, list(items), type_=ARRAY(expression.type)))
+    return expression.in_(list(items))
+
+
+def rows_of(
+    db: Session, name: str, columns: Sequence[tuple[str, TypeEngine[Any]]], rows: Sequence[tuple[Any, ...]]
+) -> FromClause:
+    """Per-row values as a table a statement can join (`UPDATE ... FROM name WHERE ...`), named name.
+
+    PostgreSQL: unnest of one array per column, a constant statement text whatever the number of rows; a
+    VALUES list would be compiled anew for every batch, since its rows are part of the statement. SQLite:
+    a VALUES list in a CTE (SQLite takes no column names on a derived table), compiled per batch.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        arrays = [bindparam(None, [row[n] for row in rows], type_=ARRAY(type_)) for n, (_, type_) in enumerate(columns)]
+        names = [column(label, type_) for label, type_ in columns]
+        return func.unnest(*arrays).table_valued(*names, name=name).render_derived()
+    return values(*(column(label, type_) for label, type_ in columns), name=name).data(list(rows)).cte(name)
+
+
+class Keyed(Protocol):
+    """What still_names reads of a location: a Location, or a row of these columns."""
+
+    data_key_hash: str
+    data_key_version: int
 
 
 class DataKeys:
@@ -86,7 +148,7 @@ class DataKeys:
             "data_inode": identity.inode,
         }
 
-    def still_names(self, location: Location, identity: DataIdentity) -> bool:
+    def still_names(self, location: Keyed, identity: DataIdentity) -> bool:
         """Whether the row's URL (identity: what it reaches now) still reaches the data it was keyed for.
 
         False when a symlink was swapped since. Rows not yet re-keyed cannot be checked: True.
@@ -157,15 +219,26 @@ class DataReferences:
         """The answers to several questions from one query (a scrubber batch asks for all its claims at once)."""
         if not questions:
             return []
-        key_hashes = [set(self.keys.digests(question.identity)) for question in questions]
-        text_hashes = [set(self.keys.vault.digests(q.url)) if q.url is not None else set() for q in questions]
+        digests: dict[str, frozenset[str]] = {}  # a key and its URL are often one text: hashed once
+
+        def hashes_of(text: str) -> frozenset[str]:
+            found = digests.get(text)
+            if found is None:
+                found = digests[text] = frozenset(self.keys.vault.digests(text))
+            return found
+
+        key_hashes = [hashes_of(question.identity.key) for question in questions]
+        text_hashes = [hashes_of(q.url) if q.url is not None else frozenset() for q in questions]
         inodes = {question.identity.inode for question in questions if question.identity.inode is not None}
-        matches = [Location.data_key_hash.in_(set().union(*key_hashes))]
-        if any(text_hashes):
-            legacy = Location.data_key_hash.in_(set().union(*text_hashes))
+        all_keys = frozenset().union(*key_hashes)
+        matches = [one_of(self._db, Location.data_key_hash, all_keys)]
+        # A text hash that is also a key hash (a URL spelled canonically) is matched above whatever the version.
+        legacy_only = frozenset().union(*text_hashes) - all_keys
+        if legacy_only:
+            legacy = one_of(self._db, Location.data_key_hash, legacy_only)
             matches.append(and_(Location.data_key_version != DATA_KEY_VERSION, legacy))
         if inodes:
-            matches.append(Location.data_inode.in_(inodes))
+            matches.append(one_of(self._db, Location.data_inode, inodes))
         query = (
             select(*REFERENCE_COLUMNS)
             .join(Location.image)
@@ -176,19 +249,20 @@ class DataReferences:
             query = query.with_for_update(of=Location)
         by_hash: dict[str, list[Row[Any]]] = defaultdict(list)
         by_inode: dict[str, list[Row[Any]]] = defaultdict(list)
-        for row in self._db.execute(query):
+        for row in connection_of(self._db).execute(query):
             by_hash[row.data_key_hash].append(row)
             if row.data_inode is not None:
                 by_inode[row.data_inode].append(row)
         answers = []
         for question, keys, texts in zip(questions, key_hashes, text_hashes, strict=True):
-            candidates = {row.id: row for digest in keys | texts for row in by_hash.get(digest, ())}
+            candidates = {row.id: row for digest in keys for row in by_hash.get(digest, ())}
+            candidates.update((row.id, row) for digest in texts - keys for row in by_hash.get(digest, ()))
             candidates.update((row.id, row) for row in by_inode.get(question.identity.inode or "", ()))
             answers.append(self._answer(question, [candidates[key] for key in sorted(candidates)], keys, texts))
         return answers
 
     def _answer(
-        self, question: Question, rows: list[Row[Any]], key_hashes: set[str], text_hashes: set[str]
+        self, question: Question, rows: list[Row[Any]], key_hashes: frozenset[str], text_hashes: frozenset[str]
     ) -> list[Reference]:
         identity, references = question.identity, []
         for row in rows:

@@ -13,25 +13,33 @@ then writes each kind of change with one statement for the whole batch:
              and store_usage grouped per tenant and (tenant, store) (quota.services.batch_ledger),
              the settled images
 
-Per-row values go through `WITH v(...) AS (VALUES ...) UPDATE ... FROM v` rather than executemany: one
-statement and one round trip on both PostgreSQL and SQLite (3.33+ for UPDATE FROM, 3.35+ for
-RETURNING), where executemany is one statement per row to the server.
+Per-row values go through `UPDATE ... FROM v` rather than executemany: one statement and one round trip
+(data_references.rows_of: unnest of arrays on PostgreSQL, a constant statement; `WITH v(...) AS
+(VALUES ...)` on SQLite, 3.33+ for UPDATE FROM, 3.35+ for RETURNING), where executemany is one
+statement per row to the server. Sets of ids are one array parameter on PostgreSQL (data_references.one_of).
 """
 
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, auto
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, column, func, select, text, update, values
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
-from locations.services.data_references import DataReferences, Question, Reference
+from locations.services.data_references import (
+    DataReferences,
+    Question,
+    Reference,
+    connection_of,
+    one_of,
+    rows_of,
+)
 from locations.services.lifecycle import LocationLifecycle, count_changes, settled_status
 from locations.services.scrubbing import CLAIM, Claim, Deletion, Outcome, ScrubPolicy
 from locquota.clock import Clock
@@ -93,7 +101,8 @@ def record_batch(
     if not claims:
         return []
     now = clock.now()
-    lifecycle.lock_owners([item.location_id for item in claims])
+    # lifecycle.lock_owners' locks, the owners read with one array parameter rather than an IN list.
+    lifecycle.lock_usage(_owners(db, [item.location_id for item in claims]))
     groups = _lock_shared_groups(db, references, claims, deletions)
     held = _lock_held(db, worker, [item.location_id for item in claims])
     verdicts = decide(claims, deletions, held, groups)
@@ -188,6 +197,12 @@ def _lock_keys(db: Session, key_hashes: list[str]) -> None:
     )
 
 
+def _owners(db: Session, location_ids: list[int]) -> list[str]:
+    """The tenants owning these locations' images."""
+    query = select(Image.owner).join(Location.image).where(one_of(db, Location.id, location_ids)).distinct()
+    return list(connection_of(db).scalars(query))
+
+
 def _lock_held(db: Session, worker: str, location_ids: list[int]) -> dict[int, HeldRow]:
     """Lock the batch's rows still claimed by worker and pending_delete (in id order); the others are lost."""
     query = (
@@ -200,16 +215,18 @@ def _lock_held(db: Session, worker: str, location_ids: list[int]) -> dict[int, H
             Location.last_error,
             Location.scrub_after,
         )
-        .where(_still_held(worker, location_ids))
+        .where(_still_held(db, worker, location_ids))
         .order_by(Location.id)
         .with_for_update()
     )
-    return {row.id: HeldRow(*row) for row in db.execute(query)}
+    return {row.id: HeldRow(*row) for row in connection_of(db).execute(query)}
 
 
-def _still_held(worker: str, location_ids: Iterable[int]) -> ColumnElement[bool]:
+def _still_held(db: Session, worker: str, location_ids: Collection[int]) -> ColumnElement[bool]:
     return (
-        Location.id.in_(list(location_ids)) & CLAIM.held_by(worker) & (Location.status == LocationStatus.PENDING_DELETE)
+        one_of(db, Location.id, location_ids)
+        & CLAIM.held_by(worker)
+        & (Location.status == LocationStatus.PENDING_DELETE)
     )
 
 
@@ -220,11 +237,11 @@ def _read_images(db: Session, image_ids: set[uuid.UUID]) -> dict[uuid.UUID, Imag
     query: Select[Any] = (
         select(Image.id, Image.owner, Image.status, Location.status, func.count())
         .join(Location, Location.image_id == Image.id)
-        .where(Image.id.in_(image_ids))
+        .where(one_of(db, Image.id, image_ids))
         .group_by(Image.id, Image.owner, Image.status, Location.status)
     )
     images: dict[uuid.UUID, ImageState] = {}
-    for image_id, owner, image_status, location_status, how_many in db.execute(query):
+    for image_id, owner, image_status, location_status, how_many in connection_of(db).execute(query):
         state = images.setdefault(image_id, ImageState(owner, image_status, Counter()))
         state.locations[location_status] += how_many
     return images
@@ -247,17 +264,22 @@ def _settle(
         image = images[row.image_id]
         change = tenants.setdefault(image.owner, TenantChange())
         size = row.size_bytes or 0
-        change.deltas[Resource.IMAGE_SIZE_TOTAL] -= size
-        change.charges += 1
+        _charge(change, {Resource.IMAGE_SIZE_TOTAL: -size})
         space.setdefault((image.owner, row.store), SpaceMove()).add(size)
         image.locations[LocationStatus.PENDING_DELETE] -= 1
         image.locations[LocationStatus.DELETED] += 1
         target = settled_status(image.status, {status for status, count in image.locations.items() if count > 0})
         if target is not None and target is not image.status:
-            change.deltas.update(count_changes(image.status, target))
-            change.charges += 1
+            _charge(change, count_changes(image.status, target))
             image.status, image.moved = target, True
-    return tenants, space
+    return {owner: change for owner, change in tenants.items() if change.charges}, space
+
+
+def _charge(change: TenantChange, deltas: dict[Resource, int]) -> None:
+    """One UsageLedger.charge: a charge that changes no total sends nothing, and moves no version."""
+    if any(deltas.values()):
+        change.deltas.update(deltas)
+        change.charges += 1
 
 
 # --- writes: one statement per kind ---------------------------------------------------------------
@@ -269,7 +291,7 @@ def _write_deleted(db: Session, worker: str, now: datetime, location_ids: list[i
         return
     statement = (
         update(Location)
-        .where(_still_held(worker, location_ids))
+        .where(_still_held(db, worker, location_ids))
         .values(
             status=LocationStatus.DELETED,
             updated_at=now,
@@ -310,21 +332,20 @@ def _write_kept(
         rows.append((row.location_id, attempts, last_error, scrub_after))
     if not rows:
         return
-    kept = values(
-        column("id", Location.id.type),
-        column("attempts", Location.attempts.type),
-        column("last_error", Location.last_error.type),
-        column("scrub_after", Location.scrub_after.type),
-        name="kept",
-    ).data(rows)
-    kept_cte = kept.cte("kept")
+    columns = [
+        ("id", Location.id.type),
+        ("attempts", Location.attempts.type),
+        ("last_error", Location.last_error.type),
+        ("scrub_after", Location.scrub_after.type),
+    ]
+    kept = rows_of(db, "kept", columns, rows)
     db.execute(
         update(Location)
-        .where(Location.id == kept_cte.c.id, _still_held(worker, [row[0] for row in rows]))
+        .where(Location.id == kept.c.id, _still_held(db, worker, [row[0] for row in rows]))
         .values(
-            attempts=kept_cte.c.attempts,
-            last_error=kept_cte.c.last_error,
-            scrub_after=kept_cte.c.scrub_after,
+            attempts=kept.c.attempts,
+            last_error=kept.c.last_error,
+            scrub_after=kept.c.scrub_after,
             **CLAIM.released(),
         )
         .execution_options(synchronize_session=False)
@@ -335,13 +356,12 @@ def _write_images(db: Session, now: datetime, moved: dict[uuid.UUID, ImageState]
     """The images whose status changed (updated_at stamped, as set_image_status does)."""
     if not moved:
         return
-    statuses = values(column("id", Image.id.type), column("status", Image.status.type), name="settled").data(
-        [(image_id, state.status) for image_id, state in sorted(moved.items())]
-    )
-    settled = statuses.cte("settled")
+    rows = [(image_id, state.status) for image_id, state in sorted(moved.items())]
+    settled = rows_of(db, "settled", [("id", Image.id.type), ("status", Image.status.type)], rows)
     db.execute(
         update(Image)
-        .where(Image.id == settled.c.id)
+        # The ids again as a plain test: the planner finds each image by its key rather than hashing the table.
+        .where(Image.id == settled.c.id, one_of(db, Image.id, moved))
         .values(status=settled.c.status, updated_at=now)
         .execution_options(synchronize_session=False)
     )

@@ -15,13 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import NamedTuple
+from operator import attrgetter
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Row, and_, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import Location, LocationStatus
-from locations.services.data_references import DataKeys, DataReferences, Question, Reference
+from locations.services.data_references import (
+    DataKeys,
+    DataReferences,
+    Question,
+    Reference,
+    connection_of,
+    one_of,
+)
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import DataIdentity, StoreError, StoreRegistry
 from locquota.clock import Clock
@@ -90,6 +98,17 @@ class Outcome(StrEnum):
     REQUEUED = "requeued"  # reported only: the claim was lost, or shared data was released for deletion
 
 
+# What a claim reads of each location it takes (RETURNING of the claiming UPDATE).
+CLAIMED_COLUMNS = (
+    Location.id,
+    Location.url,
+    Location.store,
+    Location.size_bytes,
+    Location.data_key_hash,
+    Location.data_key_version,
+)
+
+
 def due_filter(now: datetime) -> list[object]:
     """Pending locations whose scrub time has passed and that no live claim holds."""
     return [
@@ -113,21 +132,23 @@ def claim(
     now = clock.now()
     candidates = select(Location.id).where(*due_filter(now))
     if location_ids is not None:
-        candidates = candidates.where(Location.id.in_(location_ids))
+        candidates = candidates.where(one_of(db, Location.id, location_ids))
     # SKIP LOCKED: scrubbers on every node must not queue behind each other's batches.
     candidates = candidates.order_by(Location.scrub_after, Location.id).limit(limit).with_for_update(skip_locked=True)
-    ids = list(db.scalars(candidates))
+    ids = list(connection_of(db).scalars(candidates))
     if not ids:
         return []
     expires_at = now + policy.lease
-    # Conditional: on SQLite the SELECT above locks nothing, and another worker may have claimed first.
-    db.execute(
+    # Conditional: on SQLite the SELECT above locks nothing, and another worker may have claimed first. What
+    # it returns is exactly what this worker now holds, with the columns a claim needs: no second read.
+    granted = (
         update(Location)
-        .where(Location.id.in_(ids), *due_filter(now))
+        .where(one_of(db, Location.id, ids), *due_filter(now))
         .values(CLAIM.granted(worker, expires_at))
+        .returning(*CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    rows = db.scalars(select(Location).where(Location.id.in_(ids), CLAIM.held_by(worker)).order_by(Location.id)).all()
+    rows = sorted(db.execute(granted), key=attrgetter("id"))
     claims = [_claim_of(references.keys, row, expires_at) for row in rows]
     # One question for the whole batch: which claimed data does another live location reach by its name?
     asking = [item for item in claims if item.identity is not None and item.problem is None]
@@ -137,10 +158,12 @@ def claim(
         for item, answer in zip(asking, references.find_all(questions), strict=True)
         if any(reference.shares_name for reference in answer)
     }
-    return [replace(item, is_shared=item.location_id in shared) for item in claims]
+    if not shared:
+        return claims
+    return [replace(item, is_shared=True) if item.location_id in shared else item for item in claims]
 
 
-def _claim_of(keys: DataKeys, row: Location, expires_at: datetime) -> Claim:
+def _claim_of(keys: DataKeys, row: Row[Any], expires_at: datetime) -> Claim:
     """A claim of one row, with what its URL reaches now, or the problem that keeps its data from deletion."""
     try:
         url = keys.vault.open(row.url)
