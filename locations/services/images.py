@@ -96,11 +96,6 @@ class ImageService:
         authorize_image(caller, rule, image_target(image.owner, image.visibility))
         return image
 
-    def reload(self, image_id: uuid.UUID) -> Image:
-        """The image as committed now (another unit of work may have changed it), without its details."""
-        query = select(Image).where(Image.id == image_id).options(lazyload(Image.properties), lazyload(Image.tags))
-        return self._db.scalars(query.execution_options(populate_existing=True)).one()
-
     def create(self, caller: Identity, request: ImageCreate) -> Image:
         """A new queued image owned by the caller's project (or the owner an admin names), charged to the owner."""
         check_owner_change(caller, request.attributes.get("owner"))
