@@ -6,40 +6,15 @@ their own values (never prepared); statements built once per shape never carry o
 the next.
 """
 
-import uuid
-from collections.abc import Iterator
-
-import psycopg
-import pytest
 from sqlalchemy import Engine
 
-from locquota.db import make_engine, upgrade_to_head
+from tests import stoppable_postgresql
 from tests.conftest import identity
 from tests.servers import PostgresqlServer
 
 TENANT = identity("tenant-a")
-
-
-@pytest.fixture(scope="module")
-def own_postgresql() -> Iterator[PostgresqlServer]:
-    server = PostgresqlServer()
-    server.start()
-    yield server
-    server.remove()
-
-
-@pytest.fixture
-def database_url(own_postgresql: PostgresqlServer) -> str:
-    """A fresh, migrated database on this module's server (running again if a previous test stopped it)."""
-    own_postgresql.start()
-    name = f"reads_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(own_postgresql.url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    url = f"{own_postgresql.url}/{name}"
-    engine = make_engine(url)
-    upgrade_to_head(engine)
-    engine.dispose()
-    return url
+# This module stops and starts its own PostgreSQL: the app runs on it (database_url overrides conftest's).
+own_postgresql, database_url = stoppable_postgresql.own_postgresql, stoppable_postgresql.database_url
 
 
 def restart(server: PostgresqlServer) -> None:

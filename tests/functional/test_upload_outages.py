@@ -8,11 +8,9 @@ saving, exact counters and no file without a location. Redis going away changes 
 """
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -24,38 +22,18 @@ from locations.scrubber import Scrubber
 from locations.services.recount import reconcile_batches
 from locations.services.upload_reaper import UploadReaper
 from locquota.cli import cli
-from locquota.db import make_engine, upgrade_to_head
 from locquota.leases import LeaseTerms
+from tests import stoppable_postgresql
 from tests.conftest import identity
 from tests.fakes import POLICY, FakeFailingStore, build_app_with_store, registry_of, unit_of_work_on
-from tests.servers import PostgresqlServer, RedisServer
+from tests.servers import RedisServer
 from tests.uploading import ObservingBody, send_upload
 
 TENANT = identity("tenant-a")
+# This module stops and starts its own PostgreSQL: the app runs on it (database_url overrides conftest's).
+own_postgresql, database_url = stoppable_postgresql.own_postgresql, stoppable_postgresql.database_url
 LEASE_SECONDS = 300
 CHUNK = 4096
-
-
-@pytest.fixture(scope="module")
-def own_postgresql() -> Iterator[PostgresqlServer]:
-    server = PostgresqlServer()
-    server.start()
-    yield server
-    server.remove()
-
-
-@pytest.fixture
-def database_url(own_postgresql: PostgresqlServer) -> str:
-    """A fresh, migrated database on this module's server (running again if a previous test stopped it)."""
-    own_postgresql.start()
-    name = f"outage_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(own_postgresql.url + "/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    url = f"{own_postgresql.url}/{name}"
-    engine = make_engine(url)
-    upgrade_to_head(engine)
-    engine.dispose()
-    return url
 
 
 @pytest.fixture
