@@ -24,7 +24,7 @@ class TenantChange:
     """What the per-row path's ledger charges add up to for one tenant."""
 
     deltas: Counter[Resource] = field(default_factory=Counter)
-    charges: int = 0  # each charge bumps tenant_usage.version, even one that changes no total
+    charges: int = 0  # each charge bumps tenant_usage.version once (a charge that changes no total is not made)
 
 
 @dataclass(slots=True)
