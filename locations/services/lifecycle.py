@@ -138,15 +138,14 @@ class LocationLifecycle:
         self._ledger.move_space(image.owner, store, None, SpaceState.ACTIVE, charged)
         return self._new_location(image, url, identity, store, metadata, size_bytes)
 
-    def admit_landing(
-        self, owner: str, during: ImageStatus, target: ImageStatus, resource: Resource, size_bytes: int, limits: Limits
-    ) -> None:
-        """The last unit of an upload (or staging) starts here: its bytes and its status change, admitted at once.
+    def admit_upload(self, owner: str, size_bytes: int, limits: Limits) -> None:
+        """An upload's landing starts here: its bytes and the end of saving, admitted in one conditional UPDATE.
 
-        One conditional UPDATE of the owner's usage, the first row the unit locks (as every writer locks it
-        first), so the lock is held only for the unit's few short writes and its commit; 413 changes nothing.
+        The owner's usage is the first row the landing locks (as every writer locks it first), so the lock
+        is held only for the landing's few short writes and its commit; 413 changes nothing.
         """
-        self._ledger.charge(owner, {resource: size_bytes, **count_changes(during, target)}, within=limits)
+        deltas = {Resource.IMAGE_SIZE_TOTAL: size_bytes, **count_changes(ImageStatus.SAVING, ImageStatus.ACTIVE)}
+        self._ledger.charge(owner, deltas, within=limits)
 
     def land_upload(
         self,

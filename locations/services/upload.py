@@ -305,9 +305,7 @@ class ImageDataService:
         """The image active with the upload's first location: admitted first, so a refusal finds nothing written."""
         store_name, url, reader = landed.store, landed.url, landed.reader
         identity = self._stores[store_name].identify(url)  # a store call: before the unit locks anything
-        self._lifecycle.admit_landing(
-            landed.owner, ImageStatus.SAVING, ImageStatus.ACTIVE, Resource.IMAGE_SIZE_TOTAL, reader.size, landed.limits
-        )
+        self._lifecycle.admit_upload(landed.owner, reader.size, landed.limits)
         image = self.hold_landing(
             landed,
             ImageStatus.SAVING,

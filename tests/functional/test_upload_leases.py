@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from webtest import TestApp
 
 from locations.models import Image, ImageStatus, Location, LocationStatus, Upload
 from locations.scrubber import Scrubber
@@ -25,7 +26,7 @@ from locations.stores.base import StoreError, StoreRegistry
 from locations.stores.file import FileStore
 from locquota.leases import LeaseTerms
 from locquota.settings import Settings, SettingsError
-from tests.fakes import POLICY, FakeFailingStore, registry_of, unit_of_work_on
+from tests.fakes import POLICY, FakeFailingStore, build_app_with_store, registry_of, unit_of_work_on
 from tests.uploading import ObservingBody, send_upload
 
 LEASE = timedelta(seconds=300)  # the default locquota.upload_lease_seconds
@@ -199,6 +200,38 @@ def test_an_image_deleted_while_its_data_streamed_in_stays_deleted_and_keeps_no_
     assert files_in(store_root) == []
     assert upload_row(engine, image["id"]) is None
     assert totals(usage_of) == idle_usage(count=0)
+
+
+def test_a_lease_taken_over_after_the_data_is_linked_lands_nothing(
+    settings, engine, tenant, clock, reaper, scrubber, store_root, usage_of
+):
+    """A worker frozen past its lease between linking its data and landing it: the reaper hands the data over
+    first, and the landing's guarded delete of the lease finds it gone: 409, nothing recorded twice."""
+    store = FakeFailingStore.at(store_root)
+    wsgi_app = build_app_with_store(settings, store, clock)
+    app = TestApp(wsgi_app)
+    body = {"name": "frozen", "disk_format": "raw", "container_format": "bare"}
+    image = app.post_json("/v2/images", body, headers=tenant, status=201).json
+    reaped = []
+
+    def freeze_past_the_lease() -> None:
+        clock.advance(seconds=LEASE.total_seconds() + 1)
+        reaped.append(reaper.run_once())
+
+    store.after_add = freeze_past_the_lease
+    response = send_upload(wsgi_app, image["id"], tenant, ObservingBody(b"g" * CHUNK, None), CHUNK)
+
+    assert response.status_int == 409
+    assert response.json["error"]["code"] == "upload_interrupted"
+    assert [(report.uploads, report.locations) for report in reaped] == [(1, 1)]  # the linked file, handed over
+    assert image_of(engine, image["id"]).status is ImageStatus.QUEUED
+    assert upload_row(engine, image["id"]) is None
+    assert locations_of(engine, image["id"]) == [(LocationStatus.PENDING_DELETE, CHUNK)]
+    scrubber.run_once()
+    assert locations_of(engine, image["id"]) == [(LocationStatus.DELETED, CHUNK)]
+    assert files_in(store_root) == []
+    assert totals(usage_of) == idle_usage()
+    wsgi_app.registry["locquota.engine"].dispose()
 
 
 # --- dead uploads and the reaper ----------------------------------------------------------------------------------
