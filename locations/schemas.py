@@ -7,6 +7,7 @@ that changes nothing.
 import re
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import jsonschema
@@ -30,8 +31,6 @@ from locquota.settings import Settings
 DISK_FORMATS = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"]
 CONTAINER_FORMATS = ["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]
 UUID_PATTERN = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
-PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
-PATCH_MEDIA_TYPES = {"application/openstack-images-v2.0-json-patch", PATCH_MEDIA_TYPE}
 MAX_PROPERTY_NAME_CHARS = 255
 MAX_INT32 = 2**31 - 1
 MAX_FILTER_VALUES = 100
@@ -230,6 +229,25 @@ def image_create(request: Request, settings: Settings) -> ImageCreate:
     return ImageCreate(uuid.UUID(raw_id) if raw_id else None, attributes, list(dict.fromkeys(tags)), body)
 
 
+class PatchDialect(StrEnum):
+    """Glance's two PATCH media types, and so its two json-patch dialects.
+
+    v2.1 is RFC 6902 (`{"op": "replace", "path": "/name", "value": "x"}`), what glanceclient sends. v2.0 is the
+    older draft that OpenStack's own integration tests send: the operation is the key (`{"replace": "/name",
+    "value": "x"}`), and its add only creates (409 for a property the image has, base attributes included).
+    """
+
+    V2_0 = "application/openstack-images-v2.0-json-patch"
+    V2_1 = "application/openstack-images-v2.1-json-patch"
+
+
+PATCH_MEDIA_TYPES = frozenset(dialect.value for dialect in PatchDialect)
+PATCH_OPERATIONS = ("add", "remove", "replace")
+# Glance's _path_depth_limits: a location path may name an index; any other path names one attribute.
+LOCATION_PATH_DEPTHS = {"add": 2, "remove": 2, "replace": 1}
+MAX_SHOWN_CHARS = 255
+
+
 @dataclass(frozen=True, slots=True)
 class PatchOperation:
     """One Glance json-patch change: op, the attribute it names, and the value for add/replace."""
@@ -239,16 +257,46 @@ class PatchOperation:
     value: object = None
 
 
-def _pointer_name(pointer: object) -> str:
-    """The one attribute a Glance patch path names (depth 1; json-pointer escapes decoded)."""
-    if not isinstance(pointer, str) or not pointer.startswith("/"):
-        raise InvalidPatchPath("A patch path must be a string starting with '/'.")
-    parts = pointer[1:].split("/")
-    if len(parts) != 1 or not parts[0].strip():
-        raise InvalidPatchPath("Invalid JSON pointer for this resource.", path=pointer[:255])
+def _pointer_parts(pointer: object) -> list[str]:
+    """The tokens of a Glance patch path, read as Glance reads them in both dialects.
+
+    A leading '/'; no empty token ('//', a trailing '/'); RFC 6901 escapes (~1 is '/', ~0 is '~', any other '~'
+    refused), decoded after the split so an escaped '/' never adds depth; white space around a token dropped.
+    """
+    if not isinstance(pointer, str):
+        raise InvalidPatchPath("A patch path must be a string starting with '/'.")  # Glance: 500
+    shown = pointer[:MAX_SHOWN_CHARS]
+    if not pointer.startswith("/"):
+        raise InvalidPatchPath(f'Pointer `{shown}` does not start with "/".', path=shown)
+    if re.search(r"/\s*/", pointer[1:]):
+        raise InvalidPatchPath(f'Pointer `{shown}` contains adjacent "/".', path=shown)
+    if len(pointer) > 1 and pointer.endswith("/"):
+        raise InvalidPatchPath(f'Pointer `{shown}` ends with "/".', path=shown)
     if re.search("~[^01]", pointer) or pointer.endswith("~"):
-        raise InvalidPatchPath("The patch path has a '~' that is not an escape sequence.", path=pointer[:255])
-    return parts[0].replace("~1", "/").replace("~0", "~").strip()
+        raise InvalidPatchPath(f'Pointer `{shown}` contains "~" not part of a recognized escape sequence.', path=shown)
+    parts = [part.replace("~1", "/").replace("~0", "~").strip() for part in pointer[1:].split("/")]
+    if not parts[0]:  # "/" or "/  ": Glance would store a property named ""
+        raise InvalidPatchPath(f"Pointer `{shown}` names no attribute.", path=shown)
+    return parts
+
+
+def _operation_and_pointer(raw: dict[str, object], dialect: PatchDialect) -> tuple[str, object]:
+    """The op and the path of one change, as its dialect spells them; 400 naming what is missing."""
+    if dialect is PatchDialect.V2_0:
+        named = [op for op in PATCH_OPERATIONS if op in raw]
+        if len(named) != 1:
+            how = "only" if named else "exactly"
+            raise InvalidPatch(f'Operation objects must contain {how} one member named "add", "remove", or "replace".')
+        return named[0], raw[named[0]]
+    op = raw.get("op")
+    if op is None:
+        raise InvalidPatch("Unable to find `op` in JSON Schema change. It must be one of: add, remove, replace.")
+    if op not in PATCH_OPERATIONS:
+        shown = str(op)[:MAX_SHOWN_CHARS]
+        raise InvalidPatch(f"Invalid operation: `{shown}`. It must be one of: add, remove, replace.")
+    if "path" not in raw:
+        raise InvalidPatchPath("Unable to find 'path' in JSON Schema change.")
+    return str(op), raw["path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +318,11 @@ class LocationChange:
 
 @dataclass(frozen=True, slots=True)
 class ImagePatch:
-    """A parsed PATCH: property changes, and location changes in the order given."""
+    """A parsed PATCH: property changes, and location changes in the order given, and the dialect they came in."""
 
     properties: list[PatchOperation]
     locations: list[LocationChange]
+    dialect: PatchDialect = PatchDialect.V2_1
 
 
 MAX_LOCATION_INDEX_DIGITS = 4
@@ -290,57 +339,60 @@ def _location_specs(value: object) -> tuple[LocationSpec, ...]:
     return tuple(LocationSpec(item["url"], item["metadata"]) for item in value)  # type: ignore[union-attr, index]
 
 
-def _location_change(op: str, pointer: str, raw: dict[str, object]) -> LocationChange:
+def _location_change(op: str, parts: list[str], value: object, *, locations_shown: bool) -> LocationChange:
     """Glance's location paths: add /locations/- or /locations/N, remove /locations/N, replace /locations."""
-    parts = pointer.split("/")[1:]
-    if op != "remove" and "value" not in raw:
-        raise InvalidPatch(f'Operation "{op}" requires a member named "value".')
+    pointer = "/" + "/".join(parts)
     if op == "replace":
-        if len(parts) != 1:
-            raise InvalidPatchPath("replace takes the whole /locations list.", path=pointer[:255])
-        return LocationChange("replace", locations=_location_specs(raw["value"]))
-    if len(parts) != 2:
-        raise InvalidPatchPath(f"{op} takes /locations/<index>.", path=pointer[:255])
-    if op == "remove":
-        return LocationChange("remove", index=_location_index(parts[1], pointer))
-    index = None if parts[1] == "-" else _location_index(parts[1], pointer)
-    return LocationChange("add", index=index, locations=_location_specs([raw["value"]]))
+        change = LocationChange("replace", locations=_location_specs(value))
+    elif op == "remove":
+        change = LocationChange("remove", index=_location_index(parts[1], pointer))
+    else:
+        index = None if parts[1] == "-" else _location_index(parts[1], pointer)
+        change = LocationChange("add", index=index, locations=_location_specs([value]))
+    if not locations_shown:  # after the body's own checks, as Glance refuses in its controller
+        raise Forbidden("Locations cannot be changed while the deployment does not show them.")
+    return change
 
 
-def _patch_operation(raw: object, *, locations_shown: bool) -> PatchOperation | LocationChange:
+def _patch_change(raw: object, dialect: PatchDialect, *, locations_shown: bool) -> PatchOperation | LocationChange:
+    """One change, checked in Glance's order: its op and path, the path's depth, its value, then the attribute."""
     if not isinstance(raw, dict):
         raise InvalidPatch("Operations must be JSON objects.")
-    op = raw.get("op")
-    if op not in ("add", "remove", "replace"):
-        raise InvalidPatch("The operation must be one of add, remove, replace.")
-    pointer = raw.get("path")
-    if isinstance(pointer, str) and pointer.split("/")[1:2] == ["locations"]:
-        if not locations_shown:
-            raise Forbidden("Locations cannot be changed while the deployment does not show them.")
-        return _location_change(op, pointer, raw)
-    name = _pointer_name(pointer)
+    op, pointer = _operation_and_pointer(raw, dialect)
+    parts = _pointer_parts(pointer)
+    depth = LOCATION_PATH_DEPTHS[op] if parts[0] == "locations" else 1
+    if len(parts) != depth:
+        shown = "/".join(parts)[:MAX_SHOWN_CHARS]
+        raise InvalidPatchPath(f"Invalid JSON pointer for this resource: '/{shown}'.", path=shown)
+    if op != "remove" and "value" not in raw:
+        raise InvalidPatch(f'Operation "{op}" requires a member named "value".')
+    value = raw.get("value")
+    if parts[0] == "locations":
+        return _location_change(op, parts, value, locations_shown=locations_shown)
+    name = parts[0]
     _check_attribute_name(name, for_create=False)
     if op == "remove":
         return PatchOperation(op, name)
-    if "value" not in raw:
-        raise InvalidPatch(f'Operation "{op}" requires a member named "value".')
-    validate_image_document({name: raw["value"]})
-    return PatchOperation(op, name, raw["value"])
+    validate_image_document({name: value})
+    return PatchOperation(op, name, value)
 
 
 def image_patch(request: Request, settings: Settings) -> ImagePatch:
-    """Parse a PATCH body; 415 unless it is Glance's json-patch media type."""
+    """Parse a PATCH body in the dialect its media type names; 415 for any other media type."""
     if request.content_type not in PATCH_MEDIA_TYPES:
+        accepted = sorted(PATCH_MEDIA_TYPES)
         raise UnsupportedMediaType(
-            f"Image PATCH expects Content-Type {PATCH_MEDIA_TYPE}.", accepted=sorted(PATCH_MEDIA_TYPES)
+            f"Image PATCH expects Content-Type one of: {', '.join(accepted)}.", accepted=accepted
         )
+    dialect = PatchDialect(request.content_type)
     body = read_json_body(request, settings.max_request_body_bytes)
     if not isinstance(body, list):
         raise InvalidPatch("Request body must be a JSON array of operation objects.")
-    changes = [_patch_operation(raw, locations_shown=settings.show_multiple_locations) for raw in body]
+    changes = [_patch_change(raw, dialect, locations_shown=settings.show_multiple_locations) for raw in body]
     return ImagePatch(
         [change for change in changes if isinstance(change, PatchOperation)],
         [change for change in changes if isinstance(change, LocationChange)],
+        dialect,
     )
 
 
@@ -362,6 +414,7 @@ class ImageQuery:
     equal_filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
+    size: int | None = None  # bytes, exactly; the bounds are inclusive; each leaves out images without data
     size_min: int | None = None
     size_max: int | None = None
     protected: bool | None = None
@@ -419,6 +472,32 @@ def _integer(name: str, raw: str | None) -> int | None:
     return int(raw)
 
 
+MAX_BIGINT = 2**63 - 1  # the size column's largest value, on every database
+MAX_BIGINT_DIGITS = len(str(MAX_BIGINT))
+
+
+def _size_filter(name: str, raw: str | None) -> int | None:
+    """A size in bytes to filter on: digits, at most the size column's largest value (a bigint); 400 otherwise.
+
+    Glance takes size_min/size_max with Python's int() (400 "Unable to filter on a range with a non-numeric
+    value.") and size as a column equality. Past a bigint, PostgreSQL fails the statement (bigint out of range)
+    and SQLite cannot bind the value: both would be 500s.
+    """
+    if raw is None:
+        return None
+    digits = raw.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        if re.fullmatch(r"-\d+", digits):
+            raise InvalidQueryParameter(f"{name} must not be negative: it is a number of bytes.")
+        if name == "size":
+            raise InvalidQueryParameter("size must be a number of bytes.")
+        raise InvalidQueryParameter("Unable to filter on a range with a non-numeric value.")  # Glance's words
+    value = int(digits) if len(digits) <= MAX_BIGINT_DIGITS else MAX_BIGINT + 1
+    if value > MAX_BIGINT:
+        raise InvalidQueryParameter(f"{name} is out of range: at most {MAX_BIGINT} bytes.")
+    return value
+
+
 def _flag(name: str, raw: str | None) -> bool | None:
     if raw is None:
         return None
@@ -472,8 +551,9 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
         raise InvalidQueryParameter('The "changes-since" filter is no longer available on v2.')
     member_statuses = _member_statuses(_single(params, "member_status"))
     visibilities = _visibilities(_single(params, "visibility"))
-    size_min = _integer("size_min", _single(params, "size_min"))
-    size_max = _integer("size_max", _single(params, "size_max"))
+    size = _size_filter("size", _single(params, "size"))
+    size_min = _size_filter("size_min", _single(params, "size_min"))
+    size_max = _size_filter("size_max", _single(params, "size_max"))
     protected = _flag("protected", _single(params, "protected"))
     os_hidden = _flag("os_hidden", _single(params, "os_hidden")) or False
     equal_filters: dict[str, tuple[str, ...]] = {}
@@ -497,6 +577,7 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
         equal_filters=equal_filters,
         tags=tags,
         properties=properties,
+        size=size,
         size_min=size_min,
         size_max=size_max,
         protected=protected,

@@ -170,6 +170,10 @@ class PropertyNotFound(LocquotaError):
     status, code = 409, "property_not_found"
 
 
+class PropertyExists(LocquotaError):
+    status, code = 409, "property_exists"  # a v2.0 json-patch add of a property the image already has
+
+
 class LengthRequired(LocquotaError):
     status, code = 411, "length_required"
 

@@ -80,8 +80,8 @@ IMAGE_KEYS = tuple(column.key for column in IMAGE_COLUMNS)
 # against callers that send every combination of filters.
 PAGE_SHAPES_KEPT = 512
 # The filters' part of a list statement's shape: os_hidden, the equality filters' names, the number of tag
-# and of property filters, whether size_min and size_max are given, protected.
-FilterShape = tuple[bool, tuple[str, ...], int, int, bool, bool, bool | None]
+# and of property filters, whether size, size_min and size_max are given, protected.
+FilterShape = tuple[bool, tuple[str, ...], int, int, bool, bool, bool, bool | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +474,8 @@ def _filter_shape(query: ImageQuery, params: dict[str, object]) -> FilterShape:
         params[f"tag_{index}"] = tag
     for index, (name, value) in enumerate(query.properties.items()):
         params[f"property_name_{index}"], params[f"property_value_{index}"] = name, value
+    if query.size is not None:
+        params["size"] = query.size
     if query.size_min is not None:
         params["size_min"] = query.size_min
     if query.size_max is not None:
@@ -483,6 +485,7 @@ def _filter_shape(query: ImageQuery, params: dict[str, object]) -> FilterShape:
         tuple(query.equal_filters),
         len(query.tags),
         len(query.properties),
+        query.size is not None,
         query.size_min is not None,
         query.size_max is not None,
         query.protected,
@@ -490,7 +493,7 @@ def _filter_shape(query: ImageQuery, params: dict[str, object]) -> FilterShape:
 
 
 def _filters(shape: FilterShape) -> list[ColumnElement[bool]]:
-    os_hidden, equal_names, tags, properties, size_min, size_max, protected = shape
+    os_hidden, equal_names, tags, properties, size, size_min, size_max, protected = shape
     filters: list[ColumnElement[bool]] = [Image.os_hidden.is_(os_hidden)]
     for name in equal_names:
         column = Image.id if name == "id" else IN_FILTER_COLUMNS[name]
@@ -504,6 +507,10 @@ def _filters(shape: FilterShape) -> list[ColumnElement[bool]]:
         filters.append(
             exists().where(ImageProperty.image_id == Image.id, ImageProperty.name == name, ImageProperty.value == value)
         )
+    # On the bare column (no coalesce, unlike the size sort key): images without data never match, as in Glance,
+    # and an index on size could serve the condition.
+    if size:
+        filters.append(Image.size == bindparam("size", type_=Image.size.type))
     if size_min:
         filters.append(Image.size >= bindparam("size_min", type_=Image.size.type))
     if size_max:

@@ -16,7 +16,14 @@ from locations.models import (
     ImageTag,
     Visibility,
 )
-from locations.schemas import EDITABLE_BASE, ImageCreate, ImagePatch, PatchOperation, validate_image_document
+from locations.schemas import (
+    EDITABLE_BASE,
+    ImageCreate,
+    ImagePatch,
+    PatchDialect,
+    PatchOperation,
+    validate_image_document,
+)
 from locations.services.catalog import visible_to
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.lifecycle import LocationLifecycle
@@ -27,6 +34,7 @@ from locquota.errors import (
     ImageConflict,
     ImageNotFound,
     InvalidBody,
+    PropertyExists,
     PropertyNotFound,
     TagNotFound,
     TooManyProperties,
@@ -137,7 +145,7 @@ class ImageService:
         """Apply a Glance json-patch: attributes and properties, then locations, all or nothing."""
         image = self.get(caller, image_id, "modify_image", for_update=bool(patch.locations))
         if patch.properties:
-            self._patch_properties(caller, image, patch.properties)
+            self._patch_properties(caller, image, patch.properties, adds_only_new=patch.dialect is PatchDialect.V2_0)
         if patch.locations:
             self._locations.apply(caller, image, patch.locations)
         return image
@@ -148,18 +156,25 @@ class ImageService:
         image = self.get(caller, image_id, "delete_image_location", for_update=True, with_details=False)
         self._locations.remove_from_store(image, store_name)
 
-    def _patch_properties(self, caller: Identity, image: Image, changes: list[PatchOperation]) -> None:
+    def _patch_properties(
+        self, caller: Identity, image: Image, changes: list[PatchOperation], *, adds_only_new: bool
+    ) -> None:
+        """Apply the changes in order, each to the result of the ones before, as Glance does.
+
+        adds_only_new: the v2.0 dialect, whose add of a property the image has (a base attribute always) is 409.
+        """
         document = self._editable_document(image)
-        operations = []
+        patched = dict(document)  # depth-1 paths only replace top-level members: a shallow copy is enough
         for change in changes:
             if change.op == "remove" and change.name in EDITABLE_BASE:
                 raise Forbidden(f"Property {change.name} may not be removed.")
+            if change.op == "add" and adds_only_new and change.name in patched:
+                raise PropertyExists(f"Property {change.name} already present.")
             path = "/" + change.name.replace("~", "~0").replace("/", "~1")
-            operations.append({"op": change.op, "path": path, "value": change.value})
-        try:
-            patched = jsonpatch.apply_patch(document, operations)
-        except jsonpatch.JsonPatchConflict as exc:
-            raise PropertyNotFound("The property to change does not exist.") from exc
+            try:
+                jsonpatch.apply_patch(patched, [{"op": change.op, "path": path, "value": change.value}], in_place=True)
+            except jsonpatch.JsonPatchConflict as exc:
+                raise PropertyNotFound(f"Property {change.name} does not exist.") from exc
         validate_image_document(patched)
         check_counts(len(set(patched["tags"])), len(patched) - len(EDITABLE_BASE))  # type: ignore[arg-type]
         if patched["owner"] is None:
