@@ -12,9 +12,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from pyramid.config import Configurator
 from pyramid.request import Request
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import ExecutionContext, make_url
 from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
@@ -33,6 +34,22 @@ class Base(DeclarativeBase):
     """Every model's base; constraint names are stable so migrations can refer to them."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+@compiles(DateTime, "mysql")
+@compiles(DateTime, "mariadb")
+def _microsecond_datetime(_type: DateTime, _compiler: object, **_kw: object) -> str:
+    """MariaDB's DATETIME keeps whole seconds unless told otherwise: keep microseconds, as PostgreSQL does.
+
+    Listing order (created_at, id), lease expiry and scrub due times compare timestamps a request apart.
+    """
+    return "DATETIME(6)"
+
+
+# MariaDB/MySQL sessions: READ COMMITTED as on PostgreSQL (each statement sees what was committed before it,
+# so a read after waiting for a row lock sees the winner's write), and utf8mb4 on the wire.
+MYSQL_ISOLATION = "READ COMMITTED"
+MYSQL_CHARSET = "utf8mb4"
 
 
 def _tune_sqlite(dbapi_connection: object, _record: object) -> None:
@@ -108,15 +125,17 @@ def _execute_unprepared(cursor: object, statement: str, parameters: object, cont
 
 
 def make_engine(database_url: str) -> Engine:
-    """An engine for PostgreSQL (psycopg 3) or SQLite, with SQLite tuned for several threads.
+    """An engine for PostgreSQL (psycopg 3), MariaDB/MySQL (PyMySQL) or SQLite, SQLite tuned for several threads.
 
     A pooled PostgreSQL connection is checked at checkout by looking at its socket (server_hung_up) rather
     than by pool_pre_ping, whose round trip was a quarter of a GET's database time. SQLite has no server to
-    lose; any other backend keeps pool_pre_ping.
+    lose; MariaDB keeps pool_pre_ping.
     """
     url = make_url(database_url)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
+    if url.drivername in ("mysql", "mariadb"):
+        url = url.set(drivername=f"{url.drivername}+pymysql")  # OpenStack's driver, pure Python
     backend = url.get_backend_name()
     if backend == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +144,10 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(url, connect_args=keepalives)
         event.listen(engine, "checkout", _replace_dead_connection)
         event.listen(engine, "do_execute", _execute_unprepared)
+    elif backend in ("mysql", "mariadb"):
+        url = url.update_query_dict({"charset": MYSQL_CHARSET}) if "charset" not in url.query else url
+        # pool_recycle: MariaDB closes a connection idle for wait_timeout (8 h by default) on its own.
+        engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600, isolation_level=MYSQL_ISOLATION)
     else:
         engine = create_engine(url, pool_pre_ping=backend != "sqlite")
     if backend == "sqlite":

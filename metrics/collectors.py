@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from locations.services.audit import Finding
@@ -84,13 +84,27 @@ class ScrapeCollector:
 
     def _in_session(self, part: Callable[[Session], Iterable[Metric]]) -> list[Metric]:
         with self._sessions() as session:
+            dialect = session.get_bind().dialect.name
+            limited = session.connection() if dialect in ("mysql", "mariadb") else None
             try:
-                if session.get_bind().dialect.name == "postgresql":
+                if dialect == "postgresql":
                     timeout_ms = int(self._timeout * 1000)
                     session.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+                elif limited is not None:
+                    # MariaDB's timeout is per session or per statement; per statement, so that the pooled
+                    # connection goes back to requests without it.
+                    event.listen(limited, "before_cursor_execute", self._time_limited, retval=True)
                 return list(part(session))
             finally:
+                if limited is not None:
+                    event.remove(limited, "before_cursor_execute", self._time_limited)
                 session.rollback()  # read only: nothing to commit, and nothing to wake the cache listener
+
+    def _time_limited(
+        self, _connection: Connection, _cursor: object, statement: str, parameters: object, *_rest: object
+    ) -> tuple[str, object]:
+        """A MariaDB statement run under the scrape's timeout (max_statement_time, in seconds)."""
+        return f"SET STATEMENT max_statement_time = {self._timeout:.3f} FOR {statement}", parameters
 
     def _backlog(self, session: Session) -> Iterator[Metric]:
         labels = ["store"]

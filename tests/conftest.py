@@ -1,8 +1,9 @@
 """Servers, settings, the app, a database session and identity headers for every test.
 
-The suite starts its own PostgreSQL and Redis on free ports on 127.0.0.1. Database tests run on both
-PostgreSQL and SQLite (`database_url` is parametrized); `@pytest.mark.postgresql` keeps a test to
-PostgreSQL. Each test gets an empty, migrated database, and the app commits for real.
+The suite starts its own PostgreSQL, MariaDB and Redis on free ports on 127.0.0.1. Database tests run on
+PostgreSQL, MariaDB and SQLite (`database_url` is parametrized); `@pytest.mark.postgresql` and
+`@pytest.mark.mariadb` keep a test to those servers. Each test gets an empty, migrated database, and the app
+commits for real.
 """
 
 import os
@@ -14,8 +15,11 @@ from pathlib import Path
 
 import port_for
 import psycopg
+import pymysql
 import pytest
 import redis
+import sqlalchemy
+from pymysql.constants.CLIENT import MULTI_STATEMENTS
 from pyramid.router import Router
 from pytest_redis import factories as redis_factories
 from sqlalchemy import Engine
@@ -25,7 +29,7 @@ from webtest import TestApp
 from locquota.app import configure
 from locquota.clock import Clock, FrozenClock
 from locquota.db import make_engine, upgrade_to_head
-from tests.servers import postgresql_server
+from tests.servers import mariadb_server, postgresql_server
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 TABLES = (
@@ -47,21 +51,28 @@ TABLES = (
     "tasks",
 )
 
+# A test marked with one or both runs on those database servers only (not on SQLite).
+SERVER_MARKERS = ("postgresql", "mariadb")
+# Every table on MariaDB, which has no TRUNCATE ... CASCADE (image_members goes with images on PostgreSQL).
+MARIADB_TABLES = (*TABLES, "image_members")
+
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "postgresql: needs PostgreSQL (row locks, SKIP LOCKED, concurrency)")
+    config.addinivalue_line("markers", "postgresql: runs on PostgreSQL (row locks, SKIP LOCKED, concurrency)")
+    config.addinivalue_line("markers", "mariadb: runs on MariaDB (with postgresql: on both, not on SQLite)")
     config.addinivalue_line("markers", "glance_dump: imports a Glance dump from a PostgreSQL or MariaDB it starts")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop the SQLite variant of tests marked postgresql."""
+    """Keep only the database variants a test is marked for (postgresql, mariadb), when it is marked."""
     kept, dropped = [], []
     for item in items:
         params = getattr(item, "callspec", None)
-        on_sqlite = params is not None and params.params.get("database_url") == "sqlite"
-        (dropped if on_sqlite and item.get_closest_marker("postgresql") else kept).append(item)
+        engine = params.params.get("database_url") if params is not None else None
+        wanted = {name for name in SERVER_MARKERS if item.get_closest_marker(name)}
+        (dropped if engine is not None and wanted and engine not in wanted else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
@@ -92,6 +103,51 @@ def postgresql_migrated_url(postgresql_admin_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def mariadb_admin_url() -> Iterator[str]:
+    with mariadb_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mariadb_migrated_url(mariadb_admin_url: str) -> str:
+    with sqlalchemy.create_engine(mariadb_admin_url).connect() as connection:
+        connection.exec_driver_sql("CREATE DATABASE locquota_test")
+    url = mariadb_admin_url + "/locquota_test"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    return url
+
+
+def empty_mariadb(url: str) -> None:
+    """Delete every row of every table and start ids at 1 again, as TRUNCATE ... RESTART IDENTITY CASCADE does
+    on PostgreSQL; only the tables whose ids moved are altered (an ALTER costs a few ms, a DELETE far less)."""
+    connection = pymysql.connect(**_pymysql_arguments(url), autocommit=True, client_flag=MULTI_STATEMENTS)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = DATABASE() AND auto_increment > 1"
+            )
+            moved = [name for (name,) in cursor.fetchall()]
+            statements = [
+                "SET FOREIGN_KEY_CHECKS = 0",
+                *(f"DELETE FROM {table}" for table in MARIADB_TABLES),  # noqa: S608  (our own table names)
+                *(f"ALTER TABLE {table} AUTO_INCREMENT = 1" for table in moved),
+            ]
+            cursor.execute("; ".join(statements))
+            while cursor.nextset():
+                pass
+    finally:
+        connection.close()
+
+
+def _pymysql_arguments(url: str) -> dict[str, object]:
+    parsed = sqlalchemy.make_url(url)
+    return {"host": parsed.host, "port": parsed.port, "user": parsed.username, "database": parsed.database}
+
+
+@pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "locquota.sqlite"
     engine = make_engine(f"sqlite:///{path}")
@@ -100,13 +156,17 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty, migrated database of the parametrized kind."""
     if request.param == "postgresql":
         url = request.getfixturevalue("postgresql_migrated_url")
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        return url
+    if request.param == "mariadb":
+        url = request.getfixturevalue("mariadb_migrated_url")
+        empty_mariadb(url)
         return url
     path = tmp_path / "locquota.sqlite"
     shutil.copyfile(request.getfixturevalue("sqlite_template"), path)

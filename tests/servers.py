@@ -138,8 +138,12 @@ def _mariadb_binary(name: str, default: str) -> str:
 
 
 @contextmanager
-def mariadb_server() -> Iterator[str]:
-    """Run a throwaway MariaDB on 127.0.0.1 and yield its URL (root, no grant tables); stop and remove it afterwards."""
+def mariadb_server(*, durable: bool = False) -> Iterator[str]:
+    """Run a throwaway MariaDB on 127.0.0.1 and yield its URL (root, no grant tables); stop and remove it afterwards.
+
+    Tests run it without flushing the redo log at each commit (speed, nothing to keep); durable=True flushes
+    it, as production runs it, for benchmarks of writes.
+    """
     mariadbd = _mariadb_binary("mariadbd", MARIADBD)
     install_db = _mariadb_binary("mariadb-install-db", MARIADB_INSTALL_DB)
     workdir = Path(tempfile.mkdtemp(prefix="locquota-mariadb-"))
@@ -160,14 +164,18 @@ def mariadb_server() -> Iterator[str]:
     command = [
         mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={workdir / 'mariadb.sock'}",
         f"--pid-file={workdir / 'mariadb.pid'}", f"--port={port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
-        "--skip-grant-tables", "--innodb-buffer-pool-size=32M", *as_user,
+        "--skip-grant-tables", "--innodb-buffer-pool-size=64M", "--max-connections=300", *as_user,
     ]  # fmt: skip
+    if not durable:
+        command += ["--innodb-flush-log-at-trx-commit=0", "--skip-innodb-doublewrite", "--skip-sync-frm"]
     log_path = workdir / "mariadbd.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_mariadb(process, port, log_path)
         yield f"mysql+pymysql://root@127.0.0.1:{port}"
+        if process.poll() is not None:  # died under the tests: say why, before its directory goes
+            pytest.fail(f"mariadbd died ({process.returncode}): {log_path.read_text(errors='replace')[-3000:]}")
     finally:
         process.terminate()
         try:

@@ -13,33 +13,28 @@ number of long-gone data matches nothing. Rows not yet re-keyed (data_key_versio
 
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
-    ARRAY,
-    ColumnElement,
     Connection,
-    FromClause,
     Row,
     and_,
-    any_,
     bindparam,
-    column,
-    func,
     or_,
     select,
-    values,
+    text,
+    update,
 )
 from sqlalchemy.orm import Session
-from sqlalchemy.types import TypeEngine
 
 from locations.models import (
     DATA_KEY_VERSION,
     LIVE_LOCATION_STATUSES,
     TEXT_KEY_VERSION,
+    DataKeyLockSlot,
     Image,
     Location,
     LocationStatus,
@@ -47,6 +42,7 @@ from locations.models import (
 from locations.stores.base import DataIdentity, StoreRegistry
 from locquota.crypto import UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
+from locquota.sql_batches import one_of
 
 # What a reference needs, read as plain columns: cheaper than loading Location objects for every claim.
 REFERENCE_COLUMNS = (
@@ -75,32 +71,29 @@ def connection_of(db: Session) -> Connection:
     return db.connection()
 
 
-def one_of(db: Session, expression: ColumnElement[Any], items: Collection[object]) -> ColumnElement[bool]:
-    """The test `expression IN items`, in the form the database handles best for a batch of items.
+def lock_data_keys(db: Session, key_hashes: Sequence[str]) -> None:
+    """Lock data keys until the transaction ends, in the order given (callers give them sorted: no deadlock).
 
-    PostgreSQL: `= ANY(:items)`, one array parameter: one value to send and parse, and one statement text
-    (so one cached compilation and plan) whatever the count, where an IN list is a parameter per item
-    (measured 9.9 ms against 2.6 ms for 500 ids). SQLite: an IN list, its only form.
+    PostgreSQL: an advisory lock per key, all in one statement (unnest WITH ORDINALITY keeps the order, and
+    the plan is a bare Function Scan that takes them row by row). MariaDB: one UPDATE of the keys' slots, in
+    slot order (DataKeyLockSlot). SQLite serialises every writer anyway.
     """
-    if db.get_bind().dialect.name == "postgresql":
-        return expression == any_(bindparam(None, list(items), type_=ARRAY(expression.type)))
-    return expression.in_(list(items))
-
-
-def rows_of(
-    db: Session, name: str, columns: Sequence[tuple[str, TypeEngine[Any]]], rows: Sequence[tuple[Any, ...]]
-) -> FromClause:
-    """Per-row values as a table a statement can join (`UPDATE ... FROM name WHERE ...`), named name.
-
-    PostgreSQL: unnest of one array per column, a constant statement text whatever the number of rows; a
-    VALUES list would be compiled anew for every batch, since its rows are part of the statement. SQLite:
-    a VALUES list in a CTE (SQLite takes no column names on a derived table), compiled per batch.
-    """
-    if db.get_bind().dialect.name == "postgresql":
-        arrays = [bindparam(None, [row[n] for row in rows], type_=ARRAY(type_)) for n, (_, type_) in enumerate(columns)]
-        names = [column(label, type_) for label, type_ in columns]
-        return func.unnest(*arrays).table_valued(*names, name=name).render_derived()
-    return values(*(column(label, type_) for label, type_ in columns), name=name).data(list(rows)).cte(name)
+    name = db.get_bind().dialect.name
+    if name == "postgresql":
+        ids = list(dict.fromkeys(int(key_hash[:15], 16) for key_hash in key_hashes))
+        ordered = (
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS t(k, n) ORDER BY n"
+        )
+        db.execute(text(ordered).bindparams(bindparam("ids", ids)))
+    elif name in ("mysql", "mariadb"):
+        # One UPDATE by primary key: InnoDB locks the slots in key order, whoever asks.
+        slots = sorted({int(key_hash[:4], 16) for key_hash in key_hashes})
+        db.execute(
+            update(DataKeyLockSlot)
+            .where(DataKeyLockSlot.slot.in_(slots))
+            .values(taken=DataKeyLockSlot.taken + 1)
+            .execution_options(synchronize_session=False)
+        )
 
 
 class Keyed(Protocol):
@@ -291,6 +284,4 @@ class DataReferences:
         return opened is not None and opened[1].inode == identity.inode
 
     def _lock_key(self, key_hash: str) -> None:
-        # PostgreSQL: a transaction-scoped advisory lock per data key; SQLite serialises every writer anyway.
-        if self._db.get_bind().dialect.name == "postgresql":
-            self._db.execute(select(func.pg_advisory_xact_lock(int(key_hash[:15], 16))))
+        lock_data_keys(self._db, [key_hash])

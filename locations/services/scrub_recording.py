@@ -28,7 +28,7 @@ from datetime import datetime
 from enum import Enum, auto
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
@@ -37,12 +37,12 @@ from locations.services.data_references import (
     Question,
     Reference,
     connection_of,
-    one_of,
-    rows_of,
+    lock_data_keys,
 )
 from locations.services.lifecycle import LocationLifecycle, count_changes, settled_status
 from locations.services.scrubbing import CLAIM, Claim, Deletion, Outcome, ScrubPolicy
 from locquota.clock import Clock
+from locquota.sql_batches import one_of, rows_of
 from quota.models import Resource
 from quota.services.batch_ledger import SpaceMove, TenantChange, charge_tenants, release_pending_space
 
@@ -182,19 +182,8 @@ def _lock_shared_groups(
 
 
 def _lock_keys(db: Session, key_hashes: list[str]) -> None:
-    """DataReferences' advisory lock of each key, all in one statement, in the order given.
-
-    unnest WITH ORDINALITY yields the array in order, and PostgreSQL knows it: the plan is a bare Function
-    Scan that evaluates the lock row by row in that order. SQLite serialises every writer anyway.
-    """
-    if db.get_bind().dialect.name != "postgresql":
-        return
-    ids = list(dict.fromkeys(int(key_hash[:15], 16) for key_hash in key_hashes))
-    db.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS t(k, n) ORDER BY n"
-        ).bindparams(bindparam("ids", ids))
-    )
+    """DataReferences' lock of each key, all in one statement, in one order (no two batches deadlock)."""
+    lock_data_keys(db, key_hashes)
 
 
 def _owners(db: Session, location_ids: list[int]) -> list[str]:
@@ -298,13 +287,13 @@ def _write_deleted(db: Session, worker: str, now: datetime, location_ids: list[i
             deleted_at=now,
             **CLAIM.released(),
         )
-        .returning(Location.id)
         .execution_options(synchronize_session=False)
     )
-    written = set(db.scalars(statement))
-    if written != set(location_ids):
+    # Matched rows (MariaDB's connection counts found rows, not changed ones: SQLAlchemy's default there).
+    written = db.execute(statement).rowcount  # type: ignore[attr-defined]
+    if written != len(set(location_ids)):
         # Cannot happen under the row locks; if it does, write nothing rather than charge for a row not moved.
-        raise RuntimeError(f"{len(set(location_ids) - written)} claimed locations changed under their lock")
+        raise RuntimeError(f"{len(set(location_ids)) - written} claimed locations changed under their lock")
 
 
 def _write_kept(

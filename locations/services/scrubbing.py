@@ -28,7 +28,6 @@ from locations.services.data_references import (
     Question,
     Reference,
     connection_of,
-    one_of,
 )
 from locations.services.lifecycle import LocationLifecycle
 from locations.stores.base import DataIdentity, StoreError, StoreRegistry
@@ -36,6 +35,7 @@ from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
 from locquota.errors import LocquotaError
 from locquota.leases import LeaseColumns, LeaseTerms, new_holder
+from locquota.sql_batches import one_of
 from metrics.instruments import IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS, SCRUB_DELETIONS, SCRUB_FAILURES
 
 log = logging.getLogger(__name__)
@@ -145,10 +145,16 @@ def claim(
         update(Location)
         .where(one_of(db, Location.id, ids), *due_filter(now))
         .values(CLAIM.granted(worker, expires_at))
-        .returning(*CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    rows = sorted(db.execute(granted), key=attrgetter("id"))
+    if db.get_bind().dialect.update_returning:
+        rows = sorted(db.execute(granted.returning(*CLAIMED_COLUMNS)), key=attrgetter("id"))
+    else:  # MariaDB has no UPDATE ... RETURNING: read back what this lease now holds (locked by the UPDATE)
+        db.execute(granted)
+        held = select(*CLAIMED_COLUMNS).where(
+            one_of(db, Location.id, ids), CLAIM.held_by(worker), Location.claim_expires_at == expires_at
+        )
+        rows = list(db.execute(held.order_by(Location.id)))
     claims = [_claim_of(references.keys, row, expires_at) for row in rows]
     # One question for the whole batch: which claimed data does another live location reach by its name?
     asking = [item for item in claims if item.identity is not None and item.problem is None]

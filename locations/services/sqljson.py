@@ -1,4 +1,4 @@
-"""Two small SQL constructs that aggregate child rows into JSON on PostgreSQL and SQLite alike.
+"""Two small SQL constructs that aggregate child rows into JSON on PostgreSQL, MariaDB and SQLite alike.
 
 They let one statement return an image with its properties, tags and locations, instead of one
 round trip per collection.
@@ -36,6 +36,12 @@ def _json_rows_sqlite(element: json_rows, compiler: SQLCompiler, **kw: Any) -> s
     return f"json_group_array(json_array({compiler.process(element.clauses, **kw)}))"
 
 
+@compiles(json_rows, "mysql")
+@compiles(json_rows, "mariadb")
+def _json_rows_mariadb(element: json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_arrayagg(json_array({compiler.process(element.clauses, **kw)}))"
+
+
 @compiles(json_document, "postgresql")
 def _json_document_postgresql(element: json_document, compiler: SQLCompiler, **kw: Any) -> str:
     return compiler.process(element.clauses, **kw)
@@ -44,3 +50,10 @@ def _json_document_postgresql(element: json_document, compiler: SQLCompiler, **k
 @compiles(json_document, "sqlite")
 def _json_document_sqlite(element: json_document, compiler: SQLCompiler, **kw: Any) -> str:
     return f"json({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_document, "mysql")
+@compiles(json_document, "mariadb")
+def _json_document_mariadb(element: json_document, compiler: SQLCompiler, **kw: Any) -> str:
+    # MariaDB's JSON column is text: extracted as '$' it is a JSON value that json_array embeds as is.
+    return f"json_extract({compiler.process(element.clauses, **kw)}, '$')"

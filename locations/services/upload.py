@@ -332,14 +332,20 @@ class ImageDataService:
             # the reaper may not have seen this data. `locquota audit` finds it as an orphan.
             log.error("image %s: lease taken over after its data was stored in %s", landed.image_id, landed.store)
             raise UploadInterrupted("The upload stalled past its lease and was ended; upload the data again.")
-        image = self._db.scalar(
+        guarded = (
             update(Image)
             .where(Image.id == landed.image_id, Image.status == during)
             .values(updated_at=self._clock.now(), **changes)
-            .returning(Image)
-            .options(lazyload(Image.properties), lazyload(Image.tags))  # the landing touches neither
-            .execution_options(populate_existing=True)
         )
+        loading = (lazyload(Image.properties), lazyload(Image.tags))  # the landing touches neither
+        if self._db.get_bind().dialect.update_returning:
+            image = self._db.scalar(
+                guarded.returning(Image).options(*loading).execution_options(populate_existing=True)
+            )
+        else:  # MariaDB has no UPDATE ... RETURNING: read the row back, which this transaction now holds locked
+            changed = self._db.execute(guarded.execution_options(synchronize_session=False)).rowcount == 1
+            reread = select(Image).where(Image.id == landed.image_id).options(*loading)
+            image = self._db.scalar(reread.execution_options(populate_existing=True)) if changed else None
         if image is None:  # deleted while its data streamed in
             status = self._db.scalar(select(Image.status).where(Image.id == landed.image_id))
             raise InvalidImageStatus(f"Image status transition from {status} to active is not allowed.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, Upload
@@ -95,7 +95,7 @@ class UploadLease:
 
 def uploads_in_flight(db: Session, now: datetime) -> tuple[int, int]:
     """How many uploads hold a lease, and how many of those leases ran out (one small indexed table)."""
-    row = db.execute(select(func.count(), func.count().filter(UPLOAD_LEASE.expired(now))).select_from(Upload)).one()
+    row = db.execute(select(func.count(), func.count(case((UPLOAD_LEASE.expired(now), 1)))).select_from(Upload)).one()
     return row[0], row[1]
 
 

@@ -2,8 +2,9 @@
 
 The scrubber records a whole batch at once (locations.services.scrub_recording): what UsageLedger.charge
 and move_space would write change by change, summed per tenant and per (tenant, store), written with
-one UPDATE ... FROM (VALUES ...) and one multi-row upsert. The totals and versions come out as the
-change-by-change path leaves them, so usage stays exact and the cache's version check still holds.
+one UPDATE ... FROM (the batch's rows: locquota.sql_batches.rows_of) and one multi-row upsert. The totals
+and versions come out as the change-by-change path leaves them, so usage stays exact and the cache's version
+check still holds.
 """
 
 from collections import Counter
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import column, update, values
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from locquota.sql_batches import one_of, rows_of
+from locquota.upserts import ignore_existing, insert_for, upsert_of
 from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
-from quota.services.ledger import insert_for
+from quota.services.ledger import STORE_USAGE_KEY, added_space
 from quota.services.usage_cache import mark_changed
 
 
@@ -43,47 +46,55 @@ class SpaceMove:
 def charge_tenants(db: Session, now: datetime, tenants: dict[str, TenantChange]) -> None:
     """UsageLedger.charge for every tenant at once: the summed deltas, and version moved by every charge.
 
-    A tenant without a usage row gets its zero row first, as charge creates it (two more statements,
-    only then).
+    A tenant without a usage row gets its zero row first, as charge creates it (two more statements, only
+    then). MariaDB has no UPDATE ... RETURNING to tell which rows were missing: there every row is made sure
+    of first, in tenant order (the lock order), then charged.
     """
     if not tenants:
         return
-    updated = set(db.scalars(_charge_statement(now, tenants)))
-    missing = sorted(set(tenants) - updated)
-    if missing:
-        zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
-        db.execute(
-            insert_for(db, TenantUsage.__table__)  # type: ignore[arg-type]
-            .values([{"tenant_id": tenant_id, "version": 0, "updated_at": now, **zeros} for tenant_id in missing])
-            .on_conflict_do_nothing(index_elements=["tenant_id"])
-        )
-        db.execute(_charge_statement(now, {tenant_id: tenants[tenant_id] for tenant_id in missing})).all()
+    if not db.get_bind().dialect.update_returning:
+        _create_rows(db, now, sorted(tenants))
+        db.execute(_charge_statement(db, now, tenants))
+    else:
+        updated = set(db.scalars(_charge_statement(db, now, tenants).returning(TenantUsage.tenant_id)))
+        missing = sorted(set(tenants) - updated)
+        if missing:
+            _create_rows(db, now, missing)
+            db.execute(_charge_statement(db, now, {tenant_id: tenants[tenant_id] for tenant_id in missing}))
     for tenant_id in tenants:
         mark_changed(db, tenant_id)
 
 
-def _charge_statement(now: datetime, tenants: dict[str, TenantChange]) -> Any:
-    changes = values(
-        column("tenant_id", TenantUsage.tenant_id.type),
-        *(column(resource.value, TenantUsage.version.type) for resource in TENANT_RESOURCES),
-        column("charges", TenantUsage.version.type),
-        name="changes",
-    ).data(
-        [
-            (tenant_id, *(change.deltas[resource] for resource in TENANT_RESOURCES), change.charges)
-            for tenant_id, change in sorted(tenants.items())
-        ]
+def _create_rows(db: Session, now: datetime, tenant_ids: list[str]) -> None:
+    """The tenants' zero usage rows, where they have none yet."""
+    zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
+    insert = insert_for(db, TenantUsage.__table__).values(  # type: ignore[arg-type]
+        [{"tenant_id": tenant_id, "version": 0, "updated_at": now, **zeros} for tenant_id in tenant_ids]
     )
-    changes_cte = changes.cte("changes")
+    db.execute(ignore_existing(insert, ["tenant_id"]))
+
+
+def _charge_statement(db: Session, now: datetime, tenants: dict[str, TenantChange]) -> Any:
+    columns = [
+        ("tenant_id", TenantUsage.tenant_id.type),
+        *((resource.value, TenantUsage.version.type) for resource in TENANT_RESOURCES),
+        ("charges", TenantUsage.version.type),
+    ]
+    rows = [
+        (tenant_id, *(change.deltas[resource] for resource in TENANT_RESOURCES), change.charges)
+        for tenant_id, change in sorted(tenants.items())
+    ]
+    changes = rows_of(db, "changes", columns, rows)
     totals = {
-        resource.value: getattr(TenantUsage, resource.value) + changes_cte.c[resource.value]
+        resource.value: getattr(TenantUsage, resource.value) + changes.c[resource.value]
         for resource in TENANT_RESOURCES
     }
     return (
         update(TenantUsage)
-        .where(TenantUsage.tenant_id == changes_cte.c.tenant_id)
-        .values(version=TenantUsage.version + changes_cte.c.charges, updated_at=now, **totals)
-        .returning(TenantUsage.tenant_id)
+        # The ids again as a plain test: the row is found by its key, and on MariaDB no other tenant's row is
+        # locked on the way (a join that scans tenant_usage locks each row it reads, and deadlocked).
+        .where(TenantUsage.tenant_id == changes.c.tenant_id, one_of(db, TenantUsage.tenant_id, sorted(tenants)))
+        .values(version=TenantUsage.version + changes.c.charges, updated_at=now, **totals)
         .execution_options(synchronize_session=False)
     )
 
@@ -104,12 +115,4 @@ def release_pending_space(db: Session, space: dict[tuple[str, str], SpaceMove]) 
             for (tenant_id, store), move in sorted(space.items())
         ]
     )
-    db.execute(
-        insert.on_conflict_do_update(
-            index_elements=["tenant_id", "store", "state"],
-            set_={
-                "size_bytes": StoreUsage.size_bytes + insert.excluded.size_bytes,
-                "locations": StoreUsage.locations + insert.excluded.locations,
-            },
-        )
-    )
+    db.execute(upsert_of(insert, STORE_USAGE_KEY, added_space))

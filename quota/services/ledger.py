@@ -9,23 +9,28 @@ changes nothing.
 """
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from sqlalchemy import Insert, Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from locquota.clock import Clock
 from locquota.errors import QuotaExceeded
+from locquota.upserts import ignore_existing, insert_for, upsert_of
 from metrics.instruments import ADMISSIONS_REFUSED
 from quota.models import TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
 from quota.services.limits import Limits
 from quota.services.usage_cache import mark_changed
 
+STORE_USAGE_KEY = ("tenant_id", "store", "state")
 
-def insert_for(db: Session, table: Table) -> Insert:
-    """An INSERT that can say ON CONFLICT, in the dialect of the session's database."""
-    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+
+def added_space(new: Any) -> dict[str, object]:
+    """A store_usage upsert's change: the new row's bytes and count added to the row that is there."""
+    return {
+        "size_bytes": StoreUsage.size_bytes + new.size_bytes,
+        "locations": StoreUsage.locations + new.locations,
+    }
 
 
 class UsageLedger:
@@ -80,15 +85,7 @@ class UsageLedger:
             insert = insert_for(self._db, StoreUsage.__table__).values(  # type: ignore[arg-type]
                 tenant_id=tenant_id, store=store, state=state.value, size_bytes=sign * size_bytes, locations=sign
             )
-            self._db.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["tenant_id", "store", "state"],
-                    set_={
-                        "size_bytes": StoreUsage.size_bytes + insert.excluded.size_bytes,
-                        "locations": StoreUsage.locations + insert.excluded.locations,
-                    },
-                )
-            )
+            self._db.execute(upsert_of(insert, STORE_USAGE_KEY, added_space))
 
     def lock(self, tenant_ids: Iterable[str]) -> None:
         """Hold off every other writer of these tenants until this transaction ends.
@@ -126,11 +123,10 @@ class UsageLedger:
     def _ensure_row(self, tenant_id: str) -> None:
         """Create the tenant's zero row unless it exists (a concurrent insert of it is waited for, not doubled)."""
         zeros = {resource.value: 0 for resource in TENANT_RESOURCES}
-        self._db.execute(
-            insert_for(self._db, TenantUsage.__table__)  # type: ignore[arg-type]
-            .values(tenant_id=tenant_id, version=0, updated_at=self._clock.now(), **zeros)
-            .on_conflict_do_nothing(index_elements=["tenant_id"])
+        insert = insert_for(self._db, TenantUsage.__table__).values(  # type: ignore[arg-type]
+            tenant_id=tenant_id, version=0, updated_at=self._clock.now(), **zeros
         )
+        self._db.execute(ignore_existing(insert, ["tenant_id"]))
 
     def _refusal(self, tenant_id: str, deltas: Mapping[Resource, int], within: Limits | None) -> QuotaExceeded:
         """The error for a refused admission, naming the first resource that did not fit."""

@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from locquota.clock import Clock
+from locquota.upserts import insert_for, upsert_of
 from quota.models import (
     TENANT_RESOURCES,
     ReconcileRun,
@@ -22,7 +23,7 @@ from quota.models import (
     TenantUsage,
     UsageDrift,
 )
-from quota.services.ledger import UsageLedger, insert_for
+from quota.services.ledger import UsageLedger
 from quota.services.usage import Space
 from quota.services.usage_cache import mark_changed
 
@@ -133,9 +134,10 @@ class Reconciler:
             tenant_id=tenant.tenant_id, version=1, updated_at=self._clock.now(), **values
         )
         self._db.execute(
-            insert.on_conflict_do_update(
-                index_elements=["tenant_id"],
-                set_={**values, "version": TenantUsage.version + 1, "updated_at": insert.excluded.updated_at},
+            upsert_of(
+                insert,
+                ["tenant_id"],
+                lambda new: {**values, "version": TenantUsage.version + 1, "updated_at": new.updated_at},
             )
         )
         self._db.execute(delete(StoreUsage).where(StoreUsage.tenant_id == tenant.tenant_id))

@@ -43,7 +43,7 @@ PACE = 0.05
 DEADLINE = 20  # seconds: a bound on every wait here; reaching it fails the test
 FILE_STORES = ("fast", "cheap")
 
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 
 
 @dataclass

@@ -195,6 +195,7 @@ def test_keystones_limits_are_shown_and_admitted_exactly(limited_app, keystone):
 
 
 @pytest.mark.postgresql
+@pytest.mark.mariadb
 def test_keystones_limits_hold_under_concurrent_admissions(limited_app, keystone):
     p2 = auth(keystone, "p2-member")
     limited_app.get("/v2/info/usage", headers=p2)  # warm the limits cache: the race is on the ledger

@@ -36,7 +36,7 @@ IDLE_SECONDS = 1
 CHUNK = b"k" * 4096
 DEADLINE = 20  # seconds: a bound on every wait here; reaching it fails the test
 
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 
 
 @pytest.fixture

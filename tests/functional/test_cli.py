@@ -92,7 +92,8 @@ def test_tokens_create_stores_only_the_sha256_hash(ini, test_db):
     assert token.token_hash == hashlib.sha256(plaintext.encode()).hexdigest()
     with test_db.connect() as connection:
         for table in inspect(connection).get_table_names():
-            for row in connection.execute(text(f'SELECT * FROM "{table}"')):  # noqa: S608  (reflected names)
+            quoted = connection.dialect.identifier_preparer.quote(table)
+            for row in connection.execute(text(f"SELECT * FROM {quoted}")):  # noqa: S608  (reflected names)
                 assert not any(plaintext in str(value) for value in row), table
 
 

@@ -14,7 +14,7 @@ from quota.models import MIB
 from tests.conftest import identity, write_ini
 from tests.functional.test_image_import import ADMIN, IMAGE, OCTET, files, import_settings, wait_for_tasks
 
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 
 TENANT = identity("tenant-a")
 SIZE = 400 * 1024

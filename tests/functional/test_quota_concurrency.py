@@ -1,4 +1,4 @@
-"""Race-free admission (SPEC §5) across OS processes on real PostgreSQL: many requests, one tenant, one limit.
+"""Race-free admission (SPEC §5) across OS processes on real PostgreSQL and MariaDB: one tenant, one limit.
 
 Each request runs in its own OS process, which builds its own app with `locquota.app.configure(settings)`
 and sends one request through WebTest. Why not a real HTTP server: what admission must survive is
@@ -12,8 +12,9 @@ about a second instead of ten.
 
 The children are held at a barrier that is not a timer: the parent holds the tenant's usage row
 `FOR UPDATE` and releases it only once every child's admission UPDATE waits on that row
-(seen in pg_stat_activity). Then they all compete at once, and PostgreSQL re-checks each one's
-`total + delta <= limit` against the committed total. Waits are bounded only as failure deadlines.
+(seen in pg_stat_activity, or MariaDB's processlist). Then they all compete at once, and
+the database re-checks each one's `total + delta <= limit` against the committed total. Waits are bounded
+only as failure deadlines.
 """
 
 import json
@@ -22,21 +23,23 @@ import queue
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 from webtest import TestApp
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
 from locations.services.recount import recount
 from locquota.app import configure
+from locquota.db import make_engine
 from quota.models import MIB, TENANT_RESOURCES, Resource, SpaceState, StoreUsage, TenantUsage
 from quota.services.usage import Space
 from tests.conftest import identity
 
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 OWNER = "racing-tenant"
@@ -67,13 +70,52 @@ def send_in_own_process(index: int, settings: dict[str, str], request: dict[str,
         results.put((index, -1, traceback.format_exc()))
 
 
-def waiting_admissions(observer: psycopg.Connection) -> int:
-    """How many sessions wait for the tenant's usage row: in the admission's conditional UPDATE, or in the
-    ledger's lock that adding a location takes first (usage before data keys, the one lock order)."""
-    return observer.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND (query ILIKE 'UPDATE tenant_usage%' OR query ILIKE 'SELECT tenant_usage.tenant_id%FOR UPDATE%')"
-    ).fetchone()[0]
+# The statements an admission waits in: the conditional UPDATE, the ledger's lock that adding a location takes
+# first (usage before data keys, the one lock order), and a first charge's INSERT of the zero row.
+WAITING_IN = ("UPDATE tenant_usage%", "SELECT tenant_usage.tenant_id%FOR UPDATE%", "INSERT INTO tenant_usage%")
+
+
+def waiting_admissions(observer: Connection) -> int:
+    """How many sessions wait for a lock in one of the admission's statements on tenant_usage.
+
+    MariaDB lists a session blocked in a locking read of one row in its processlist only (the row is read,
+    and waited for, while the statement is planned, state `Statistics`): a session inside one of these
+    statements while the gate holds the row is waiting for it.
+    """
+    if observer.dialect.name == "postgresql":
+        sessions = "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        matching = " OR ".join("query ILIKE %s" for _ in WAITING_IN)
+    else:
+        sessions = "information_schema.processlist WHERE db = DATABASE() AND command = 'Query'"
+        matching = " OR ".join("info LIKE %s" for _ in WAITING_IN)
+    counted = f"SELECT count(*) FROM {sessions} AND ({matching})"  # noqa: S608  (constant parts)
+    return observer.exec_driver_sql(counted, WAITING_IN).scalar_one()
+
+
+@contextmanager
+def usage_gate(engine: Engine, *, new_tenants: bool) -> Iterator[Connection]:
+    """Hold every admission of the racing tenant (or, for new tenants, every first row) until the block ends.
+
+    PostgreSQL's EXCLUSIVE table lock lets reads through and holds every UPDATE and INSERT. On MariaDB a
+    locking read of the whole table at REPEATABLE READ does the same: its next-key locks cover every row and
+    every gap, so no row is updated or inserted (plain reads go on, from their snapshots).
+    """
+    gap_locks = new_tenants and engine.dialect.name != "postgresql"
+    isolation = {"isolation_level": "REPEATABLE READ"} if gap_locks else {}
+    with engine.connect().execution_options(**isolation) as gate:
+        if not new_tenants:
+            locked = gate.exec_driver_sql(
+                "SELECT 1 FROM tenant_usage WHERE tenant_id = %(owner)s FOR UPDATE", {"owner": OWNER}
+            ).all()
+            assert locked == [(1,)], "the tenant's usage row must exist before the race"
+        elif gap_locks:
+            gate.exec_driver_sql("SELECT tenant_id FROM tenant_usage FOR UPDATE").all()
+        else:
+            gate.exec_driver_sql("LOCK TABLE tenant_usage IN EXCLUSIVE MODE")
+        try:
+            yield gate
+        finally:
+            gate.rollback()  # the barrier opens: every admission competes for the row at once
 
 
 def race(
@@ -94,12 +136,9 @@ def race(
     ]
     outcomes: dict[int, tuple[int, object]] = {}
     try:
-        with psycopg.connect(database_url) as gate, psycopg.connect(database_url, autocommit=True) as observer:
-            if new_tenants:
-                gate.execute("LOCK TABLE tenant_usage IN EXCLUSIVE MODE")
-            else:
-                locked = gate.execute("SELECT 1 FROM tenant_usage WHERE tenant_id = %s FOR UPDATE", (OWNER,)).fetchall()
-                assert locked == [(1,)], "the tenant's usage row must exist before the race"
+        engine = make_engine(database_url)
+        autocommit = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        with usage_gate(engine, new_tenants=new_tenants), autocommit as observer:
             for process in processes:
                 process.start()
             deadline, waiting = time.monotonic() + QUEUE_DEADLINE, 0
@@ -108,7 +147,7 @@ def race(
                     early = [results.get(timeout=1) for _ in range(results.qsize())] if not results.empty() else []
                     pytest.fail(f"only {waiting} of {len(requests)} requests reached admission; reported: {early}")
                 time.sleep(0.02)  # polling an observed condition (a poll interval, not a synchronisation)
-            gate.rollback()  # the barrier opens: every admission competes for the row at once
+        engine.dispose()
         for _ in requests:
             index, status, body = results.get(timeout=RESULT_DEADLINE)
             assert status != -1, body

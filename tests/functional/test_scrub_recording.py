@@ -49,7 +49,7 @@ from locquota.crypto import PLAINTEXT
 from locquota.db import make_engine
 from quota.models import StoreUsage, TenantUsage
 from quota.services.usage_cache import CHANGED_TENANTS
-from tests.conftest import T0, TABLES
+from tests.conftest import T0, TABLES, empty_mariadb
 from tests.fakes import POLICY
 
 WORKER = "scrubber:test:1:recording"
@@ -452,10 +452,12 @@ def store_listing(root: Path) -> dict[str, object]:
 
 def reset(engine: Engine, root: Path) -> None:
     """An empty database (ids start again at 1) and an empty store."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        empty_mariadb(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-        else:
+        elif engine.dialect.name == "sqlite":
             for model in (Location, ImageTag, ImageProperty, Image, StoreUsage, TenantUsage):
                 connection.execute(delete(model))
     shutil.rmtree(root, ignore_errors=True)

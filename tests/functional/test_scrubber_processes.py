@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import port_for
-import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert
@@ -38,8 +37,9 @@ from locquota.clock import Clock, FrozenClock
 from locquota.db import make_engine
 from locquota.scripting import LazyApp
 from tests.conftest import write_ini
+from tests.database_gates import table_locked, wait_until_blocked
 
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 
 LOCQUOTA = str(Path(sys.executable).with_name("locquota"))
 PROCESSES = 4
@@ -204,22 +204,6 @@ def assert_outside_untouched(store_root: Path, outside_files: list[Path], rows: 
         assert row.scrub_after > wall_now(), row.url  # backed off
 
 
-def wait_until_queued_on_lock(database_url: str, count: int) -> None:
-    """Return once `count` sessions wait for a lock (the one the caller holds); bounded by a deadline."""
-    deadline = time.monotonic() + QUEUE_DEADLINE
-    waiting = 0
-    with psycopg.connect(database_url, autocommit=True) as observer:
-        while time.monotonic() < deadline:
-            waiting = observer.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database() AND query ILIKE '%locations%'"
-            ).fetchone()[0]
-            if waiting >= count:
-                return
-            time.sleep(0.02)  # polling an observed condition (a poll interval, not a synchronisation)
-    pytest.fail(f"only {waiting} of {count} scrubbers reached the locations table within {QUEUE_DEADLINE} s")
-
-
 def parse_outcomes(stdout: str) -> tuple[int, Counter[str]]:
     for line in stdout.splitlines():
         if match := OUTCOME_LINE.match(line.strip()):
@@ -233,8 +217,7 @@ def parse_outcomes(stdout: str) -> tuple[int, Counter[str]]:
 def run_scrubbers_together(database_url: str, ini: Path, count: int) -> list[Counter[str]]:
     """Run `count` `locquota scrub` processes released at once; each one's outcome counts."""
     # Every scrubber queues on this lock at its first claim; releasing it starts them all at once.
-    with psycopg.connect(database_url) as gate:
-        gate.execute("LOCK TABLE locations IN ACCESS EXCLUSIVE MODE")
+    with table_locked(database_url, "locations"):
         processes = [
             subprocess.Popen(
                 [LOCQUOTA, "--config", str(ini), "scrub"],
@@ -245,12 +228,11 @@ def run_scrubbers_together(database_url: str, ini: Path, count: int) -> list[Cou
             for _ in range(count)
         ]
         try:
-            wait_until_queued_on_lock(database_url, count)
+            wait_until_blocked(database_url, "locations", count, QUEUE_DEADLINE)
         except BaseException:
             for process in processes:
                 process.kill()
             raise
-        gate.rollback()
 
     results = []
     for process in processes:

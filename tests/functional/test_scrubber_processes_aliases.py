@@ -39,7 +39,7 @@ from tests.functional.test_scrubber_processes import (
     wall_now,
 )
 
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 engine, store_root = test_scrubber_processes.engine, test_scrubber_processes.store_root  # its fixtures, here too
 
 # The ALIASES that name the file itself (not a second name of it, like a hard link) and that can be made for

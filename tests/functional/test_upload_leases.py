@@ -353,6 +353,7 @@ def test_data_a_live_location_reaches_by_the_same_name_is_left_to_it(
 
 
 @pytest.mark.postgresql
+@pytest.mark.mariadb
 def test_reapers_on_every_node_end_each_dead_upload_exactly_once(
     wsgi_app, engine, tenant, new_image, clock, stores, store_root, usage_of
 ):

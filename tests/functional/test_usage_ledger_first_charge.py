@@ -20,7 +20,7 @@ from quota.services.limits import Limits
 from tests.conftest import T0
 
 # SQLite serialises writers: the UPDATE that finds nothing already holds the write lock, so the race cannot happen.
-pytestmark = pytest.mark.postgresql
+pytestmark = [pytest.mark.postgresql, pytest.mark.mariadb]
 
 TENANT = "first-charge-tenant"
 UNLIMITED = Limits(dict.fromkeys(Resource, -1), frozenset())

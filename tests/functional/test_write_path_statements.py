@@ -1,8 +1,9 @@
-"""The write path's budget in statements and transactions, pinned (issue 18), on PostgreSQL and SQLite.
+"""The write path's budget in statements and transactions, pinned (issue 18), on every database.
 
 Counted with tests/statement_counter.py, the hook the benchmarks print their counts with. A change that
 adds a round trip or a commit to an upload, a create or an add-location fails here with the statements
-listed, so it is a decision, not an accident. Each budget is the figure measured when it was set.
+listed, so it is a decision, not an accident. Each budget is the figure measured when it was set. MariaDB
+has no UPDATE ... RETURNING: the upload's landing reads its image back after updating it, one more.
 """
 
 import pytest
@@ -67,14 +68,20 @@ def test_create_with_a_chosen_id_also_checks_the_id(shown, shown_engine, tenant)
     within(counts, 4, 1)
 
 
+def read_back(engine: Engine) -> int:
+    """The statements an UPDATE ... RETURNING saves where the database has it (MariaDB does not)."""
+    return 0 if engine.dialect.update_returning else 1
+
+
 def test_upload_is_two_transactions_and_the_landing_reads_nothing(shown, shown_engine, tenant):
     image = create(shown, tenant)
     with counting(shown_engine) as counts:
         shown.put(f"/v2/images/{image['id']}/file", b"x", headers={**tenant, **OCTETS}, status=204)
-    within(counts, 11, 2)
+    within(counts, 11 + read_back(shown_engine), 2)
     landing = writes_after_usage(counts)
-    assert len(landing) <= 5, counts.show()
-    assert not any(sql.lstrip().startswith("SELECT") for sql in landing), counts.show()
+    assert len(landing) <= 5 + read_back(shown_engine), counts.show()
+    reads = [sql for sql in landing if sql.lstrip().startswith("SELECT")]
+    assert len(reads) == read_back(shown_engine), counts.show()
     assert shown.get(f"/v2/images/{image['id']}", headers=tenant).json["status"] == "active"
 
 
@@ -83,7 +90,7 @@ def test_create_and_upload_together(shown, shown_engine, tenant):
     with counting(shown_engine) as counts:
         image = create(shown, tenant)
         shown.put(f"/v2/images/{image['id']}/file", b"x", headers={**tenant, **OCTETS}, status=204)
-    within(counts, 14, 3)
+    within(counts, 14 + read_back(shown_engine), 3)
 
 
 def test_adding_a_location_is_one_transaction(shown, shown_engine, tenant, store_root):

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from locations.models import UNFINISHED_TASK_STATUSES, Image, ImageProperty, Task, TaskStatus
@@ -117,7 +117,7 @@ def tasks_of_image(db: Session, image_id: uuid.UUID, now: datetime) -> list[Task
 def imports_in_flight(db: Session, now: datetime) -> tuple[int, int]:
     """How many import tasks have not ended, and how many of those hold a lease that ran out (a dead worker)."""
     row = db.execute(
-        select(func.count(), func.count().filter(TASK_LEASE.expired(now)))
+        select(func.count(), func.count(case((TASK_LEASE.expired(now), 1))))
         .select_from(Task)
         .where(Task.status.in_(UNFINISHED_TASK_STATUSES))
     ).one()

@@ -83,7 +83,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("image_id", "name", name="uq_image_properties_image_id_name"),
     )
     with op.batch_alter_table("image_properties", schema=None) as batch_op:
-        batch_op.create_index("ix_image_properties_name_value", ["name", "value"], unique=False)
+        # MariaDB indexes a TEXT column by a prefix only (a filter still compares the whole value).
+        batch_op.create_index(
+            "ix_image_properties_name_value", ["name", "value"], unique=False, mysql_length={"value": 255}
+        )
 
     op.create_table(
         "image_tags",
