@@ -17,11 +17,6 @@ from sqlalchemy.sql.expression import ColumnClause
 Changes = Callable[[Any], Mapping[str, ColumnClause[Any] | object]]
 
 
-def is_mysql(db: Session) -> bool:
-    """Whether the session's database is MariaDB or MySQL (SQLAlchemy names both dialects mysql or mariadb)."""
-    return db.get_bind().dialect.name in ("mysql", "mariadb")
-
-
 def insert_for(db: Session, table: Table) -> Insert:
     """An INSERT that can take upsert_of/ignore_existing, in the dialect of the session's database."""
     name = db.get_bind().dialect.name
