@@ -5,7 +5,9 @@ server, with the file store's root on local disk, and starts the processes toget
 start one scrubber per node. Throughput is the backlog over the wall time from starting the processes to the
 last one's exit (start-up included; the start-up alone is measured too, on an empty backlog). Peak RSS is
 each process's own ru_maxrss, from os.wait4 on its pid: the rusage of that one child, which is what
-getrusage(RUSAGE_CHILDREN) would report in a fresh parent per run, without the extra process.
+getrusage(RUSAGE_CHILDREN) would report in a fresh parent per run, without the extra process. One more
+run repeats the one-process throughput with COMPARED_POOL_SIZE deletions in flight instead of
+SCRUB_POOL_SIZE, to show what a pool costs or gains on the file store.
 """
 
 import os
@@ -17,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 from sqlalchemy import Engine
@@ -29,10 +32,13 @@ from locquota.db import make_engine, upgrade_to_head
 
 DATABASE = "locquota_scrub_bench"
 LOCQUOTA = str(Path(sys.executable).with_name("locquota"))
-# Realistic settings for a node: a batch is one claim transaction and one record transaction; four
-# deletions in flight keep a local disk (or a remote store's round trips) busy without many connections.
+# Settings for a node: a batch is one claim transaction and one record transaction. One deletion in flight
+# (locquota.scrub_pool_size's default): on a local disk an unlink is a few microseconds of kernel time, and
+# several threads unlinking in one directory spend more CPU on its lock and on the GIL than they save (the
+# `pool 4` run shows it). A remote store's round trips want a pool: benchmarks.stores measures those.
 SCRUB_BATCH_SIZE = 500
-SCRUB_POOL_SIZE = 4
+SCRUB_POOL_SIZE = 1
+COMPARED_POOL_SIZE = 4  # one process, once more, with this many deletions in flight
 PROCESS_COUNTS = (1, 2, 4)
 FULL_BACKLOG, FULL_RSS_BACKLOGS = 100_000, (10_000, 100_000)
 SMOKE_BACKLOG, SMOKE_RSS_BACKLOGS = 2_000, (1_000, 2_000)
@@ -41,6 +47,18 @@ RUN_DEADLINE_SECONDS = 3600
 # The targets (SPEC section 10, issue 4): throughput scales with processes; memory stays flat with the backlog.
 SPEEDUP_TARGET = 1.6
 RSS_TARGET = 1.2
+# Issue 18's targets for one process on the file store at the full backlog.
+RATE_TARGET = 5000  # deleted/s
+CPU_TARGET_US = 150  # scrubber CPU per location (start-up included, as the process's rusage counts it)
+
+
+class Step(NamedTuple):
+    """One run of the plan: `processes` scrubbers with `pool_size` deletions in flight on `count` locations."""
+
+    label: str
+    count: int
+    processes: int
+    pool_size: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,7 @@ class Run:
     label: str
     backlog: int
     processes: int
+    pool_size: int
     wall_seconds: float
     max_rss_kib: tuple[int, ...]
     cpu_seconds: tuple[float, ...]  # user + system, per process
@@ -60,6 +79,11 @@ class Run:
     def rate(self) -> float:
         """Locations deleted per second of wall time, start-up included."""
         return self.backlog / self.wall_seconds
+
+    @property
+    def cpu_us_per_location(self) -> float:
+        """The scrubbers' CPU (user + system, start-up included) per location of the backlog."""
+        return sum(self.cpu_seconds) / max(self.backlog, 1) * 1e6
 
     @property
     def scrubber_cpus(self) -> float:
@@ -81,22 +105,24 @@ def benchmark(admin_url: str, *, smoke: bool, backlog_size: int | None = None) -
     with tempfile.TemporaryDirectory(prefix="locquota-scrub-bench-") as workdir:
         work = Path(workdir)
         store_root = (work / "store").resolve()
-        ini = write_ini(
-            work / "scrub.ini",
-            {
-                **settings(url, store_root),  # no Redis: the scrubber does not read the cache
-                "locquota.scrub_batch_size": str(SCRUB_BATCH_SIZE),
-                "locquota.scrub_pool_size": str(SCRUB_POOL_SIZE),
-            },
-        )
+        inis = {
+            pool_size: write_ini(
+                work / f"scrub-pool-{pool_size}.ini",
+                {
+                    **settings(url, store_root),  # no Redis: the scrubber does not read the cache
+                    "locquota.scrub_batch_size": str(SCRUB_BATCH_SIZE),
+                    "locquota.scrub_pool_size": str(pool_size),
+                },
+            )
+            for pool_size in (SCRUB_POOL_SIZE, COMPARED_POOL_SIZE)
+        }
         _print_workload(size, rss_sizes, store_root)
-        plan = [("start-up (nothing due)", 0, 1)]
-        plan += [("memory", rss, 1) for rss in rss_sizes if rss != size]
-        plan += [("throughput", size, processes) for processes in PROCESS_COUNTS]
+        plan = [Step("start-up (nothing due)", 0, 1, SCRUB_POOL_SIZE)]
+        plan += [Step("memory", rss, 1, SCRUB_POOL_SIZE) for rss in rss_sizes if rss != size]
+        plan += [Step("throughput", size, processes, SCRUB_POOL_SIZE) for processes in PROCESS_COUNTS]
+        plan += [Step(f"pool {COMPARED_POOL_SIZE}", size, 1, COMPARED_POOL_SIZE)]
         postmaster = cpu.postmaster_pid(admin_url)
-        runs = [
-            _run(engine, ini, store_root, work, postmaster, label, count, processes) for label, count, processes in plan
-        ]
+        runs = [_run(engine, inis[step.pool_size], store_root, work, postmaster, step) for step in plan]
     engine.dispose()
     print()
     _print_table(runs)
@@ -111,7 +137,8 @@ def _print_workload(size: int, rss_sizes: tuple[int, ...], store_root: Path) -> 
     print(f"{'':<10}  processes; one process at {' and '.join(map(str, rss_sizes))} for peak RSS. One location per")
     print(f"{'':<10}  pending_delete image, {backlog.FILE_BYTES}-byte files in {store_root}")
     print(f"{'':<10}  ({_filesystem(store_root)}); scrub_batch_size {SCRUB_BATCH_SIZE}, scrub_pool_size")
-    print(f"{'':<10}  {SCRUB_POOL_SIZE}, scrub_lease_seconds and retries at their defaults; Redis off")
+    compared = f"(and {COMPARED_POOL_SIZE} once, `pool {COMPARED_POOL_SIZE}`)"
+    print(f"{'':<10}  {SCRUB_POOL_SIZE} {compared}, scrub_lease_seconds and retries at their defaults; Redis off")
     print(flush=True)
 
 
@@ -134,10 +161,9 @@ def _run(
     store_root: Path,
     work: Path,
     postmaster: int | None,
-    label: str,
-    count: int,
-    processes: int,
+    step: Step,
 ) -> Run:
+    label, count, processes, pool_size = step
     started = time.perf_counter()
     with click.progressbar(length=count, label=f"loading {count} pending_delete locations", file=sys.stderr) as bar:
         backlog.load(engine, store_root, count, progress=bar.update)
@@ -156,13 +182,16 @@ def _run(
         label,
         count,
         processes,
+        pool_size,
         wall,
         tuple(usage.ru_maxrss for usage in rusages),
         tuple(usage.ru_utime + usage.ru_stime for usage in rusages),
         cpus,
         outcomes,
     )
-    click.echo(f"{label}: {processes} process(es), {count} locations in {wall:.2f} s ({run.rate:.0f}/s)")
+    click.echo(
+        f"{label}: {processes} process(es), pool {pool_size}, {count} locations in {wall:.2f} s ({run.rate:.0f}/s)"
+    )
     return run
 
 
@@ -213,6 +242,7 @@ def _print_table(runs: list[Run]) -> None:
         "run",
         "backlog",
         "procs",
+        "pool",
         "wall s",
         "deleted/s",
         "x 1 proc",
@@ -220,6 +250,7 @@ def _print_table(runs: list[Run]) -> None:
         "CPUs busy = scrub + pg + rest",
         "deleted per process",
         "CPU s per process",
+        "CPU µs per location",
         "peak RSS MiB per process",
     )
     rows = []
@@ -230,6 +261,7 @@ def _print_table(runs: list[Run]) -> None:
                 run.label,
                 str(run.backlog),
                 str(run.processes),
+                str(run.pool_size),
                 f"{run.wall_seconds:.2f}",
                 f"{run.rate:.0f}" if run.backlog else "-",
                 f"{run.rate / base:.2f}" if base and run.label == "throughput" else "-",
@@ -238,11 +270,12 @@ def _print_table(runs: list[Run]) -> None:
                 f" + {run.cpus.other(run.scrubber_cpus) + run.cpus.benchmark:.2f}",
                 " ".join(str(counts["deleted"]) for counts in run.outcomes),
                 " ".join(f"{seconds:.1f}" for seconds in run.cpu_seconds),
+                f"{run.cpu_us_per_location:.0f}" if run.backlog else "-",
                 " ".join(f"{kib / 1024:.1f}" for kib in run.max_rss_kib),
             )
         )
-    print_rows(headers, rows, {0, 8, 9, 10})
-    print(f"(start-up = the wall time of one scrubber with nothing due: {start_up:.2f} s, taken off in column 7;")
+    print_rows(headers, rows, {0, 9, 10, 12})
+    print(f"(start-up = the wall time of one scrubber with nothing due: {start_up:.2f} s, taken off in column 8;")
     nproc = len(os.sched_getaffinity(0))
     print(f" CPUs busy = the machine's average over the run, out of {nproc}: the scrubbers, the PostgreSQL server,")
     print(" and the rest: this benchmark and anything else running on the machine)")
@@ -253,6 +286,18 @@ def _print_targets(runs: list[Run], size: int, rss_sizes: tuple[int, ...]) -> No
     start_up = runs[0].wall_seconds
     one = throughput[1]
     print("targets (reported, not asserted; ratios from this run):")
+    rate_ok = "ok" if one.rate >= RATE_TARGET else "MISS"
+    cpu_ok = "ok" if one.cpu_us_per_location <= CPU_TARGET_US else "MISS"
+    print(
+        f"  1 process at {size}: {one.rate:.0f} deleted/s (target >= {RATE_TARGET}) {rate_ok}; after start-up"
+        f" {one.rate_after_start_up(start_up):.0f}/s; scrubber CPU {one.cpu_us_per_location:.0f} µs per location"
+        f" (target <= {CPU_TARGET_US}) {cpu_ok}"
+    )
+    for compared in (run for run in runs if run.pool_size != SCRUB_POOL_SIZE):
+        print(
+            f"  pool {compared.pool_size} instead of {SCRUB_POOL_SIZE}, 1 process: {compared.rate:.0f} deleted/s"
+            f" (x{compared.rate / one.rate:.2f}), CPU {compared.cpu_us_per_location:.0f} µs per location"
+        )
     for processes in PROCESS_COUNTS[1:]:
         ratio = throughput[processes].rate / one.rate
         after = throughput[processes].rate_after_start_up(start_up) / one.rate_after_start_up(start_up)
@@ -261,7 +306,9 @@ def _print_targets(runs: list[Run], size: int, rss_sizes: tuple[int, ...]) -> No
             f"  {processes} processes vs 1 at {size}: deleted/s x{ratio:.2f}"
             f" {target if processes == 2 else '(no target)'}; after start-up x{after:.2f}"
         )
-    by_backlog = {run.backlog: run for run in runs if run.processes == 1 and run.backlog}
+    by_backlog = {
+        run.backlog: run for run in runs if run.processes == 1 and run.backlog and run.pool_size == SCRUB_POOL_SIZE
+    }
     small, large = by_backlog[rss_sizes[0]], by_backlog[rss_sizes[-1]]
     ratio = large.max_rss_kib[0] / small.max_rss_kib[0]
     print(

@@ -21,12 +21,12 @@ statement per row to the server. Sets of ids are one array parameter on PostgreS
 
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, auto
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
@@ -59,9 +59,8 @@ class Verdict(Enum):
     CLEARED = auto()  # the claim is given back as it was (the lease ran out before deletion)
 
 
-@dataclass(frozen=True, slots=True)
-class HeldRow:
-    """A claimed location still this worker's, read under its row lock."""
+class HeldRow(NamedTuple):
+    """A claimed location still this worker's, read under its row lock (a tuple: made from each row as read)."""
 
     location_id: int
     image_id: uuid.UUID
@@ -78,7 +77,7 @@ class ImageState:
 
     owner: str
     status: ImageStatus
-    locations: Counter[LocationStatus]
+    locations: dict[LocationStatus, int]
     moved: bool = False  # its status changed at least once (updated_at is stamped)
 
 
@@ -208,7 +207,7 @@ def _lock_held(db: Session, worker: str, location_ids: list[int]) -> dict[int, H
         .order_by(Location.id)
         .with_for_update()
     )
-    return {row.id: HeldRow(*row) for row in connection_of(db).execute(query)}
+    return {row[0]: HeldRow(*row) for row in connection_of(db).execute(query).all()}
 
 
 def _still_held(db: Session, worker: str, location_ids: Collection[int]) -> ColumnElement[bool]:
@@ -230,9 +229,11 @@ def _read_images(db: Session, image_ids: set[uuid.UUID]) -> dict[uuid.UUID, Imag
         .group_by(Image.id, Image.owner, Image.status, Location.status)
     )
     images: dict[uuid.UUID, ImageState] = {}
-    for image_id, owner, image_status, location_status, how_many in connection_of(db).execute(query):
-        state = images.setdefault(image_id, ImageState(owner, image_status, Counter()))
-        state.locations[location_status] += how_many
+    for image_id, owner, image_status, location_status, how_many in connection_of(db).execute(query).all():
+        state = images.get(image_id)
+        if state is None:
+            state = images[image_id] = ImageState(owner, image_status, {})
+        state.locations[location_status] = state.locations.get(location_status, 0) + how_many
     return images
 
 
@@ -249,17 +250,29 @@ def _settle(
     """
     tenants: dict[str, TenantChange] = {}
     space: dict[tuple[str, str], SpaceMove] = {}
+    moves: dict[tuple[ImageStatus, ImageStatus], dict[Resource, int]] = {}  # count_changes, once per pair
     for row in deleted:
         image = images[row.image_id]
-        change = tenants.setdefault(image.owner, TenantChange())
+        change = tenants.get(image.owner)
+        if change is None:
+            change = tenants[image.owner] = TenantChange()
         size = row.size_bytes or 0
-        _charge(change, {Resource.IMAGE_SIZE_TOTAL: -size})
-        space.setdefault((image.owner, row.store), SpaceMove()).add(size)
-        image.locations[LocationStatus.PENDING_DELETE] -= 1
-        image.locations[LocationStatus.DELETED] += 1
-        target = settled_status(image.status, {status for status, count in image.locations.items() if count > 0})
+        if size:  # _charge of the size alone, without building its dict
+            change.deltas[Resource.IMAGE_SIZE_TOTAL] -= size
+            change.charges += 1
+        moved = space.get((image.owner, row.store))
+        if moved is None:
+            moved = space[image.owner, row.store] = SpaceMove()
+        moved.add(size)
+        counts = image.locations
+        counts[LocationStatus.PENDING_DELETE] -= 1
+        counts[LocationStatus.DELETED] = counts.get(LocationStatus.DELETED, 0) + 1
+        target = settled_status(image.status, {status for status, count in counts.items() if count > 0})
         if target is not None and target is not image.status:
-            _charge(change, count_changes(image.status, target))
+            pair = (image.status, target)
+            if pair not in moves:
+                moves[pair] = count_changes(*pair)
+            _charge(change, moves[pair])
             image.status, image.moved = target, True
     return {owner: change for owner, change in tenants.items() if change.charges}, space
 
@@ -345,7 +358,8 @@ def _write_images(db: Session, now: datetime, moved: dict[uuid.UUID, ImageState]
     """The images whose status changed (updated_at stamped, as set_image_status does)."""
     if not moved:
         return
-    rows = [(image_id, state.status) for image_id, state in sorted(moved.items())]
+    # In id order (UUIDs order by their int; sorting by it spares a Python-level comparison per pair).
+    rows = [(image_id, moved[image_id].status) for image_id in sorted(moved, key=attrgetter("int"))]
     settled = rows_of(db, "settled", [("id", Image.id.type), ("status", Image.status.type)], rows)
     db.execute(
         update(Image)
