@@ -42,6 +42,7 @@ from locations.stores.base import StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.scripting import UnitOfWork
+from locquota.write_conflicts import run_unit
 from metrics.instruments import SCRUB_BATCH_DURATION, SCRUB_LAST_SUCCESS
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,7 @@ class Scrubber:
         """
         if stop.is_set():
             return [], False
-        with self._unit() as db:
-            overlaps = db.get_bind().dialect.name != "sqlite"
-            return self._claim_in(db), overlaps
+        return run_unit(self._unit, lambda db: (self._claim_in(db), db.get_bind().dialect.name != "sqlite"))
 
     def _next_claims(self, ahead: Future[list[Claim]] | None, stop: threading.Event) -> list[Claim]:
         """The batch claimed ahead, or one claimed now; none once stop is set (a batch claimed ahead is given back).
@@ -198,27 +197,28 @@ class Scrubber:
         return [] if stop.is_set() else self._claim()
 
     def _claim(self) -> list[Claim]:
-        with self._unit() as db:
-            return self._claim_in(db)
+        return run_unit(self._unit, self._claim_in)
 
     def _claim_in(self, db: Session) -> list[Claim]:
         references = DataReferences(db, self._keys)
         return claim(db, self._clock, references, self.worker, self._policy, limit=self._batch_size)
 
     def _record(self, claims: list[Claim], deletions: list[Deletion]) -> list[bool]:
-        with self._unit() as db:
-            lifecycle = LocationLifecycle(db, self._clock, vault=self._vault)
-            references = DataReferences(db, self._keys)
-            # The whole batch in a constant number of statements, its locks taken in the one order
-            # every writer uses (tenants' usage, then data keys): two scrubbers never deadlock.
-            return record_batch(db, self._clock, lifecycle, references, self.worker, self._policy, claims, deletions)
+        """The batch's outcomes in one unit; run again after a write conflict (it writes only claims still held)."""
+        return run_unit(self._unit, lambda db: self._record_in(db, claims, deletions))
+
+    def _record_in(self, db: Session, claims: list[Claim], deletions: list[Deletion]) -> list[bool]:
+        lifecycle = LocationLifecycle(db, self._clock, vault=self._vault)
+        references = DataReferences(db, self._keys)
+        # The whole batch in a constant number of statements, its locks taken in the one order
+        # every writer uses (tenants' usage, then data keys): two scrubbers never deadlock.
+        return record_batch(db, self._clock, lifecycle, references, self.worker, self._policy, claims, deletions)
 
     def _give_back(self, claims: list[Claim]) -> None:
         """Release claims whose data was not touched: due again at once, for any worker."""
         if not claims:
             return
-        with self._unit() as db:
-            released = release(db, self.worker, [item.location_id for item in claims])
+        released = run_unit(self._unit, lambda db: release(db, self.worker, [item.location_id for item in claims]))
         log.info("scrubber %s: gave back %s claims it had not started on", self.worker, released)
 
     def _give_back_when_claimed(self, ahead: Future[list[Claim]] | None) -> None:

@@ -45,6 +45,7 @@ def configure(raw: Mapping[str, str]) -> Configurator:
     )
     config.include("locquota.settings")
     for name in (
+        "locquota.request_ids",  # request ids and the access log, over pyramid_retry and every tween
         "pyramid_services",
         "locquota.crypto",
         "pyramid_retry",

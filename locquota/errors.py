@@ -4,6 +4,7 @@ Codes are API: they are listed in docs/errors.md and never renamed or reused.
 """
 
 import logging
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -14,8 +15,11 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
+from pyramid_retry import IBeforeRetry, mark_error_retryable
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from locquota.write_conflicts import backoff_seconds, is_write_conflict
 
 log = logging.getLogger(__name__)
 
@@ -339,11 +343,33 @@ def database_unavailable(exc: Exception, request: Request) -> Response:
     return response
 
 
+def write_conflict(exc: Exception, request: Request) -> Response:
+    """A concurrent writer won (a deadlock, a Galera certification failure): retried, then a 503 to try again.
+
+    Marked retryable here, where pyramid_tm's commit errors also arrive: pyramid_retry then runs the
+    request again while it has attempts left, and this response is only sent after the last one.
+    """
+    mark_error_retryable(exc)
+    log.warning("write conflict on %s %r: %s", request.method, request.path_info, getattr(exc, "orig", exc))
+    body = {
+        "error": {
+            "code": ServiceUnavailable.code,
+            "message": "A concurrent request changed the same data; try again.",
+            "details": {"database": "conflict"},
+        }
+    }
+    response = Response(json=body, status=503)
+    response.headers.update(dict(ServiceUnavailable.headers))
+    return response
+
+
 @exception_view_config(OperationalError)
 @exception_view_config(InterfaceError)
 @exception_view_config(PoolTimeoutError)
 def render_database_unavailable(exc: Exception, request: Request) -> Response:
     """A view that needed the database while it is down: 503, never the 500 of a bug."""
+    if is_write_conflict(exc):
+        return write_conflict(exc, request)
     return database_unavailable(exc, request)
 
 
@@ -368,7 +394,13 @@ def render_internal_error(exc: Exception, request: Request) -> dict[str, object]
     return _render(request, 500, "internal_error", "The server failed to handle this request.", {})
 
 
+def pause_before_retry(event: IBeforeRetry) -> None:
+    """A short random wait before pyramid_retry runs a request again, so that the writers that collided spread out."""
+    time.sleep(backoff_seconds(event.environ["retry.attempt"]))
+
+
 def includeme(config: Configurator) -> None:
-    """The exception views above, and the outage tween around pyramid_tm."""
+    """The exception views above, the pause between attempts, and the outage tween around pyramid_tm."""
     config.scan(__name__)
+    config.add_subscriber(pause_before_retry, IBeforeRetry)
     config.add_tween("locquota.errors.database_outage_tween_factory", over="pyramid_tm.tm_tween_factory")

@@ -11,13 +11,13 @@ from locquota.cache import Cache
 from locquota.errors import ServiceUnavailable
 
 
-@view_config(route_name="health.live", renderer="json", permission=NO_PERMISSION_REQUIRED)
+@view_config(route_name="health.live", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def healthz(_request: Request) -> dict[str, str]:
     """The process is up and answering."""
     return {"status": "ok"}
 
 
-@view_config(route_name="health.ready", renderer="json", permission=NO_PERMISSION_REQUIRED)
+@view_config(route_name="health.ready", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def readyz(request: Request) -> dict[str, object]:
     """The database answers (else 503); the cache is reported but its outage does not make us unready."""
     try:
@@ -30,7 +30,8 @@ def readyz(request: Request) -> dict[str, object]:
 
 
 def includeme(config: Configurator) -> None:
-    """The probe routes."""
+    """The probe routes, and the OpenAPI document of every route but Glance's (needing no identity either)."""
     config.add_route("health.live", "/healthz")
     config.add_route("health.ready", "/readyz")
     config.scan(__name__)
+    config.include("locquota.openapi")

@@ -35,6 +35,8 @@ def read_json_body(request: Request, max_bytes: int) -> object:
     """Read and parse a JSON body of bounded size."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    if request.is_body_seekable:  # buffered for pyramid_retry: a request run again reads it from the start again
+        request.body_file.seek(0)
     try:
         raw = request.body_file.read(max_bytes + 1)
     except OSError as exc:  # WebOb's DisconnectionError: fewer bytes than Content-Length

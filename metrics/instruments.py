@@ -1,7 +1,7 @@
 """Counters, histograms and gauges that code updates as things happen: a leaf module, importable by anyone.
 
 In production (gunicorn with several workers) prometheus_client's multiprocess mode is on when
-PROMETHEUS_MULTIPROC_DIR is set before this module is imported: every process writes its values to
+PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is first imported: every process writes its values to
 files there, and /metrics sums them (deploy/gunicorn.conf.py sets it up). Gauges read from the
 database are not here: metrics.collectors computes them at scrape time, once per scrape.
 """
@@ -46,10 +46,10 @@ ADMISSIONS_REFUSED = Counter(
     "Requests refused because they would take a tenant past a limit, by resource.",
     ["resource"],
 )
-USAGE_CACHE_HITS = Counter("locquota_usage_cache_hits", "Usage reads served from Redis.")
-USAGE_CACHE_MISSES = Counter("locquota_usage_cache_misses", "Usage reads that went to the database.")
+USAGE_CACHE_HITS = Counter("locquota_usage_cache_hits_total", "Usage reads served from Redis.")
+USAGE_CACHE_MISSES = Counter("locquota_usage_cache_misses_total", "Usage reads that went to the database.")
 CACHE_ERRORS = Counter(
-    "locquota_cache_errors",
+    "locquota_cache_errors_total",
     "Redis calls that failed (the caller fell back to the database), by operation.",
     ["operation"],
 )

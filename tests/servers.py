@@ -154,12 +154,17 @@ def mariadb_server(*, durable: bool = False) -> Iterator[str]:
         shutil.chown(workdir, "mysql")
         as_user = ["--user=mysql"]
     datadir = workdir / "data"
-    subprocess.run(
+    installed = subprocess.run(
         [install_db, "--no-defaults", f"--datadir={datadir}", *as_user, "--auth-root-authentication-method=normal",
          "--skip-test-db", "--skip-name-resolve"],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )  # fmt: skip
+    if installed.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        output = (installed.stdout + installed.stderr)[-3000:]
+        pytest.fail(f"mariadb-install-db failed ({installed.returncode}): {output}")
     port = port_for.select_random()
     command = [
         mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={workdir / 'mariadb.sock'}",

@@ -52,6 +52,7 @@ from locquota.errors import (
 )
 from locquota.identity import Identity
 from locquota.leases import LeaseTerms
+from locquota.write_conflicts import run_and_commit
 from metrics.instruments import ADMISSIONS_REFUSED, IDENTITY_MISMATCHES, LOCATION_DECRYPT_ERRORS
 from quota.models import Resource
 from quota.services.limits import Limits, LimitService
@@ -211,9 +212,12 @@ class ImageDataService:
             raise quota_refusal(content_length, remaining, receipt.resource)
         target = target_store.plan_upload(image_id)
         lease = UploadLease(self._db, self._clock, self._lease, self._vault, image_id)
-        self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, receipt.status, limits=limits)
-        lease.take(target_store.name, target)
-        self._checkpoint()
+
+        def start() -> None:
+            self._lifecycle.change_image_status(image_id, owner, ImageStatus.QUEUED, receipt.status, limits=limits)
+            lease.take(target_store.name, target)
+
+        run_and_commit(self._transactions, start)  # no byte read yet: a write conflict runs the unit again
         reader = HashingReader(
             body,
             content_length,
@@ -247,7 +251,8 @@ class ImageDataService:
             raise
         try:
             landed = Landed(lease, image_id, owner, target_store.name, url, reader, limits)
-            return receipt.land(landed)
+            # Committed here, not by the request: the bytes cannot be read again, but this unit can run again.
+            return run_and_commit(self._transactions, lambda: receipt.land(landed))
         except Exception:
             # Refused (concurrent requests used the space while the bytes streamed) or failed: nothing of
             # this unit stays; the image goes back to queued and its data to the scrubber, not stranded.

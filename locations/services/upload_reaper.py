@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, true
+from sqlalchemy.orm import Session
 
 from locations.models import Image, Upload
 from locations.services.data_references import DataKeys, DataReferences
@@ -25,6 +26,7 @@ from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlVault
 from locquota.leases import LeaseTerms, new_holder, take_over
 from locquota.scripting import UnitOfWork
+from locquota.write_conflicts import run_unit
 from metrics.instruments import UPLOADS_REAPED
 
 log = logging.getLogger(__name__)
@@ -94,33 +96,35 @@ class UploadReaper:
 
     def _take_over(self) -> list[_Taken]:
         """Take up to a batch of run-out leases (SKIP LOCKED: reapers on every node stay apart)."""
-        with self._unit() as db:
-            now = self._clock.now()
-            until = self._terms.until(now)
-            ids = take_over(db, UPLOAD_LEASE, Upload.image_id, true(), self.holder, now, until, self._batch_size)
-            if not ids:
-                return []
-            rows = db.execute(
-                select(Upload, Image.owner)
-                .join(Image, Image.id == Upload.image_id)
-                .where(Upload.image_id.in_(ids), UPLOAD_LEASE.held_by(self.holder))
-                .order_by(Image.owner, Upload.image_id)
-            ).all()
-            db.expunge_all()
-            return [_Taken(upload.image_id, owner, upload) for upload, owner in rows]
+        return run_unit(self._unit, self._take_over_in)
+
+    def _take_over_in(self, db: Session) -> list[_Taken]:
+        now = self._clock.now()
+        until = self._terms.until(now)
+        ids = take_over(db, UPLOAD_LEASE, Upload.image_id, true(), self.holder, now, until, self._batch_size)
+        if not ids:
+            return []
+        rows = db.execute(
+            select(Upload, Image.owner)
+            .join(Image, Image.id == Upload.image_id)
+            .where(Upload.image_id.in_(ids), UPLOAD_LEASE.held_by(self.holder))
+            .order_by(Image.owner, Upload.image_id)
+        ).all()
+        db.expunge_all()
+        return [_Taken(upload.image_id, owner, upload) for upload, owner in rows]
 
     def _hand_over(self, item: _Taken, found: list[FoundData]) -> int | None:
         """One unit: the upload ended and its data pending_delete; None if another reaper has it now."""
-        with self._unit() as db:
-            lifecycle = LocationLifecycle(db, self._clock, vault=self._vault)
-            lifecycle.lock_usage([item.owner])  # usage first, as every writer locks
-            upload = db.scalar(
-                select(Upload)
-                .where(Upload.image_id == item.image_id, UPLOAD_LEASE.held_by(self.holder))
-                .with_for_update()
-            )
-            if upload is None:
-                return None
-            image = db.scalars(select(Image).where(Image.id == item.image_id).with_for_update()).one()
-            references = DataReferences(db, DataKeys(self._stores, self._vault))
-            return len(hand_over(db, lifecycle, references, upload, image, found))
+        return run_unit(self._unit, lambda db: self._hand_over_in(db, item, found))
+
+    def _hand_over_in(self, db: Session, item: _Taken, found: list[FoundData]) -> int | None:
+        lifecycle = LocationLifecycle(db, self._clock, vault=self._vault)
+        lifecycle.lock_usage([item.owner])  # usage first, as every writer locks
+        upload = db.scalar(
+            select(Upload).where(Upload.image_id == item.image_id, UPLOAD_LEASE.held_by(self.holder)).with_for_update()
+        )
+        if upload is None:
+            return None
+        image = db.scalars(select(Image).where(Image.id == item.image_id).with_for_update()).one()
+        references = DataReferences(db, DataKeys(self._stores, self._vault))
+        return len(hand_over(db, lifecycle, references, upload, image, found))

@@ -2,7 +2,8 @@
 
 Requests are spread over both workers (each on a new connection); one scrape, served by whichever
 worker, must show the counters of both summed. Workers are told apart by the files each writes in
-PROMETHEUS_MULTIPROC_DIR, named after its pid.
+PROMETHEUS_MULTIPROC_DIR, named after its pid. The first scrape, before anything happened, already holds
+every family the contract names, and the metrics directory a run made itself is gone when it stops.
 """
 
 import http.client
@@ -18,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import gunicorn
+from tests.metrics_contract import API_FAMILIES, missing_families
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MIN_REQUESTS, MAX_REQUESTS = 40, 1000
@@ -38,6 +40,18 @@ def two_workers(deployment_ini: Path, tmp_path: Path, multiproc_dir: Path) -> It
     environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
     with gunicorn(deployment_ini, tmp_path, "--config", config, "--workers", "2", env=environment) as address:
         yield address
+
+
+@pytest.fixture
+def temporary_root(tmp_path: Path) -> Path:
+    """gunicorn's TMPDIR: where the configuration makes its metrics directory when none is named."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    return root
+
+
+def made_metrics_directories(temporary_root: Path) -> list[Path]:
+    return sorted(temporary_root.glob("locquota-metrics-*"))
 
 
 def get(address: tuple[str, int], path: str) -> tuple[int, str]:
@@ -102,3 +116,43 @@ def test_one_scrape_sums_the_counters_of_every_worker(two_workers, multiproc_dir
             up = {sample.labels["collector"]: sample.value for sample in family.samples}
             assert {"backlog", "quota", "reconcile", "data_keys", "uploads", "cache"} <= set(up)
             assert set(up.values()) == {1}
+
+
+@pytest.mark.parametrize("directory", ["named", "made"])
+def test_the_first_scrape_holds_every_family_of_the_contract(
+    deployment_ini, tmp_path, multiproc_dir, temporary_root, directory
+):
+    config = str(REPOSITORY / "deploy" / "gunicorn.conf.py")
+    environment = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    environment["TMPDIR"] = str(temporary_root)
+    if directory == "named":
+        environment["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+    with gunicorn(deployment_ini, tmp_path, "--config", config, "--workers", "2", env=environment) as address:
+        status, body = get(address, "/metrics")
+
+    assert status == 200
+    assert missing_families(body, API_FAMILIES) == []
+
+
+def test_a_run_removes_the_metrics_directory_it_made(deployment_ini, tmp_path, temporary_root):
+    config = str(REPOSITORY / "deploy" / "gunicorn.conf.py")
+    environment = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    environment["TMPDIR"] = str(temporary_root)
+    with gunicorn(deployment_ini, tmp_path, "--config", config, "--workers", "1", env=environment) as address:
+        status, _body = get(address, "/versions")  # answered: the master made the directory, a worker counts there
+        assert status == 200
+        [made] = made_metrics_directories(temporary_root)
+        assert any(made.glob("*.db"))
+
+    assert made_metrics_directories(temporary_root) == []
+
+
+def test_a_named_metrics_directory_is_kept_and_none_is_made(deployment_ini, tmp_path, multiproc_dir, temporary_root):
+    config = str(REPOSITORY / "deploy" / "gunicorn.conf.py")
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "TMPDIR": str(temporary_root)}
+    with gunicorn(deployment_ini, tmp_path, "--config", config, "--workers", "1", env=environment) as address:
+        status, _body = get(address, "/versions")
+        assert status == 200
+
+    assert any(multiproc_dir.glob("*.db"))
+    assert made_metrics_directories(temporary_root) == []

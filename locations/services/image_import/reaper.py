@@ -29,6 +29,7 @@ from locations.services.upload_reaper import ReapReport, UploadReaper
 from locations.stores.base import StoreError
 from locquota.db import commit_and_begin
 from locquota.leases import new_holder, take_over
+from locquota.write_conflicts import run_and_commit
 from quota.models import Resource
 from quota.services.ledger import UsageLedger
 
@@ -59,12 +60,13 @@ class ImportReaper:
         return ended
 
     def _take_over(self, request: Request) -> list[uuid.UUID]:
-        now = self._tools.clock.now()
-        unfinished = Task.status.in_(UNFINISHED_TASK_STATUSES)
-        until = self._tools.terms.until(now)
-        taken = take_over(request.db, TASK_LEASE, Task.id, unfinished, self.holder, now, until, self._batch_size)
-        commit_and_begin(request.tm)
-        return taken
+        def take() -> list[uuid.UUID]:
+            now = self._tools.clock.now()
+            unfinished = Task.status.in_(UNFINISHED_TASK_STATUSES)
+            until = self._tools.terms.until(now)
+            return take_over(request.db, TASK_LEASE, Task.id, unfinished, self.holder, now, until, self._batch_size)
+
+        return run_and_commit(request.tm, take)
 
     def _end(self, request: Request, task_id: uuid.UUID) -> int:
         """One dead task ended; 0 if a store could not say what its copies left (a later pass tries again)."""
@@ -78,13 +80,28 @@ class ImportReaper:
             except StoreError as exc:
                 log.warning("import task %s: a copy's store cannot be examined now (%s)", task_id, exc)
                 return 0
+        ids = run_and_commit(request.tm, lambda: self._settle(request, task_id, found))  # again after a conflict
+        if ids is None:
+            return 0
+        if ids:
+            checkpoint = lambda: commit_and_begin(request.tm)  # noqa: E731
+            delete_now(db, tools.clock, tools.stores, tools.scrub_policy, checkpoint, ids, vault=tools.vault)
+            commit_and_begin(request.tm)
+        log.warning(
+            "import task %s: its lease ran out; ended as failed, %s piece(s) of data to scrub", task_id, len(ids)
+        )
+        return 1
+
+    def _settle(self, request: Request, task_id: uuid.UUID, found: dict[int, list[FoundData]]) -> list[int] | None:
+        """The task ended and its copies' data pending_delete; the location ids to delete, None if not ours now."""
+        db, tools = request.db, self._tools
         owner = db.scalar(select(Image.owner).join(Task, Task.image_id == Image.id).where(Task.id == task_id))
         lifecycle = LocationLifecycle(db, tools.clock, vault=tools.vault)
         lifecycle.lock_usage([owner or ""])
         lease = TaskLease(db, tools.clock, tools.terms, task_id, self.holder)
         task = lease.hold()
         if task is None:
-            return 0
+            return None
         image = db.get(Image, task.image_id)
         references = DataReferences(db, DataKeys(tools.stores, tools.vault))
         retired = []
@@ -94,16 +111,7 @@ class ImportReaper:
             db.delete(copy)
         db.flush()
         ids = [location.id for location in retired]
-        ids += end_import(db, lifecycle, tools.stores, tools.vault, task, {}, error=STOPPED)
-        commit_and_begin(request.tm)
-        if ids:
-            checkpoint = lambda: commit_and_begin(request.tm)  # noqa: E731
-            delete_now(db, tools.clock, tools.stores, tools.scrub_policy, checkpoint, ids, vault=tools.vault)
-            commit_and_begin(request.tm)
-        log.warning(
-            "import task %s: its lease ran out; ended as failed, %s piece(s) of data to scrub", task_id, len(ids)
-        )
-        return 1
+        return ids + end_import(db, lifecycle, tools.stores, tools.vault, task, {}, error=STOPPED)
 
 
 class Reapers:
@@ -116,4 +124,11 @@ class Reapers:
         """End dead uploads, then dead imports; what both did."""
         report = self._uploads.run_once(stop)
         report.imports = self._imports.run_once(stop)
+        if report.uploads or report.imports:
+            log.info(
+                "reap pass: %s uploads and %s import tasks ended, %s pieces of data to scrub",
+                report.uploads,
+                report.imports,
+                report.locations,
+            )
         return report
