@@ -79,9 +79,9 @@ def _stop_on_sigterm() -> threading.Event:
 @click.pass_obj
 def scrub(app: LazyApp, daemon: bool, metrics_port: int | None, metrics_address: str) -> None:
     """Delete the data of pending_delete locations whose scrub time has passed (safe on every node)."""
+    settings = app.registry["locquota.settings"]  # the app first: it makes the series a first scrape must see
     if metrics_port is not None:
         serve_metrics(metrics_address, metrics_port)
-    settings = app.registry["locquota.settings"]
     with app.request() as request:
         stores, clock = request.find_service(StoreRegistry), request.find_service(Clock)
     scrubber = Scrubber(
@@ -149,21 +149,30 @@ def purge(app: LazyApp, days: int) -> None:
 
 @click.command()
 @click.option("--fix", is_flag=True, help="Repair the drift found (without it, only report).")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only report, record nothing, and exit 1 if any figure drifted (for cron and monitoring).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1, max=10000), default=RECONCILE_BATCH, show_default=True)
 @click.pass_obj
-def reconcile(app: LazyApp, fix: bool, batch_size: int) -> None:
+def reconcile(app: LazyApp, fix: bool, check: bool, batch_size: int) -> None:
     """Recount every tenant's usage from the locations table; report drift, and repair it with --fix.
 
     Safe while the service runs: each batch of tenants is locked while it is recounted. The drift
-    found is kept in the database (usage_drift) for the metrics until the next run.
+    found is kept in the database (usage_drift) for the metrics until the next run; with --check the
+    database is left exactly as it was (each batch is rolled back) and drift makes the exit status 1.
     """
+    if fix and check:
+        raise click.UsageError("--check changes nothing and --fix repairs: choose one")
     with app.request() as request, request.tm:
         clock = request.find_service(Clock)
         reconciler = Reconciler(request.db, clock)
-        run_id, total = reconciler.start_run(), reconciler.count_tenants()
+        run_id, total = (None if check else reconciler.start_run()), reconciler.count_tenants()
+    unit_of_work = app.rolled_back_unit_of_work() if check else app.unit_of_work()
     tenants = drifted = figures = 0
     with click.progressbar(length=total, label="reconciling", file=sys.stderr) as bar:
-        for batch in reconcile_batches(app.unit_of_work(), clock, batch_size, fix=fix):
+        for batch in reconcile_batches(unit_of_work, clock, batch_size, fix=fix):
             tenants += len(batch.tenants)
             drifted += len({drift.tenant_id for drift in batch.drift})
             figures += len(batch.drift)
@@ -171,10 +180,17 @@ def reconcile(app: LazyApp, fix: bool, batch_size: int) -> None:
                 figures_of = f"{drift.tenant_id}\t{drift.figure}"
                 click.echo(f"drift\t{figures_of}\trecorded {drift.recorded}\tactual {drift.actual}")
             bar.update(len(batch.tenants))
-    with app.request() as request, request.tm:
-        Reconciler(request.db, clock).finish_run(run_id, tenants=tenants, drifted_tenants=drifted, repaired=fix)
-    outcome = "repaired" if fix else "found (run with --fix to repair)"
+    if run_id is not None:
+        with app.request() as request, request.tm:
+            Reconciler(request.db, clock).finish_run(run_id, tenants=tenants, drifted_tenants=drifted, repaired=fix)
+    outcome = "found (run with --fix to repair)"
+    if fix:
+        outcome = "repaired"
+    elif check:
+        outcome = "found (checked only: nothing recorded)"
     click.echo(f"reconciled {tenants} tenants: {figures} drifted figures in {drifted} tenants {outcome}")
+    if check and figures:
+        raise click.exceptions.Exit(1)
 
 
 @click.command("import-glance")

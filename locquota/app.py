@@ -69,8 +69,12 @@ def main(global_config: Mapping[str, str], **settings: str) -> WsgiApp:
     """The paste app factory named in development.ini and production.ini.
 
     With the keystone strategy it refuses to start unless the .ini runs auth_token in front of the app.
+    A bad setting ends the process with one line on stderr (locquota.startup), under pserve and gunicorn alike.
     """
-    router = configure(settings).make_wsgi_app()
-    if router.registry["locquota.settings"].auth_strategy is AuthStrategy.KEYSTONE:
-        require_auth_token(global_config)
+    from locquota.startup import refusing_to_start  # noqa: PLC0415  (see locquota.startup)
+
+    with refusing_to_start(global_config):
+        router = configure(settings).make_wsgi_app()
+        if router.registry["locquota.settings"].auth_strategy is AuthStrategy.KEYSTONE:
+            require_auth_token(global_config)
     return bound_client_silence(router, router.registry["locquota.settings"].client_idle_timeout_seconds)

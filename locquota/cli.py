@@ -11,13 +11,23 @@ import click
 from locations.audit_cli import audit
 from locations.cli import REKEY_BATCH, import_glance, locations, purge, reap, reconcile, rekey_all, restore, scrub
 from locquota.clock import Clock
-from locquota.db import upgrade_to_head
+from locquota.config_cli import config
+from locquota.db import make_engine
+from locquota.schema_state import (
+    DatabaseNotReadyError,
+    head_revision,
+    migrations,
+    revision_at,
+    schema_problem,
+    upgrade,
+)
 from locquota.scripting import LazyApp
 from locquota.tokens import TokenService
 from quota.cli import limits
 
 
 @click.group()
+@click.version_option(package_name="locquota", prog_name="locquota", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     "config_uri",
@@ -45,9 +55,49 @@ def db_upgrade(app: LazyApp) -> None:
 
     PostgreSQL deployments run this on each release; the re-keying is `locquota locations rekey`.
     """
-    upgrade_to_head(app.registry["locquota.engine"])
-    click.echo("database is at the newest revision")
+    database_url = app.settings.database_url
+    _revision_or_fail(database_url)  # it answers, or one line says why
+    engine = make_engine(database_url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        click.echo(f"the database is already at the newest revision, {after}")
+    else:
+        click.echo(f"upgraded the database from {before or 'nothing'} to {after}, the newest revision")
     rekey_all(app, REKEY_BATCH, everything=False)
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(app: LazyApp) -> None:
+    """The revision the database is at, and whether it is the newest this locquota knows."""
+    database_url = app.settings.database_url
+    revision = _revision_or_fail(database_url)
+    if revision is None:
+        raise click.ClickException(str(schema_problem(database_url, revision)))
+    head = head_revision()
+    if revision == head:
+        click.echo(f"{revision} (the newest revision)")
+    elif revision in {known.id for known in migrations()}:
+        click.echo(f"{revision} (the newest is {head}: run `locquota db upgrade`)")
+    else:
+        click.echo(f"{revision} (not a revision this locquota knows: a newer release migrated the database)")
+
+
+@db.command("history")
+def db_history() -> None:
+    """Every migration this locquota carries, newest first: revision, then what it changes."""
+    for revision in migrations():
+        click.echo(f"{revision.id}\t{revision.title}{' (newest)' if revision.is_head else ''}")
+
+
+def _revision_or_fail(database_url: str) -> str | None:
+    try:
+        return revision_at(database_url)
+    except DatabaseNotReadyError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @cli.group()
@@ -102,5 +152,5 @@ def tokens_revoke(app: LazyApp, token_ids: tuple[int, ...]) -> None:
         raise click.ClickException(f"no token with id {', '.join(map(str, missing))}")
 
 
-for command in (scrub, reap, restore, purge, reconcile, audit, import_glance, locations, limits):
+for command in (config, scrub, reap, restore, purge, reconcile, audit, import_glance, locations, limits):
     cli.add_command(command)

@@ -291,20 +291,39 @@ def render_locquota_error(exc: LocquotaError, request: Request) -> dict[str, obj
 
 
 @forbidden_view_config(renderer="json")
-def render_forbidden(_exc: HTTPException, request: Request) -> dict[str, object]:
-    """Pyramid's permission failure: 401 without an identity, 403 with one."""
+def render_forbidden(exc: HTTPException, request: Request) -> dict[str, object]:
+    """Pyramid's permission failure: 401 without an identity, 403 with one (naming the policy rule that refused)."""
     if request.identity is None:
         request.response.headers["WWW-Authenticate"] = 'Keystone uri="", Token'
         return _render(request, 401, Unauthorized.code, "Authentication required.", {})
-    return _render(request, 403, Forbidden.code, "You are not authorized to do this.", {})
+    rule = getattr(getattr(exc, "result", None), "rule", None)
+    details: dict[str, object] = {"rule": rule} if rule is not None else {}
+    return _render(request, 403, Forbidden.code, "You are not authorized to do this.", details)
 
 
 @notfound_view_config(renderer="json")
 def render_not_found(_exc: HTTPException, request: Request) -> dict[str, object]:
     """An unknown URL, in the error shape; a known URL with the wrong method is a 405, as in Glance."""
     if request.matched_route is not None:
+        request.response.headers["Allow"] = ", ".join(allowed_methods(request.registry, request.matched_route.name))
         return _render(request, 405, MethodNotAllowed.code, f"{request.method} is not allowed here.", {})
     return _render(request, 404, NotFound.code, "No resource at this URL.", {})
+
+
+def allowed_methods(registry: Registry, route_name: str) -> list[str]:
+    """The methods the route's views take, for a 405's Allow header (RFC 9110); read once per route."""
+    known: dict[str, list[str]] = registry.setdefault("locquota.allowed_methods", {})
+    if route_name not in known:
+        route = registry.introspector.get("routes", route_name)
+        methods: set[str] = set()
+        for view in registry.introspector.related(route) if route is not None else []:
+            if view.category_name == "views":
+                taken = view["request_methods"]
+                methods.update([taken] if isinstance(taken, str) else taken or ())
+        if "GET" in methods:
+            methods.add("HEAD")  # Pyramid answers HEAD with a GET view
+        known[route_name] = sorted(methods)
+    return known[route_name]
 
 
 @exception_view_config(HTTPException, renderer="json")

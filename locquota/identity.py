@@ -32,6 +32,18 @@ AUTHENTICATED = "authenticated"  # Pyramid's default permission: a project-scope
 TOKEN_AUTH_ENVIRON_KEY = "keystone.token_auth"  # noqa: S105 - set by keystonemiddleware.auth_token, not a secret
 
 
+class RuleDenied(Denied):
+    """A refusal by one policy rule, named so that the 403 can say which (docs/errors.md: details.rule)."""
+
+    rule: str
+
+    def __new__(cls, rule: str) -> "RuleDenied":
+        """Pyramid's results are ints, made in __new__."""
+        denied = super().__new__(cls, "policy does not allow %s", rule)
+        denied.rule = rule
+        return denied
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """The caller: its project (None for a system- or domain-scoped token), roles, and the policy in force."""
@@ -171,7 +183,7 @@ class LocquotaSecurityPolicy:
             return Denied("a project-scoped token is required")  # as Glance's project-scoped rules answer
         if permission == AUTHENTICATED or identity.may(permission):
             return Allowed(f"{permission} granted")
-        return Denied(f"policy does not allow {permission}")
+        return RuleDenied(permission)
 
     def remember(self, _request: Request, _userid: str, **_kw: object) -> list[tuple[str, str]]:
         """Identity travels in headers on every request; nothing to remember."""

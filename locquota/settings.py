@@ -16,12 +16,12 @@ from pyramid.request import Request
 from pyramid.settings import asbool, aslist
 
 from locquota.crypto import parse_key
+from locquota.environment import unknown_variables, variable_of
 
 PREFIX = "locquota."
 # .ini names kept as Glance spells them, mapped to fields that carry their unit.
 RENAMED = {"scrub_time": "scrub_time_seconds", "wakeup_time": "wakeup_time_seconds"}
 STORE_PREFIX = "locquota.store."
-ENV_PREFIX = "LOCQUOTA_"
 QUOTA_PREFIX = "locquota.quota."
 # Settings whose values are secrets: an error names the key, never the value.
 SECRET_SETTINGS = frozenset({"location_encryption_keys"})
@@ -197,7 +197,14 @@ def _addresses(value: str) -> tuple[str, ...]:
 
 def _from_environment(environ: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     """The LOCQUOTA_<NAME> variables that are set, as locquota.<name> keys."""
-    return {PREFIX + name: environ[ENV_PREFIX + name.upper()] for name in names if ENV_PREFIX + name.upper() in environ}
+    return {PREFIX + name: environ[variable_of(name)] for name in names if variable_of(name) in environ}
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse LOCQUOTA_* variables nothing reads: a misspelt override would otherwise be ignored in silence."""
+    problem = unknown_variables(environ, PARSERS)
+    if problem:
+        raise SettingsError(problem)
 
 
 def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -210,6 +217,61 @@ def _store_options(raw: Mapping[str, str]) -> dict[str, dict[str, str]]:
                 raise SettingsError(f"{key}: expected locquota.store.<store>.<option>")
             options.setdefault(name, {})[option] = value
     return options
+
+
+# The parser of every locquota.<name> key, by .ini name (RENAMED maps a few to their field).
+PARSERS: dict[str, Callable[[str], object]] = {
+    "database_url": str.strip,
+    "auto_migrate": _boolean,
+    "redis_url": str.strip,
+    "redis_timeout_seconds": _positive_seconds,
+    "auth_strategy": lambda v: AuthStrategy(v.strip()),
+    "allow_insecure_noauth": _boolean,
+    "policy_file": str.strip,
+    "limits_source": lambda v: LimitsSource(v.strip()),
+    "unified_limits_config_file": str.strip,
+    "unified_limits_cache_seconds": _positive_seconds,
+    "enabled_stores": _names,
+    "default_store": str.strip,
+    "enabled_backends": _backends,
+    "default_backend": str.strip,
+    "show_multiple_locations": _boolean,
+    "show_image_direct_url": _boolean,
+    "max_request_body_bytes": _positive_int,
+    "client_idle_timeout_seconds": _positive_seconds,
+    "image_size_cap_bytes": _positive_int,
+    "upload_chunk_bytes": _positive_int,
+    "upload_lease_seconds": _positive_int,
+    "limit_param_default": _positive_int,
+    "api_limit_max": _positive_int,
+    "delayed_delete": _boolean,
+    "scrub_time": _non_negative_int,
+    "wakeup_time": _positive_int,
+    "scrub_pool_size": _positive_int,
+    "scrub_batch_size": _positive_int,
+    "scrub_lease_seconds": _positive_int,
+    "scrub_retry_base_seconds": _positive_int,
+    "scrub_retry_max_seconds": _positive_int,
+    "usage_cache_ttl_seconds": _positive_int,
+    "redis_sentinels": _addresses,
+    "redis_sentinel_service": str.strip,
+    "metrics_query_timeout_seconds": _positive_seconds,
+    "metrics_top_tenants": _non_negative_int,
+    "location_encryption_keys": _key_ring,
+    "location_encryption_key_file": str.strip,
+    "node_staging_uri": _staging_uri,
+    "enabled_import_methods": _import_methods,
+    "import_allowed_schemes": _lower_names,
+    "import_disallowed_schemes": _lower_names,
+    "import_allowed_hosts": _lower_names,
+    "import_disallowed_hosts": _lower_names,
+    "import_allowed_ports": _ports,
+    "import_disallowed_ports": _ports,
+    "web_download_timeout_seconds": _positive_seconds,
+    "import_workers": _positive_int,
+    "import_lease_seconds": _positive_int,
+    "image_member_quota": int,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,68 +370,17 @@ class Settings:
         An environment variable LOCQUOTA_<NAME> (LOCQUOTA_DATABASE_URL) overrides locquota.<name>, so
         secrets stay out of committed .ini files.
         """
-        parsers: dict[str, Callable[[str], object]] = {
-            "database_url": str.strip,
-            "auto_migrate": _boolean,
-            "redis_url": str.strip,
-            "redis_timeout_seconds": _positive_seconds,
-            "auth_strategy": lambda v: AuthStrategy(v.strip()),
-            "allow_insecure_noauth": _boolean,
-            "policy_file": str.strip,
-            "limits_source": lambda v: LimitsSource(v.strip()),
-            "unified_limits_config_file": str.strip,
-            "unified_limits_cache_seconds": _positive_seconds,
-            "enabled_stores": _names,
-            "default_store": str.strip,
-            "enabled_backends": _backends,
-            "default_backend": str.strip,
-            "show_multiple_locations": _boolean,
-            "show_image_direct_url": _boolean,
-            "max_request_body_bytes": _positive_int,
-            "client_idle_timeout_seconds": _positive_seconds,
-            "image_size_cap_bytes": _positive_int,
-            "upload_chunk_bytes": _positive_int,
-            "upload_lease_seconds": _positive_int,
-            "limit_param_default": _positive_int,
-            "api_limit_max": _positive_int,
-            "delayed_delete": _boolean,
-            "scrub_time": _non_negative_int,
-            "wakeup_time": _positive_int,
-            "scrub_pool_size": _positive_int,
-            "scrub_batch_size": _positive_int,
-            "scrub_lease_seconds": _positive_int,
-            "scrub_retry_base_seconds": _positive_int,
-            "scrub_retry_max_seconds": _positive_int,
-            "usage_cache_ttl_seconds": _positive_int,
-            "redis_sentinels": _addresses,
-            "redis_sentinel_service": str.strip,
-            "metrics_query_timeout_seconds": _positive_seconds,
-            "metrics_top_tenants": _non_negative_int,
-            "location_encryption_keys": _key_ring,
-            "location_encryption_key_file": str.strip,
-            "node_staging_uri": _staging_uri,
-            "enabled_import_methods": _import_methods,
-            "import_allowed_schemes": _lower_names,
-            "import_disallowed_schemes": _lower_names,
-            "import_allowed_hosts": _lower_names,
-            "import_disallowed_hosts": _lower_names,
-            "import_allowed_ports": _ports,
-            "import_disallowed_ports": _ports,
-            "web_download_timeout_seconds": _positive_seconds,
-            "import_workers": _positive_int,
-            "import_lease_seconds": _positive_int,
-            "image_member_quota": int,
-        }
-        raw = {**raw, **_from_environment(environ or {}, parsers)}
+        check_environment(environ or {})
+        raw = {**raw, **_from_environment(environ or {}, PARSERS)}
         values: dict[str, object] = {}
         for key, value in raw.items():
             if not key.startswith(PREFIX) or key.startswith((STORE_PREFIX, QUOTA_PREFIX)):
                 continue
             name = key.removeprefix(PREFIX)
-            if name not in parsers:
+            if name not in PARSERS:
                 raise SettingsError(f"{key}: unknown setting")
             try:
-                values[RENAMED.get(name, name)] = parsers[name](value)
+                values[RENAMED.get(name, name)] = PARSERS[name](value)
             except ValueError as exc:
                 shown = key if name in SECRET_SETTINGS else f"{key} = {value!r}"
                 raise SettingsError(f"{shown}: {exc}") from None if name in SECRET_SETTINGS else exc

@@ -184,3 +184,20 @@ def test_a_refused_write_changes_nothing(matrix_app, token_for):
     matrix_app.put(f"/v2/images/{image}/tags/green", headers=reader, status=403)
 
     assert matrix_app.get(f"/v2/images/{image}", headers=owner).json == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "rule"),
+    [
+        ("GET", "/v1/tenants/p1/limits", "locquota:limits:get"),
+        ("GET", "/v1/tenants/p1/usage", "locquota:usage:get_any"),
+    ],
+)
+def test_a_route_refused_by_its_policy_rule_names_the_rule(matrix_app, token_for, method, path, rule):
+    refused = matrix_app.request(path, method=method, headers=token_for("owner-member"), status=403).json
+
+    assert refused["error"] == {
+        "code": "forbidden",
+        "message": "You are not authorized to do this.",
+        "details": {"rule": rule},
+    }

@@ -212,7 +212,7 @@ def test_db_upgrade_keys_every_file_row_by_its_files_canonical_key(database, pla
     result = locquota(ini, "db", "upgrade")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("database is at the newest revision\n")
+    assert result.stdout.startswith(f"upgraded the database from {PRE_DATA_KEYS} to ")
     after = rows(database)
     root = planted.root
     expected_keys = {

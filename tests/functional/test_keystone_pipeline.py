@@ -36,12 +36,15 @@ def keystone_settings(settings: dict[str, str]) -> dict[str, str]:
     return {**settings, "locquota.auth_strategy": "keystone"}
 
 
-def test_without_the_filter_the_app_refuses_to_load(keystone_settings, tmp_path):
+def test_without_the_filter_the_app_refuses_to_load(keystone_settings, tmp_path, capsys):
     ini = tmp_path / "bare.ini"
     ini.write_text(app_section(keystone_settings, "main"))
 
-    with pytest.raises(SettingsError, match="auth_token"):
+    with pytest.raises(SystemExit) as stopped:
         loadapp(f"config:{ini}")
+
+    assert stopped.value.code == 3  # gunicorn's "worker failed to boot": its master stops too
+    assert "auth_token" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

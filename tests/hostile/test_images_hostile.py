@@ -651,6 +651,9 @@ def test_known_url_with_unknown_method_is_405(app, tenant, image, state, method,
         expect_errors=True,
     )
     assert_error(res, 405, "method_not_allowed")
+    allowed = res.headers["Allow"].split(", ")
+    assert method not in allowed
+    assert "GET" in allowed or "PUT" in allowed  # what the URL does take (RFC 9110 asks a 405 to say)
     assert state() == before
 
 

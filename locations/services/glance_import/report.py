@@ -34,7 +34,7 @@ class Finding(StrEnum):
     # Imported, and worth a look.
     OUTSIDE_STORE = "flagged: URL outside every configured store (imported; locquota never deletes or serves it)"
     SCHEME_NOT_ENABLED = "flagged: URL scheme of no enabled store (imported; locquota never deletes or serves it)"
-    URL_CREDENTIALS = "flagged: URL carries credentials (masked here, stored as is)"
+    URL_CREDENTIALS = "flagged: URL carries credentials (masked here; sealed when keys are set)"
     SHARED_URL = "flagged: URL also referenced by another image's location"
     METADATA_MALFORMED = "flagged: location metadata is not a JSON object (imported as {})"
     METADATA_TOO_LARGE = f"flagged: location metadata over {MAX_METADATA_CHARS} characters (imported as {{}})"
