@@ -8,6 +8,7 @@ from pyramid.request import Request
 from locquota.pipeline import require_auth_token
 from locquota.serving import WsgiApp, bound_client_silence
 from locquota.settings import AuthStrategy
+from locquota.write_conflicts import REQUEST_ATTEMPTS
 
 
 def _retry_attempts(request: Request) -> int | None:
@@ -41,6 +42,7 @@ def configure(raw: Mapping[str, str]) -> Configurator:
             # pyramid_tm would resolve the identity (a token lookup: a query) before any view or error view runs.
             "tm.annotate_user": "false",
             "retry.activate_hook": _retry_attempts,
+            "retry.attempts": raw.get("retry.attempts", str(REQUEST_ATTEMPTS)),  # write conflicts: docs/databases.md
         }
     )
     config.include("locquota.settings")

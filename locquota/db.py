@@ -1,8 +1,9 @@
 """The database: one declarative Base, the engine, and a session per request joined to its transaction."""
 
+import logging
 import select
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+log = logging.getLogger(__name__)
+# A factory of units of work: each `with` yields a session in a transaction that commits on exit.
+UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 
 class Base(DeclarativeBase):
@@ -229,6 +234,13 @@ def commit_and_begin(manager: transaction.TransactionManager) -> None:
 
 
 def abort_and_begin(manager: transaction.TransactionManager) -> None:
-    """Throw the current unit of work away and start the next one (after a failure mid-way)."""
-    manager.abort()
+    """Throw the current unit of work away and start the next one (after a failure mid-way).
+
+    A ROLLBACK that fails has nothing left to keep: on Galera, the ROLLBACK of a transaction that another
+    node's write already aborted raises the deadlock error itself. It is logged, and the next unit begins.
+    """
+    try:
+        manager.abort()
+    except Exception:  # the transaction manager is free again either way (transaction.abort)
+        log.warning("a rollback failed; the unit was thrown away anyway", exc_info=True)
     manager.begin()

@@ -6,8 +6,8 @@ setting or LOCQUOTA_* variable, a database that does not answer or was never mig
 
 import configparser
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import click
 from pyramid.paster import get_appsettings, setup_logging
@@ -18,12 +18,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from locquota.app import configure
+from locquota.db import UnitOfWork
 from locquota.masking import mask_url
 from locquota.pipeline import app_section_of, require_auth_token
 from locquota.schema_state import DatabaseNotReadyError, first_line, require_schema, revision_at
 from locquota.settings import AuthStrategy, Settings, SettingsError
 
-UnitOfWork = Callable[[], AbstractContextManager[Session]]
 AppSettings = dict[str, str]
 
 

@@ -22,8 +22,7 @@ import transaction
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from locquota.db import abort_and_begin, commit_and_begin
-from locquota.scripting import UnitOfWork
+from locquota.db import UnitOfWork, abort_and_begin, commit_and_begin
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,8 +31,12 @@ MYSQL_CONFLICTS = {
     1213: "deadlock, or a Galera certification failure at commit",
     1205: "lock wait timeout",
 }
-UNIT_ATTEMPTS = 8  # a unit outside a request: a scrubber's batch, a reaper's take-over, an upload's landing
-BACKOFF_BASE_SECONDS = 0.005
+# A unit outside a request (a scrubber's batch, a reaper's take-over, an upload's landing): with the waits
+# below, 20 attempts span several seconds, enough for three Galera writers on one tenant's row to take turns.
+UNIT_ATTEMPTS = 20
+REQUEST_ATTEMPTS = 10  # pyramid_retry's retry.attempts, unless the .ini sets it
+BACKOFF_BASE_SECONDS = 0.01
+BACKOFF_CAP_SECONDS = 1.0
 
 
 def is_write_conflict(exc: BaseException) -> bool:
@@ -48,19 +51,24 @@ def is_write_conflict(exc: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith("40")
 
 
-def backoff_seconds(attempt: int) -> float:
-    """A random wait below 5 ms doubled per attempt ("full jitter"), so that writers that collided spread out."""
-    return random.uniform(0, BACKOFF_BASE_SECONDS * 2**attempt)  # noqa: S311 - spreading retries, not a secret
+def backoff_seconds(attempt: int, unit_seconds: float = 0.0) -> float:
+    """A random wait ("full jitter") below the unit's own duration (10 ms at least) doubled per attempt, 1 s at most.
+
+    Sized to the unit: writers that collided then rarely start their next attempts at the same moment again.
+    """
+    ceiling = min(BACKOFF_CAP_SECONDS, max(BACKOFF_BASE_SECONDS, unit_seconds) * 2**attempt)
+    return random.uniform(0, ceiling)  # noqa: S311 - spreading retries, not a secret
 
 
 def run_unit(unit_of_work: UnitOfWork, work: Callable[[Session], T], *, attempts: int = UNIT_ATTEMPTS) -> T:
     """work(db) in a unit of work that commits, run again from its start after a write conflict."""
     for attempt in range(attempts):
+        started = time.monotonic()
         try:
             with unit_of_work() as db:
                 return work(db)
         except DBAPIError as exc:
-            _wait_or_raise(exc, attempt, attempts)
+            _wait_or_raise(exc, attempt, attempts, time.monotonic() - started)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -74,18 +82,19 @@ def run_and_commit(
     (expire_on_commit is off).
     """
     for attempt in range(attempts):
+        started = time.monotonic()
         try:
             result = work()
             commit_and_begin(manager)
             return result
         except DBAPIError as exc:
             abort_and_begin(manager)
-            _wait_or_raise(exc, attempt, attempts)
+            _wait_or_raise(exc, attempt, attempts, time.monotonic() - started)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _wait_or_raise(exc: DBAPIError, attempt: int, attempts: int) -> None:
+def _wait_or_raise(exc: DBAPIError, attempt: int, attempts: int, unit_seconds: float) -> None:
     if attempt == attempts - 1 or not is_write_conflict(exc):
         raise exc
     log.info("write conflict (%s), attempt %s of %s: running the unit again", exc.orig, attempt + 1, attempts)
-    time.sleep(backoff_seconds(attempt))
+    time.sleep(backoff_seconds(attempt, unit_seconds))

@@ -129,7 +129,7 @@ def postgresql_server(*, durable: bool = False) -> Iterator[str]:
         server.remove()
 
 
-def _mariadb_binary(name: str, default: str) -> str:
+def mariadb_binary(name: str, default: str) -> str:
     """A MariaDB server binary: on PATH, else where Debian's mariadb-server puts it (/usr/sbin is not on every PATH)."""
     found = shutil.which(name) or (default if os.access(default, os.X_OK) else None)
     if found is None:
@@ -144,8 +144,8 @@ def mariadb_server(*, durable: bool = False) -> Iterator[str]:
     Tests run it without flushing the redo log at each commit (speed, nothing to keep); durable=True flushes
     it, as production runs it, for benchmarks of writes.
     """
-    mariadbd = _mariadb_binary("mariadbd", MARIADBD)
-    install_db = _mariadb_binary("mariadb-install-db", MARIADB_INSTALL_DB)
+    mariadbd = mariadb_binary("mariadbd", MARIADBD)
+    install_db = mariadb_binary("mariadb-install-db", MARIADB_INSTALL_DB)
     workdir = Path(tempfile.mkdtemp(prefix="locquota-mariadb-"))
     # As root, mariadbd must be told which user to become (it refuses to run as root otherwise).
     as_user = []

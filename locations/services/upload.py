@@ -30,7 +30,7 @@ from locations.services.data_references import DataKeys, DataReferences
 from locations.services.images import ImageService
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.scrubbing import ScrubPolicy, delete_now
-from locations.services.upload_leases import UploadLease, find_data, hand_over
+from locations.services.upload_leases import FoundData, UploadLease, find_data, hand_over
 from locations.stores.base import Store, StoreDuplicateError, StoreError, StoreFullError, StoreRegistry
 from locquota.clock import Clock
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault
@@ -276,7 +276,8 @@ class ImageDataService:
     def _end_without_data(self, lease: UploadLease, owner: str, during: ImageStatus, status: ImageStatus) -> None:
         """The image from during (saving) to status and the lease ended, if still held (else the reaper does it)."""
         abort_and_begin(self._transactions)  # a renewal may have failed half-way through its unit
-        try:
+
+        def end() -> None:
             self._lifecycle.lock_usage([owner])
             upload = lease.hold()
             if upload is None:
@@ -285,7 +286,9 @@ class ImageDataService:
             if image.status is during:  # else deleted meanwhile: it stays so
                 self._lifecycle.set_image_status(image, status)
             self._db.delete(upload)
-            self._checkpoint()
+
+        try:
+            run_and_commit(self._transactions, end)
         except Exception:  # a clean-up: it must never hide why the upload failed (the lease is the backstop)
             log.exception("image %s: the failed upload could not be ended now; its lease will run out", lease.image_id)
             abort_and_begin(self._transactions)
@@ -367,30 +370,33 @@ class ImageDataService:
             if upload is None or upload.holder != lease.holder:
                 return  # taken over: the reaper hands the data over
             found = find_data(self._stores, self._vault, upload)
-            self._lifecycle.lock_usage([owner])
-            upload = lease.hold()
-            if upload is None:
-                return
-            image = self._db.scalars(select(Image).where(Image.id == lease.image_id).with_for_update()).one()
-            references = DataReferences(self._db, self._keys)
-            retired = [
-                location.id for location in hand_over(self._db, self._lifecycle, references, upload, image, found)
-            ]
-            self._db.flush()
-            if retired:  # as an immediate delete does: pending_delete committed first, then the data goes
-                delete_now(
-                    self._db,
-                    self._clock,
-                    self._stores,
-                    self._scrub_policy,
-                    self._checkpoint,
-                    retired,
-                    vault=self._vault,
-                )
-            self._checkpoint()
+            retired = run_and_commit(self._transactions, lambda: self._hand_back(lease, owner, found))
         except Exception:  # as above
             log.exception("image %s: a failed upload could not be ended now; its lease will run out", lease.image_id)
             abort_and_begin(self._transactions)
+            return
+        if not retired:
+            return
+        try:  # as an immediate delete does: pending_delete is committed, now the data goes
+            delete_now(
+                self._db, self._clock, self._stores, self._scrub_policy, self._checkpoint, retired, vault=self._vault
+            )
+            self._checkpoint()
+        except Exception:  # the image is queued again and its data pending_delete: the scrubber deletes it
+            log.warning("image %s: the failed upload's data is left to the scrubber", lease.image_id, exc_info=True)
+            abort_and_begin(self._transactions)
+
+    def _hand_back(self, lease: UploadLease, owner: str, found: list[FoundData]) -> list[int]:
+        """The unit of _give_back: the image back to queued, its data pending_delete (none if the lease is gone)."""
+        self._lifecycle.lock_usage([owner])
+        upload = lease.hold()
+        if upload is None:
+            return []
+        image = self._db.scalars(select(Image).where(Image.id == lease.image_id).with_for_update()).one()
+        references = DataReferences(self._db, self._keys)
+        retired = hand_over(self._db, self._lifecycle, references, upload, image, found)
+        self._db.flush()
+        return [location.id for location in retired]
 
     def open(self, caller: Identity, image_id: uuid.UUID) -> tuple[Image, Iterator[bytes] | None]:
         """The image and a stream of its data from the first readable active location (None: no data).

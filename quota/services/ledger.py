@@ -78,7 +78,11 @@ class UsageLedger:
     def move_space(
         self, tenant_id: str, store: str, source: SpaceState | None, target: SpaceState | None, size_bytes: int
     ) -> None:
-        """Move one location's bytes between the per-store states (None: not charged). Call after charge."""
+        """Move one location's bytes between the per-store states (None: not charged). Call after charge.
+
+        A move that changes no total (a delayed delete, a restore) still changes the split: the cached copy goes.
+        """
+        mark_changed(self._db, tenant_id)
         for state, sign in ((source, -1), (target, +1)):
             if state is None:
                 continue

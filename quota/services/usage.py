@@ -82,17 +82,31 @@ class UsageReader:
         self._db, self._clock, self._limits, self._ttl = db, clock, limits, cache_ttl_seconds
 
     def read(self, tenant_id: str) -> UsageReport:
-        """The tenant's rows now; a tenant that never used anything reads as zeros."""
-        row = self._db.execute(select(TenantUsage.__table__).where(TenantUsage.tenant_id == tenant_id)).first()
-        spaces = self._db.execute(
-            select(StoreUsage.store, StoreUsage.state, StoreUsage.size_bytes, StoreUsage.locations).where(
-                StoreUsage.tenant_id == tenant_id
+        """The tenant's rows now, totals and split in one statement; a tenant that never used anything reads as zeros.
+
+        One statement is one snapshot: read in two, a change committed between them (a scrubber's batch,
+        another node's delete) would give totals that are not the sum of the split, and the cache would keep them.
+        Every writer of store_usage charges tenant_usage first, so a tenant with a split has a totals row.
+        """
+        rows = self._db.execute(
+            select(
+                TenantUsage.__table__,
+                StoreUsage.store,
+                StoreUsage.state,
+                StoreUsage.size_bytes.label("store_size_bytes"),
+                StoreUsage.locations.label("store_locations"),
             )
+            .select_from(TenantUsage)
+            .outerjoin(StoreUsage, StoreUsage.tenant_id == TenantUsage.tenant_id)
+            .where(TenantUsage.tenant_id == tenant_id)
         ).all()
+        row = rows[0] if rows else None
         by_store: dict[str, dict[SpaceState, Space]] = {}
-        for store, state, size_bytes, locations in spaces:
-            if size_bytes or locations:
-                by_store.setdefault(store, {})[SpaceState(state)] = Space(size_bytes, locations)
+        for split in rows:
+            if split.store is not None and (split.store_size_bytes or split.store_locations):
+                by_store.setdefault(split.store, {})[SpaceState(split.state)] = Space(
+                    split.store_size_bytes, split.store_locations
+                )
         totals = {resource: getattr(row, resource.value) if row else 0 for resource in TENANT_RESOURCES}
         return UsageReport(
             tenant_id=tenant_id,
