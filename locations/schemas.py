@@ -7,6 +7,7 @@ that changes nothing.
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -47,6 +48,12 @@ EDITABLE_BASE = ("name", "visibility", "protected", "os_hidden", "min_disk", "mi
                  "container_format", "owner", "tags")  # fmt: skip
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
 LIST_FILTERS_WITH_IN = ("name", "status", "owner", "disk_format", "container_format", "id")
+# Other image columns Glance's list compares exactly when named as a filter (not as a property), and the
+# whole-number ones it also takes as ranges (`min_ram_min`, `virtual_size_max`, ...), with their column's largest value.
+TEXT_COLUMN_FILTERS = ("checksum", "os_hash_algo", "os_hash_value")
+TIME_COLUMN_FILTERS = ("created_at", "updated_at")  # each with Glance's operators: gte:2024-01-01T00:00:00Z
+TIME_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte")
+NUMBER_COLUMN_FILTERS = {"min_ram": MAX_INT32, "min_disk": MAX_INT32, "virtual_size": 2**63 - 1}  # int, int, bigint
 VISIBILITIES = ("public", "private", "shared", "community")
 MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
@@ -418,6 +425,8 @@ class ImageQuery:
     size_min: int | None = None
     size_max: int | None = None
     protected: bool | None = None
+    # (column, one of TIME_OPERATORS, value): the columns of TEXT_, NUMBER_ and TIME_COLUMN_FILTERS
+    column_filters: tuple[tuple[str, str, str | int | datetime], ...] = ()
     os_hidden: bool = False
     # None: Glance's default list (own, public and accepted shared images); else the visibilities asked for.
     visibilities: frozenset[str] | None = None
@@ -555,6 +564,7 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
     size_min = _size_filter("size_min", _single(params, "size_min"))
     size_max = _size_filter("size_max", _single(params, "size_max"))
     protected = _flag("protected", _single(params, "protected"))
+    column_filters = _column_filters(params)
     os_hidden = _flag("os_hidden", _single(params, "os_hidden")) or False
     equal_filters: dict[str, tuple[str, ...]] = {}
     for name in LIST_FILTERS_WITH_IN:
@@ -581,10 +591,59 @@ def image_list_query(request: Request, settings: Settings) -> ImageQuery:
         size_min=size_min,
         size_max=size_max,
         protected=protected,
+        column_filters=column_filters,
         os_hidden=os_hidden,
         visibilities=visibilities,
         member_statuses=member_statuses,
     )
+
+
+def _column_filters(params: dict[str, list[str]]) -> tuple[tuple[str, str, str | int | datetime], ...]:
+    """Glance's filters on other image columns (taken out of params): checksum=, min_ram_min=, created_at=gte:..."""
+    filters: list[tuple[str, str, str | int | datetime]] = []
+    for name in TEXT_COLUMN_FILTERS:
+        raw = _single(params, name)
+        if raw is not None:
+            filters.append((name, "eq", raw))
+    for name, maximum in NUMBER_COLUMN_FILTERS.items():
+        for key, operator in ((name, "eq"), (f"{name}_min", "gte"), (f"{name}_max", "lte")):
+            raw = _single(params, key)
+            if raw is not None:
+                filters.append((name, operator, _whole_number_filter(key, raw, maximum)))
+    for name in TIME_COLUMN_FILTERS:
+        raw = _single(params, name)
+        if raw is not None:
+            filters.append((name, *_time_filter(name, raw)))
+    return tuple(filters)
+
+
+def _time_filter(name: str, raw: str) -> tuple[str, datetime]:
+    """`[operator:]ISO 8601 time`, as Glance's split_filter_op reads it; the instant in UTC, as the columns hold it."""
+    operator, _, rest = raw.partition(":")
+    operator, text = (operator, rest) if operator in TIME_OPERATORS else ("eq", raw)
+    try:
+        instant = datetime.fromisoformat(text.strip())
+    except ValueError as exc:  # Glance's words
+        raise InvalidQueryParameter(f'Bad "{name}" query filter format. Use ISO 8601 DateTime notation.') from exc
+    if instant.tzinfo is not None:
+        instant = instant.astimezone(UTC).replace(tzinfo=None)
+    return operator, instant
+
+
+def _whole_number_filter(name: str, raw: str, maximum: int) -> int:
+    """A filter value on a whole-number column: digits up to the column's largest value; 400 otherwise.
+
+    Glance takes ranges with int() (400 for a non-number) and an equality as the column's own comparison; past
+    the column's range PostgreSQL would fail the statement (a 500), so that is a 400 here, as for size.
+    """
+    digits = raw.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        if name.endswith(("_min", "_max")):
+            raise InvalidQueryParameter("Unable to filter on a range with a non-numeric value.")  # Glance's words
+        raise InvalidQueryParameter(f"{name} must be a whole number.")
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
+        raise InvalidQueryParameter(f"{name} is out of range: at most {maximum}.")
+    return int(digits)
 
 
 def _visibilities(raw: str | None) -> frozenset[str] | None:

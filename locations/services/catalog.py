@@ -80,8 +80,9 @@ IMAGE_KEYS = tuple(column.key for column in IMAGE_COLUMNS)
 # against callers that send every combination of filters.
 PAGE_SHAPES_KEPT = 512
 # The filters' part of a list statement's shape: os_hidden, the equality filters' names, the number of tag
-# and of property filters, whether size, size_min and size_max are given, protected.
-FilterShape = tuple[bool, tuple[str, ...], int, int, bool, bool, bool, bool | None]
+# and of property filters, whether size, size_min and size_max are given, protected, the other columns' filters.
+FilterShape = tuple[bool, tuple[str, ...], int, int, bool, bool, bool, bool | None, tuple[tuple[str, str], ...]]
+COLUMN_COMPARISONS = {"eq": "__eq__", "neq": "__ne__", "gt": "__gt__", "gte": "__ge__", "lt": "__lt__", "lte": "__le__"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +481,8 @@ def _filter_shape(query: ImageQuery, params: dict[str, object]) -> FilterShape:
         params["size_min"] = query.size_min
     if query.size_max is not None:
         params["size_max"] = query.size_max
+    for name, operator, value in query.column_filters:
+        params[f"column_{name}_{operator}"] = value
     return (
         query.os_hidden,
         tuple(query.equal_filters),
@@ -489,11 +492,12 @@ def _filter_shape(query: ImageQuery, params: dict[str, object]) -> FilterShape:
         query.size_min is not None,
         query.size_max is not None,
         query.protected,
+        tuple((name, operator) for name, operator, _ in query.column_filters),
     )
 
 
 def _filters(shape: FilterShape) -> list[ColumnElement[bool]]:
-    os_hidden, equal_names, tags, properties, size, size_min, size_max, protected = shape
+    os_hidden, equal_names, tags, properties, size, size_min, size_max, protected, columns = shape
     filters: list[ColumnElement[bool]] = [Image.os_hidden.is_(os_hidden)]
     for name in equal_names:
         column = Image.id if name == "id" else IN_FILTER_COLUMNS[name]
@@ -517,6 +521,10 @@ def _filters(shape: FilterShape) -> list[ColumnElement[bool]]:
         filters.append(Image.size <= bindparam("size_max", type_=Image.size.type))
     if protected is not None:
         filters.append(Image.protected.is_(protected))
+    for name, operator in columns:
+        column = getattr(Image, name)
+        value = bindparam(f"column_{name}_{operator}", type_=column.type)
+        filters.append(getattr(column, COLUMN_COMPARISONS[operator])(value))
     return filters
 
 
