@@ -350,13 +350,12 @@ def database_unavailable(exc: Exception, request: Request) -> Response:
     log.warning(
         "database unavailable on %s %r: %s", request.method, request.path_info, type(exc.__cause__ or exc).__name__
     )
-    body = {
-        "error": {
-            "code": ServiceUnavailable.code,
-            "message": "The database is unreachable.",
-            "details": {"database": "down"},
-        }
-    }
+    return _database_503("The database is unreachable.", "down")
+
+
+def _database_503(message: str, state: str) -> Response:
+    """A JSON 503 `service_unavailable` with Retry-After: details.database says why (down, conflict)."""
+    body = {"error": {"code": ServiceUnavailable.code, "message": message, "details": {"database": state}}}
     response = Response(json=body, status=503)
     response.headers.update(dict(ServiceUnavailable.headers))
     return response
@@ -370,16 +369,7 @@ def write_conflict(exc: Exception, request: Request) -> Response:
     """
     mark_error_retryable(exc)
     log.warning("write conflict on %s %r: %s", request.method, request.path_info, getattr(exc, "orig", exc))
-    body = {
-        "error": {
-            "code": ServiceUnavailable.code,
-            "message": "A concurrent request changed the same data; try again.",
-            "details": {"database": "conflict"},
-        }
-    }
-    response = Response(json=body, status=503)
-    response.headers.update(dict(ServiceUnavailable.headers))
-    return response
+    return _database_503("A concurrent request changed the same data; try again.", "conflict")
 
 
 @exception_view_config(OperationalError)
