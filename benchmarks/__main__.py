@@ -1,4 +1,4 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores|copy|sharing].
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores|copy|sharing|engines].
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
@@ -15,8 +15,9 @@ a location and listing with location URLs sealed and not, and times key rotation
 file, rbd, s3 and swift images of 1 to 512 MiB, and the scrubber's deletions/s on each. The copy part
 (benchmarks.copy_image) times copy-image to 2 and 4 file stores against the same copy done the file store's
 way, and compares the API worker's peak RSS at 64 and 256 MiB. The sharing part (benchmarks.sharing) times a
-tenant's GET /v2/images on PostgreSQL and SQLite as the public and shared images it sees grow to 1M. All run by
-default.
+tenant's GET /v2/images on PostgreSQL and SQLite as the public and shared images it sees grow to 1M. The engines
+part (benchmarks.engines) starts MariaDB and a three-node Galera cluster beside PostgreSQL and compares one
+tenant's admissions/s and the scrubber's deletions/s on the three. All run by default.
 Run it from the repository root (it imports `tests.servers`).
 """
 
@@ -31,7 +32,7 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import copy_image, encryption, import_glance, quota, report, scrape, scrubber, sharing, stores
+from benchmarks import copy_image, encryption, engines, import_glance, quota, report, scrape, scrubber, sharing, stores
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.deployment import fresh_database
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
@@ -77,11 +78,15 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
     help=f"API: size {SMOKE_SIZES[0]} only and {SMOKE_ROUNDS} requests; scrubber: a"
     f" {scrubber.SMOKE_BACKLOG}-location backlog; quota: {quota.SMOKE_SIZES[0]} locations, clients"
     f" {','.join(map(str, quota.SMOKE_CLIENTS))}; stores: {stores.SMOKE_SIZES[0] >> 20} MiB images and a"
-    f" {stores.SMOKE_BACKLOG}-object backlog; sharing: {sharing.SMOKE_SIZES[0]} visible images (for CI).",
+    f" {stores.SMOKE_BACKLOG}-object backlog; sharing: {sharing.SMOKE_SIZES[0]} visible images; engines:"
+    f" {engines.SMOKE_CLIENTS} clients for {engines.SMOKE_SECONDS:g} s, a {engines.SMOKE_BACKLOG}-location backlog"
+    " (for CI).",
 )
 @click.option(
     "--only",
-    type=click.Choice(["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy", "sharing"]),
+    type=click.Choice(
+        ["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy", "sharing", "engines"]
+    ),
     help="Run one part only. [default: all]",
 )
 @click.option(
@@ -144,6 +149,7 @@ def main(  # keyword-only: click passes every option by name
             ("stores", lambda: stores.benchmark(admin_url, smoke=smoke)),
             ("copy", lambda: copy_image.benchmark(admin_url, smoke=smoke)),
             ("sharing", lambda: sharing.benchmark(admin_url, smoke=smoke)),
+            ("engines", lambda: engines.benchmark(admin_url, smoke=smoke, durable=durable)),
         ]
         for number, (_name, run) in enumerate(part for part in parts if only in (None, part[0])):
             if number:

@@ -49,7 +49,7 @@ def postmaster_pid(admin_url: str) -> int | None:
 def snapshot(postmaster: int | None) -> Snapshot:
     """Read the counters now."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    return Snapshot(_machine_busy(), _server_cpu(postmaster), own.ru_utime + own.ru_stime)
+    return Snapshot(_machine_busy(), server_cpu(postmaster), own.ru_utime + own.ru_stime)
 
 
 def split(before: Snapshot, after: Snapshot, wall_seconds: float) -> Split:
@@ -79,7 +79,7 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _server_cpu(postmaster: int | None) -> float:
+def server_cpu(postmaster: int | None) -> float:
     if postmaster is None:
         return 0.0
     own = _stat(postmaster)

@@ -82,7 +82,7 @@ class Processes:
 
     def snapshot(self) -> tuple[cpu.Snapshot, float]:
         """The counters now; gunicorn's read as cpu reads the postmaster's (itself, live and reaped children)."""
-        return cpu.snapshot(self.postmaster), cpu._server_cpu(self.gunicorn)  # the same reading; private to the package
+        return cpu.snapshot(self.postmaster), cpu.server_cpu(self.gunicorn)  # the same reading
 
     def split(self, before: tuple[cpu.Snapshot, float], wall_seconds: float) -> tuple[cpu.Split, float]:
         """Average busy CPUs since `before`: the machine's split, and gunicorn's."""
