@@ -40,7 +40,9 @@ def test_scrubbers_on_three_nodes_delete_each_unreferenced_file_once_and_keep_sh
         assert "claim lost" not in run.stderr, run.stderr[-5000:]
     total = sum((run.outcomes for run in runs), Counter())
     assert total["failed"] == total["expired"] == 0, runs
-    assert sum(1 for run in runs if run.outcomes["deleted"]) >= 2, runs  # the nodes shared the work
+    # The nodes shared the backlog: at least two scrubbers recorded claims. Which of them deletes (rather than
+    # releases shared data) depends on the claim order, so any recorded outcome counts.
+    assert sum(1 for run in runs if sum(run.outcomes.values())) >= 2, runs
     backlog.assert_nothing_kept_was_touched()
     # What the store was asked: each unreferenced file's data once, by whichever spelling, and nothing else.
     asked = Counter(backlog.key_of(url) for _worker, url in deletions_by_worker(deletions))
