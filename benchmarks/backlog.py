@@ -50,27 +50,8 @@ def load(engine: Engine, store_root: Path, count: int, progress: ProgressCallbac
             url = "file://" + quote(str(path))
             created = now - timedelta(days=30)
             pending = now - timedelta(days=1) + timedelta(milliseconds=n)
-            images.append(_image_row(image_id, n, created, pending))
-            locations.append(
-                {
-                    "image_id": image_id,
-                    "url": url,
-                    "data_key_hash": data_key_digest(url),
-                    "store": "file",
-                    "metadata": {},
-                    "status": LocationStatus.PENDING_DELETE,
-                    "size_bytes": FILE_BYTES,
-                    "created_at": created,
-                    "updated_at": pending,
-                    "deleted_at": None,
-                    "pending_since": pending,
-                    "scrub_after": pending,
-                    "attempts": 0,
-                    "last_error": None,
-                    "claimed_by": None,
-                    "claim_expires_at": None,
-                }
-            )
+            images.append(image_row(image_id, n, created, pending))
+            locations.append(location_row(image_id, url, created, pending))
         with engine.begin() as connection:
             connection.execute(insert(Image.__table__), images)
             connection.execute(insert(Location.__table__), locations)
@@ -81,7 +62,8 @@ def load(engine: Engine, store_root: Path, count: int, progress: ProgressCallbac
         connection.execute(text("ANALYZE"))
 
 
-def _image_row(image_id: uuid.UUID, n: int, created: object, pending: object) -> dict[str, object]:
+def image_row(image_id: uuid.UUID, n: int, created: object, pending: object) -> dict[str, object]:
+    """A pending_delete image of the backlog (also the engines part's)."""
     return {
         "id": image_id,
         "name": f"scrub-{n}",
@@ -114,3 +96,25 @@ def status_counts(engine: Engine) -> dict[str, int]:
 def files_left(store_root: Path) -> int:
     """Data files still in the store root."""
     return sum(1 for _ in store_root.iterdir())
+
+
+def location_row(image_id: uuid.UUID, url: str, created: object, pending: object) -> dict[str, object]:
+    """A due pending_delete location of the file store (also the engines part's)."""
+    return {
+        "image_id": image_id,
+        "url": url,
+        "data_key_hash": data_key_digest(url),
+        "store": "file",
+        "metadata": {},
+        "status": LocationStatus.PENDING_DELETE,
+        "size_bytes": FILE_BYTES,
+        "created_at": created,
+        "updated_at": pending,
+        "deleted_at": None,
+        "pending_since": pending,
+        "scrub_after": pending,
+        "attempts": 0,
+        "last_error": None,
+        "claimed_by": None,
+        "claim_expires_at": None,
+    }

@@ -33,7 +33,7 @@ from benchmarks.engines_cpu import Busy, CpuWatch, cpu_seconds
 from benchmarks.engines_servers import POSTGRESQL, Server
 from benchmarks.scrubber import SCRUB_BATCH_SIZE, SCRUB_POOL_SIZE
 from benchmarks.server import settings
-from locations.models import Image, Location, LocationStatus, data_key_digest
+from locations.models import Image, Location
 from locquota.clock import Clock
 from tests.galera.scrubber_processes import CHILD, deletions_by_worker
 
@@ -81,8 +81,8 @@ def load(server: Server, engine: Engine, store_root: Path, count: int) -> None:
             path = store_root / str(image_id)
             path.write_bytes(data)
             created, pending = now - timedelta(days=30), now - timedelta(days=1) + timedelta(milliseconds=n)
-            images.append(backlog._image_row(image_id, n, created, pending))  # the scrubber part's; package-private
-            locations.append(_location_row(image_id, "file://" + quote(str(path)), created, pending))
+            images.append(backlog.image_row(image_id, n, created, pending))
+            locations.append(backlog.location_row(image_id, "file://" + quote(str(path)), created, pending))
         with engine.begin() as connection:
             connection.execute(insert(Image.__table__), images)
             connection.execute(insert(Location.__table__), locations)
@@ -91,28 +91,6 @@ def load(server: Server, engine: Engine, store_root: Path, count: int) -> None:
         analyze = "ANALYZE images, locations" if server.engine == POSTGRESQL else "ANALYZE TABLE images, locations"
         connection.execute(text(analyze)).close()
     server.wait_until_applied()
-
-
-def _location_row(image_id: uuid.UUID, url: str, created: object, pending: object) -> dict[str, object]:
-    """A due pending_delete location of the file store, as benchmarks.backlog writes one."""
-    return {
-        "image_id": image_id,
-        "url": url,
-        "data_key_hash": data_key_digest(url),
-        "store": "file",
-        "metadata": {},
-        "status": LocationStatus.PENDING_DELETE,
-        "size_bytes": backlog.FILE_BYTES,
-        "created_at": created,
-        "updated_at": pending,
-        "deleted_at": None,
-        "pending_since": pending,
-        "scrub_after": pending,
-        "attempts": 0,
-        "last_error": None,
-        "claimed_by": None,
-        "claim_expires_at": None,
-    }
 
 
 def scrub(server: Server, check: Engine, work: Path, *, scrubbers: int, backlog_size: int) -> Scrub:
