@@ -53,6 +53,7 @@ def configure(raw: Mapping[str, str]) -> Configurator:
         "pyramid_retry",
         "pyramid_tm",
         "locquota.clock",
+        "locquota.json_rendering",
         "locquota.db",
         "locquota.cache",
         "locquota.identity",

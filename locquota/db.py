@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import transaction
 import zope.sqlalchemy
 from alembic import command
@@ -134,7 +135,8 @@ def make_engine(database_url: str) -> Engine:
 
     A pooled PostgreSQL connection is checked at checkout by looking at its socket (server_hung_up) rather
     than by pool_pre_ping, whose round trip was a quarter of a GET's database time. SQLite has no server to
-    lose; MariaDB keeps pool_pre_ping.
+    lose; MariaDB keeps pool_pre_ping. JSON columns and aggregates are decoded with orjson, every
+    backend alike (a page of images decodes three per row).
     """
     url = make_url(database_url)
     if url.drivername == "postgresql":
@@ -146,15 +148,21 @@ def make_engine(database_url: str) -> Engine:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     if url.drivername == "postgresql+psycopg":
         keepalives = {name: value for name, value in KEEPALIVES.items() if name not in url.query}
-        engine = create_engine(url, connect_args=keepalives)
+        engine = create_engine(url, connect_args=keepalives, json_deserializer=orjson.loads)
         event.listen(engine, "checkout", _replace_dead_connection)
         event.listen(engine, "do_execute", _execute_unprepared)
     elif backend in ("mysql", "mariadb"):
         url = url.update_query_dict({"charset": MYSQL_CHARSET}) if "charset" not in url.query else url
         # pool_recycle: MariaDB closes a connection idle for wait_timeout (8 h by default) on its own.
-        engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600, isolation_level=MYSQL_ISOLATION)
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_recycle=3600,
+            isolation_level=MYSQL_ISOLATION,
+            json_deserializer=orjson.loads,
+        )
     else:
-        engine = create_engine(url, pool_pre_ping=backend != "sqlite")
+        engine = create_engine(url, pool_pre_ping=backend != "sqlite", json_deserializer=orjson.loads)
     if backend == "sqlite":
         event.listen(engine, "connect", _tune_sqlite)
     return engine

@@ -1,0 +1,30 @@
+"""Response bodies as JSON, with orjson.
+
+A page of images is mostly JSON work on both sides of the view: each row brings its properties, tags
+and locations as JSON aggregates (decoded with orjson too: locquota.db.make_engine's json_deserializer),
+and the page goes out as one JSON document. orjson does both several times faster than the standard
+library (issue 18: reads near the floor).
+
+It stays as strict as the standard renderer: datetimes and dataclasses are not serialized by orjson's
+own rules but go through Pyramid's adapters like any other object, so a value no view meant to send
+still fails loudly instead of going out in a format nobody chose.
+"""
+
+from collections.abc import Callable
+
+import orjson
+from pyramid.config import Configurator
+from pyramid.renderers import JSON
+
+# Integer keys become strings, as json.dumps makes them; datetimes and dataclasses take Pyramid's adapters.
+DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def dumps(value: object, default: Callable[[object], object] | None = None) -> bytes:
+    """The renderer's serializer: UTF-8 JSON bytes (Pyramid sets them as the body as they are)."""
+    return orjson.dumps(value, default=default, option=DUMP_OPTIONS)
+
+
+def includeme(config: Configurator) -> None:
+    """The "json" renderer every view and error view names, with orjson underneath."""
+    config.add_renderer("json", JSON(serializer=dumps))
