@@ -16,7 +16,7 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import ExecutionContext, make_url
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
@@ -128,6 +128,23 @@ def _execute_unprepared(cursor: object, statement: str, parameters: object, cont
         return False  # SQLAlchemy executes it as usual
     cursor.execute(statement, parameters, prepare=False)  # type: ignore[attr-defined]
     return True
+
+
+# MySQL's "Incorrect <type> value" (ER_TRUNCATED_WRONG_VALUE), which strict mode makes an error.
+MYSQL_VALUE_REFUSED = 1292
+
+
+def is_value_refused(exc: BaseException) -> bool:
+    """Whether the database refused a value its column's type cannot hold (the request's fault, not an outage).
+
+    MariaDB's UUID type (10.11.5 and later) refuses some well-formed UUIDs of versions 8 and up, which
+    PostgreSQL and SQLite store: a client's chosen image id can be one. PyMySQL raises it as an
+    OperationalError, which would otherwise read as "database unreachable".
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    args = getattr(exc.orig, "args", ())
+    return bool(args) and args[0] == MYSQL_VALUE_REFUSED
 
 
 def make_engine(database_url: str) -> Engine:

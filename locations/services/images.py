@@ -7,6 +7,7 @@ import uuid
 
 import jsonpatch
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, lazyload
 
 from locations.models import (
@@ -29,6 +30,7 @@ from locations.services.image_policy import authorize_image, image_target
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.location_changes import LocationChanges
 from locquota.clock import Clock
+from locquota.db import is_value_refused
 from locquota.errors import (
     Forbidden,
     ImageConflict,
@@ -136,7 +138,12 @@ class ImageService:
         image.properties = [ImageProperty(name=name, value=value) for name, value in request.properties.items()]
         image.locations = []  # known empty: presenting the new image needs no query for them
         self._db.add(image)
-        self._db.flush()
+        try:
+            self._db.flush()
+        except DBAPIError as exc:
+            if request.image_id is not None and is_value_refused(exc):
+                raise InvalidBody("This database cannot store this image id: choose another (a random UUID).") from exc
+            raise
         # Charged last: the admission's row lock on the owner's usage is then held only until the commit.
         self._lifecycle.create_image(image, self._limits.for_tenant(image.owner))
         return image
