@@ -1,4 +1,4 @@
-"""python -m benchmarks [--smoke] [--only api|scrubber|quota|scrape|import|encryption|stores|copy|sharing|engines].
+"""python -m benchmarks [--smoke] [--only api|scrubber|quota|...|engines|split].
 
 Starts a throwaway PostgreSQL (tests.servers). The API part loads one tenant's images in steps, serves the
 app with waitress on 127.0.0.1 and times GET /v2/images/{id} and GET /v2/images?limit=20 against a constant
@@ -17,7 +17,9 @@ file, rbd, s3 and swift images of 1 to 512 MiB, and the scrubber's deletions/s o
 way, and compares the API worker's peak RSS at 64 and 256 MiB. The sharing part (benchmarks.sharing) times a
 tenant's GET /v2/images on PostgreSQL and SQLite as the public and shared images it sees grow to 1M. The engines
 part (benchmarks.engines) starts MariaDB and a three-node Galera cluster beside PostgreSQL and compares one
-tenant's admissions/s and the scrubber's deletions/s on the three. All run by default.
+tenant's admissions/s and the scrubber's deletions/s on the three. The split part (benchmarks.request_split)
+says where the server time of a get, a list, a create, an add-location and an upload goes: waiting for the
+database, or the app's own work. All run by default.
 Run it from the repository root (it imports `tests.servers`).
 """
 
@@ -32,7 +34,19 @@ import click
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks import copy_image, encryption, engines, import_glance, quota, report, scrape, scrubber, sharing, stores
+from benchmarks import (
+    copy_image,
+    encryption,
+    engines,
+    import_glance,
+    quota,
+    report,
+    request_split,
+    scrape,
+    scrubber,
+    sharing,
+    stores,
+)
 from benchmarks.dataset import OTHERS_PER_TENANT_IMAGE, TENANT, Dataset, count_rows
 from benchmarks.deployment import fresh_database
 from benchmarks.server import CONSTANT_PATH, DB_FLOOR_PATH, build_app, serving, settings
@@ -85,7 +99,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option(
     "--only",
     type=click.Choice(
-        ["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy", "sharing", "engines"]
+        ["api", "scrubber", "quota", "scrape", "import", "encryption", "stores", "copy", "sharing", "engines", "split"]
     ),
     help="Run one part only. [default: all]",
 )
@@ -150,6 +164,7 @@ def main(  # keyword-only: click passes every option by name
             ("copy", lambda: copy_image.benchmark(admin_url, smoke=smoke)),
             ("sharing", lambda: sharing.benchmark(admin_url, smoke=smoke)),
             ("engines", lambda: engines.benchmark(admin_url, smoke=smoke, durable=durable)),
+            ("split", lambda: request_split.benchmark(admin_url, smoke=smoke)),
         ]
         for number, (_name, run) in enumerate(part for part in parts if only in (None, part[0])):
             if number:
