@@ -1,6 +1,7 @@
 """The database: one declarative Base, the engine, and a session per request joined to its transaction."""
 
 import logging
+import re
 import select
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -130,21 +131,26 @@ def _execute_unprepared(cursor: object, statement: str, parameters: object, cont
     return True
 
 
-# MySQL's "Incorrect <type> value" (ER_TRUNCATED_WRONG_VALUE), which strict mode makes an error.
+# MySQL's "Incorrect <type> value" (ER_TRUNCATED_WRONG_VALUE), which strict mode makes an error; its message
+# ends "for column `<schema>`.`<table>`.`<column>` at row N".
 MYSQL_VALUE_REFUSED = 1292
+REFUSED_COLUMN = re.compile(r"for column `[^`]*`\.`([^`]*)`\.`([^`]*)`")
 
 
-def is_value_refused(exc: BaseException) -> bool:
-    """Whether the database refused a value its column's type cannot hold (the request's fault, not an outage).
+def refused_column(exc: BaseException) -> str | None:
+    """The "table.column" whose type refused a value it cannot hold (the request's fault, not an outage).
 
     MariaDB's UUID type (10.11.5 and later) refuses some well-formed UUIDs of versions 8 and up, which
     PostgreSQL and SQLite store: a client's chosen image id can be one. PyMySQL raises it as an
-    OperationalError, which would otherwise read as "database unreachable".
+    OperationalError, which would otherwise read as "database unreachable". None for any other error.
     """
     if not isinstance(exc, DBAPIError):
-        return False
+        return None
     args = getattr(exc.orig, "args", ())
-    return bool(args) and args[0] == MYSQL_VALUE_REFUSED
+    if len(args) < 2 or args[0] != MYSQL_VALUE_REFUSED:
+        return None
+    found = REFUSED_COLUMN.search(str(args[1]))
+    return f"{found[1]}.{found[2]}" if found else None
 
 
 def make_engine(database_url: str) -> Engine:

@@ -30,7 +30,7 @@ from locations.services.image_policy import authorize_image, image_target
 from locations.services.lifecycle import LocationLifecycle
 from locations.services.location_changes import LocationChanges
 from locquota.clock import Clock
-from locquota.db import is_value_refused
+from locquota.db import refused_column
 from locquota.errors import (
     Forbidden,
     ImageConflict,
@@ -141,7 +141,7 @@ class ImageService:
         try:
             self._db.flush()
         except DBAPIError as exc:
-            if request.image_id is not None and is_value_refused(exc):
+            if request.image_id is not None and refused_column(exc) == "images.id":
                 raise InvalidBody("This database cannot store this image id: choose another (a random UUID).") from exc
             raise
         # Charged last: the admission's row lock on the owner's usage is then held only until the commit.
