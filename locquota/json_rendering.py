@@ -5,9 +5,10 @@ and locations as JSON aggregates (decoded with orjson too: locquota.db.make_engi
 and the page goes out as one JSON document. orjson does both several times faster than the standard
 library (issue 18: reads near the floor).
 
-It stays as strict as the standard renderer: datetimes and dataclasses are not serialized by orjson's
-own rules but go through Pyramid's adapters like any other object, so a value no view meant to send
-still fails loudly instead of going out in a format nobody chose.
+It stays about as strict as the standard renderer: datetimes and dataclasses are not serialized by
+orjson's own rules but go through Pyramid's adapters like any other object, so such a value no view
+meant to send fails loudly instead of going out in a format nobody chose. (orjson does write UUIDs and
+enums as their text, which the standard library would refuse; the presenters hand over text already.)
 """
 
 from collections.abc import Callable
