@@ -6,6 +6,7 @@ threads, waited for through the registry. Glance's observed answers are in ../sh
 """
 
 import hashlib
+import logging
 import shutil
 import threading
 import time
@@ -22,8 +23,10 @@ from sqlalchemy.orm import Session
 
 from locations import waiting_tasks_keeper
 from locations.models import Image, ImageStatus, Task
+from locations.reaping import reapers
 from locations.services.image_import.workers import ImportWorkers
 from locquota.cli import cli
+from locquota.scripting import LazyApp
 from quota.models import TenantUsage
 from tests.conftest import identity, multi_store, write_ini
 from tests.web_source_servers import DATA as WEB_DATA
@@ -354,6 +357,21 @@ def test_an_import_whose_worker_died_is_ended_by_the_reaper(api, tmp_path, setti
     again = CliRunner().invoke(cli, ["--config", str(ini), "reap"])
     assert "no upload or import lease has run out" in again.output
     audit_is_clean(settings, tmp_path)
+
+
+def test_a_reap_pass_that_ended_something_says_what_at_info(api, tmp_path, settings, caplog):
+    api.app.registry["locquota.import_workers"] = dead_workers()  # dies before it runs
+    import_to(api, staged(api), {"method": {"name": "glance-direct"}, "stores": ["fast", "cheap"]})
+    ini = write_ini(tmp_path / "reap.ini", import_settings(settings, tmp_path))
+
+    with caplog.at_level(logging.INFO, logger="locations.services.image_import.reaper"):
+        ended = reapers(LazyApp(str(ini))).run_once()  # the real clock: the frozen clock's lease ran out long ago
+        idle = reapers(LazyApp(str(ini))).run_once()
+
+    assert (ended.uploads, ended.imports, idle.imports) == (0, 1, 0)
+    summaries = [record.getMessage() for record in caplog.records if record.getMessage().startswith("reap pass")]
+    # One line for the pass that ended something, none for the idle one.
+    assert summaries == [f"reap pass: 0 uploads and 1 import tasks ended, {ended.locations} pieces of data to scrub"]
 
 
 def test_an_image_being_imported_cannot_lose_a_store_nor_start_a_second_import(api):
