@@ -43,7 +43,7 @@ from locations.models import (
     LocationStatus,
     Visibility,
 )
-from locations.schemas import ImageQuery
+from locations.query_schemas import ImageQuery
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.sqljson import json_document, json_rows
 from locquota.crypto import PLAINTEXT, UrlNotReadableError, UrlVault

@@ -17,14 +17,8 @@ from locations.models import (
     ImageTag,
     Visibility,
 )
-from locations.schemas import (
-    EDITABLE_BASE,
-    ImageCreate,
-    ImagePatch,
-    PatchDialect,
-    PatchOperation,
-    validate_image_document,
-)
+from locations.patch_schemas import ImagePatch, PatchDialect, PatchOperation
+from locations.schemas import EDITABLE_BASE, ImageCreate, validate_image_document
 from locations.services.catalog import visible_to
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.lifecycle import LocationLifecycle

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from locations.location_api_schema import NewLocation
 from locations.models import ImageStatus
-from locations.schemas import LocationChange, LocationSpec
+from locations.patch_schemas import LocationChange, LocationSpec
 from locations.services.catalog import ImageView
 from locations.services.image_policy import authorize_image, image_target
 from locations.services.images import ImageService

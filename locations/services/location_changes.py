@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from locations.models import Image, ImageStatus, Location, LocationStatus
-from locations.schemas import LocationChange, LocationSpec
+from locations.patch_schemas import LocationChange, LocationSpec
 from locations.services.data_references import DataKeys, DataReferences
 from locations.services.image_policy import image_target
 from locations.services.lifecycle import LocationLifecycle

@@ -3,7 +3,7 @@
 from pyramid.request import Request
 from pyramid.view import view_config
 
-from locations import presenters, schemas
+from locations import presenters, query_schemas, schemas
 from locations.services.backlog import BacklogService
 from locations.services.catalog import ImageCatalog
 from locations.services.deletion import DeletionService
@@ -20,7 +20,7 @@ def restore_image(request: Request) -> dict[str, object]:
 @view_config(route_name="admin.backlog", request_method="GET", renderer="json", permission="locquota:backlog:get")
 def scrubber_backlog(request: Request) -> dict[str, object]:
     """Pending_delete locations oldest first, paged, with age, attempts and last error; totals by store."""
-    limit, marker = schemas.backlog_query(request)
+    limit, marker = query_schemas.backlog_query(request)
     backlog = request.find_service(BacklogService)
     entries, next_marker = backlog.page(limit, marker)
     return presenters.backlog(entries, backlog.totals(), limit, next_marker)

@@ -4,7 +4,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from locations import presenters, schemas
+from locations import patch_schemas, presenters, query_schemas, schemas
 from locations.services.catalog import ImageCatalog, ImageView
 from locations.services.deletion import DeletionService
 from locations.services.images import ImageService
@@ -35,7 +35,7 @@ def _present(request: Request, view: ImageView) -> dict[str, object]:
 @view_config(route_name="images.collection", request_method="GET", renderer="json")
 def list_images(request: Request) -> dict[str, object]:
     """A page of the caller's images, newest first unless sorted otherwise."""
-    query = schemas.image_list_query(request, request.settings)
+    query = query_schemas.image_list_query(request, request.settings)
     views, next_marker = request.find_service(ImageCatalog).page(request.identity, query)
     show_locations, show_direct_url = _shown_locations(request)
     return presenters.image_list(
@@ -77,7 +77,7 @@ def show_image(request: Request) -> dict[str, object]:
 def patch_image(request: Request) -> dict[str, object]:
     """Glance json-patch on an image's attributes and properties."""
     image_id = schemas.parse_image_id(request.matchdict["image_id"])
-    changes = schemas.image_patch(request, request.settings)
+    changes = patch_schemas.image_patch(request, request.settings)
     image = request.find_service(ImageService).apply_patch(request.identity, image_id, changes)
     return _present(request, request.find_service(ImageCatalog).view_of(image))
 

@@ -7,7 +7,8 @@ document cannot drift from what the views validate and return.
 
 from typing import Any
 
-from locations.schemas import BACKLOG_MAX_LIMIT, UUID_PATTERN, image_schema
+from locations.query_schemas import BACKLOG_MAX_LIMIT
+from locations.schemas import UUID_PATTERN, image_schema
 from quota.models import TENANT_RESOURCES, Resource, SpaceState
 from quota.schemas import LIMITS_SCHEMA, MAX_TENANT_ID_CHARS
 from quota.services.limits import LimitsInKeystone
