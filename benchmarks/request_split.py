@@ -30,7 +30,7 @@ from sqlalchemy import Engine, event
 from webtest import TestApp
 
 from benchmarks.deployment import fresh_database
-from benchmarks.quota_server import quota_settings, redis_server
+from benchmarks.quota.server import quota_settings, redis_server
 from benchmarks.server import CONSTANT_PATH, build_app
 from locquota.db import make_engine, upgrade_to_head
 

@@ -1,6 +1,6 @@
 """The scrape benchmark's data: a fixed pending_delete backlog among a growing number of active locations.
 
-Everything is made inside PostgreSQL by INSERT ... SELECT generate_series (as benchmarks.quota_dataset does),
+Everything is made inside PostgreSQL by INSERT ... SELECT generate_series (as benchmarks.quota.dataset does),
 BATCH_LOCATIONS active locations a transaction, nothing held in Python. Every row is a function of its number
 n and of the moment the dataset was made (`now`), so the backlog is the same rows, with the same values, at
 every size, and `expected()` computes what the backlog gauges must read.

@@ -16,7 +16,7 @@ OTHER_VARIABLES = frozenset(
         "LOCQUOTA_WORKERS",  # deploy/gunicorn.conf.py
         "LOCQUOTA_THREADS",  # deploy/gunicorn.conf.py
         "LOCQUOTA_WORKER_TIMEOUT",  # deploy/gunicorn.conf.py
-        "LOCQUOTA_BENCH_SETTINGS",  # benchmarks/quota_server.py
+        "LOCQUOTA_BENCH_SETTINGS",  # benchmarks/quota/server.py
     }
 )
 

@@ -1,12 +1,12 @@
 """The quota benchmark (SPEC sections 5 and 10): usage reads against a recount, admission as the tenant grows,
 and concurrent admissions on one tenant against the raw conditional UPDATE.
 
-One tenant is grown to each size in turn (benchmarks.quota_dataset). At each size: the real recount
+One tenant is grown to each size in turn (benchmarks.quota.dataset). At each size: the real recount
 (`locations.services.recount.recount`, what `locquota reconcile` runs) is timed in this process, then rounds
 of requests over HTTP, shuffled within each round, to the app served by waitress on 127.0.0.1 with Redis
-on (benchmarks.quota_server): a constant view, GET /v1/usage warm (a Redis hit) and cold (the key deleted
+on (benchmarks.quota.server): a constant view, GET /v1/usage warm (a Redis hit) and cold (the key deleted
 first), PATCH adding a location, POST /v2/images and PUT of 1 byte. Then the concurrent part runs
-(benchmarks.quota_concurrency). Everything prints as tables, with the targets beside the measured ratios.
+(benchmarks.quota.concurrency). Everything prints as tables, with the targets beside the measured ratios.
 """
 
 import json
@@ -22,11 +22,12 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from benchmarks import cpu, quota_concurrency, quota_dataset, write_floor
+from benchmarks import cpu
 from benchmarks.deployment import fresh_database
-from benchmarks.quota_report import SizeResult, print_concurrency, print_sizes
-from benchmarks.quota_requests import Answer, Operation, QuotaClient, measure
-from benchmarks.quota_server import (
+from benchmarks.quota import concurrency, dataset, write_floor
+from benchmarks.quota.client import Answer, Operation, QuotaClient, measure
+from benchmarks.quota.report import SizeResult, print_concurrency, print_sizes
+from benchmarks.quota.server import (
     GUNICORN_THREADS,
     GUNICORN_WORKERS,
     ServerTiming,
@@ -80,8 +81,8 @@ def benchmark(admin_url: str, *, smoke: bool, sizes: tuple[int, ...] | None = No
         recount_budget = SMOKE_RECOUNT_SECONDS if smoke else FULL_RECOUNT_SECONDS
         results = _by_size(engine, raw_settings, store_root, redis_url, sizes, (rounds, warmup), recount_budget)
         runs = _concurrent(engine, url, raw_settings, work / "gunicorn.log", clients, requests, admin_url)
-        final_drift = quota_dataset.drift_of(engine, TENANT)
-        rows = quota_dataset.count_rows(engine)
+        final_drift = dataset.drift_of(engine, TENANT)
+        rows = dataset.count_rows(engine)
     engine.dispose()
     print()
     print_sizes(results)
@@ -99,7 +100,7 @@ def benchmark(admin_url: str, *, smoke: bool, sizes: tuple[int, ...] | None = No
 def _print_workload(
     sizes: tuple[int, ...], rounds: int, warmup: int, clients: tuple[int, ...], requests: int, redis_url: str
 ) -> None:
-    deleted, pending = quota_dataset.DELETED_PERCENT, quota_dataset.PENDING_PERCENT
+    deleted, pending = dataset.DELETED_PERCENT, dataset.PENDING_PERCENT
     raw_requests = requests * RAW_FACTOR
     lines = [
         f"tenant {TENANT!r} grown to {', '.join(map(str, sizes))} locations, one per image",
@@ -107,11 +108,11 @@ def _print_workload(
         f"then {rounds} timed + {warmup} warm-up rounds of every request, shuffled, over one keep-alive",
         f"connection to waitress ({SERVER_THREADS} threads) in this process; server ms from a WSGI middleware",
         f"around the app; Redis: its own redis-server at {redis_url}.",
-        f"Concurrent: {requests} POST /v2/images (limit {quota_concurrency.limit_for(requests)}) from"
+        f"Concurrent: {requests} POST /v2/images (limit {concurrency.limit_for(requests)}) from"
         f" {', '.join(map(str, clients))} client threads",
         f"to gunicorn ({GUNICORN_WORKERS} gthread workers x {GUNICORN_THREADS} threads), beside {raw_requests} raw"
         f" conditional UPDATE + COMMIT",
-        f"(limit {quota_concurrency.limit_for(raw_requests)}) from as many psycopg connections",
+        f"(limit {concurrency.limit_for(raw_requests)}) from as many psycopg connections",
     ]
     for number, line in enumerate(lines):
         print(f"{'quota' if number == 0 else '':<10}  {line}")
@@ -148,7 +149,7 @@ def _by_size(
                     recount_times = _time_recount(engine, recount_budget)
                     # One more target and file than the rounds use: the counted pass below takes the last.
                     targets = iter(_patch_targets(rng, size, rounds + warmup + 1, used))
-                    files = iter(quota_dataset.location_files(store_root, f"added-{size}", rounds + warmup + 1))
+                    files = iter(dataset.location_files(store_root, f"added-{size}", rounds + warmup + 1))
                     operations = _operations(cache, targets, files)
                     started = time.perf_counter()
                     measured = measure(client, operations, rounds, warmup, rng)
@@ -169,9 +170,9 @@ def _load(engine: Engine, loaded: int, size: int) -> None:
     started = time.perf_counter()
     label = f"loading {loaded} -> {size} locations"
     with click.progressbar(length=size - loaded, label=label, file=sys.stderr) as bar:
-        quota_dataset.grow(engine, TENANT, loaded, size, progress=bar.update)
+        dataset.grow(engine, TENANT, loaded, size, progress=bar.update)
     loaded_seconds = time.perf_counter() - started
-    drift = quota_dataset.repair_usage(engine, TENANT)
+    drift = dataset.repair_usage(engine, TENANT)
     click.echo(
         f"loaded {size - loaded} images + locations in {loaded_seconds:.1f} s (INSERT ... SELECT, VACUUM ANALYZE);"
         f" reconcile repair of {len(drift)} figures in {time.perf_counter() - started - loaded_seconds:.1f} s"
@@ -195,9 +196,9 @@ def _patch_targets(rng: random.Random, size: int, count: int, used: set[int]) ->
     chosen = []
     while len(chosen) < count:
         n = rng.randrange(size)
-        if quota_dataset.is_active(n) and n not in used:
+        if dataset.is_active(n) and n not in used:
             used.add(n)
-            chosen.append(str(quota_dataset.image_id(TENANT, n)))
+            chosen.append(str(dataset.image_id(TENANT, n)))
     return chosen
 
 
@@ -264,17 +265,17 @@ def _concurrent(
     clients: tuple[int, ...],
     requests: int,
     admin_url: str,
-) -> list[quota_concurrency.Run]:
+) -> list[concurrency.Run]:
     runs = []
     with gunicorn_server(raw_settings, log_path) as (port, gunicorn):
-        processes = quota_concurrency.Processes(cpu.postmaster_pid(admin_url), gunicorn)
+        processes = concurrency.Processes(cpu.postmaster_pid(admin_url), gunicorn)
         admin = QuotaClient(port, "bench-admin", "admin")
         try:
-            quota_concurrency.warm_up(port, admin, max(clients))
+            concurrency.warm_up(port, admin, max(clients))
             for count in clients:
-                api = quota_concurrency.api_run(port, admin, engine, count, requests, processes)
-                free = quota_concurrency.api_run(port, admin, engine, count, requests, processes, limited=False)
-                raw = quota_concurrency.raw_run(database_url, engine, count, requests * RAW_FACTOR, processes)
+                api = concurrency.api_run(port, admin, engine, count, requests, processes)
+                free = concurrency.api_run(port, admin, engine, count, requests, processes, limited=False)
+                raw = concurrency.raw_run(database_url, engine, count, requests * RAW_FACTOR, processes)
                 rates = f"API {api.rate:.0f}/s, unlimited {free.rate:.0f}/s, raw {raw.rate:.0f}/s"
                 click.echo(f"{count} client(s): {rates}")
                 runs += [api, free, raw]

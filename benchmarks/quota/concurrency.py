@@ -1,7 +1,7 @@
 """Concurrent admissions on one tenant: POST /v2/images from 1, 8 and 32 clients, beside the raw floor.
 
 API: each client is a thread of this process with its own keep-alive connection to gunicorn (separate
-processes, see quota_server), creating images for one fresh tenant whose image_count_total limit is a tenth
+processes, see benchmarks.quota.server), creating images for one fresh tenant whose image_count_total limit is a tenth
 below the number of requests, so the last tenth is refused (413). Raw floor: the same number of threads,
 each with its own psycopg connection, sending the ledger's conditional UPDATE and COMMIT on another fresh
 tenant's usage row with the same limit. Both start together on a barrier; the rate is all requests
@@ -21,8 +21,8 @@ import psycopg
 from sqlalchemy import Engine, text
 
 from benchmarks import cpu
-from benchmarks.quota_dataset import drift_of, stored_total
-from benchmarks.quota_requests import QuotaClient
+from benchmarks.quota.client import QuotaClient
+from benchmarks.quota.dataset import drift_of, stored_total
 from benchmarks.server import CONSTANT_PATH
 
 CREATE_BODY = json.dumps({"name": "concurrent", "disk_format": "raw", "container_format": "bare"}).encode()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmarks.quota_server import SERVER_TIME_HEADER
+from benchmarks.quota.server import SERVER_TIME_HEADER
 from benchmarks.timing import HEADERS, Summary
 
 

@@ -1,7 +1,7 @@
 """Admissions/s for one tenant on one engine: client threads creating images through gunicorn for a fixed time.
 
-As benchmarks.quota_concurrency: each client is a thread of this process with its own keep-alive connection to
-an API server (benchmarks.quota_server's gunicorn, gthread workers in processes of their own), and every
+As benchmarks.quota.concurrency: each client is a thread of this process with its own keep-alive connection to
+an API server (benchmarks.quota.server's gunicorn, gthread workers in processes of their own), and every
 request is POST /v2/images for one fresh tenant whose image_count_total limit (10^9) is never reached: each
 runs the ledger's conditional UPDATE of the tenant's usage row and is admitted. An API server is attached to
 one database node; the clients go round-robin over a run's API servers (on Galera, one per node that takes
@@ -22,12 +22,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from benchmarks.engines_cpu import Busy, CpuWatch
-from benchmarks.engines_servers import Server
-from benchmarks.quota_concurrency import CREATE_BODY, JSON
-from benchmarks.quota_dataset import drift_of, stored_total
-from benchmarks.quota_requests import Answer, QuotaClient
-from benchmarks.quota_server import gunicorn_server, quota_settings
+from benchmarks.engines.cpu import Busy, CpuWatch
+from benchmarks.engines.servers import Server
+from benchmarks.quota.client import Answer, QuotaClient
+from benchmarks.quota.concurrency import CREATE_BODY, JSON
+from benchmarks.quota.dataset import drift_of, stored_total
+from benchmarks.quota.server import gunicorn_server, quota_settings
 from benchmarks.server import CONSTANT_PATH
 
 ADMITTED, UNAVAILABLE = 201, 503
@@ -65,7 +65,7 @@ class Admissions:
 
 @contextmanager
 def api_tier(server: Server, store_root: Path, redis_url: str, log_dir: Path) -> Iterator[ApiTier]:
-    """One gunicorn per node of the engine (quota_server's), Redis on as in the quota part; stopped afterwards."""
+    """One gunicorn per node of the engine (benchmarks.quota.server), Redis on as in the quota part, then stopped."""
     with ExitStack() as stack:
         started = [
             stack.enter_context(

@@ -29,7 +29,7 @@ from benchmarks.server import build_app, settings
 SERVER_TIME_HEADER = "X-Bench-Server-Seconds"
 REDIS_SERVER = "/usr/bin/redis-server"
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 SETTINGS_VARIABLE = "LOCQUOTA_BENCH_SETTINGS"
 # Two processes use both CPUs; eight threads each hold 16 requests in flight (within SQLAlchemy's default
 # pool of 5 + 10 connections per process), enough to queue on the tenant's row lock as 32 clients would.
@@ -83,7 +83,7 @@ def quota_settings(database_url: str, store_root: Path, redis_url: str) -> dict[
 
 
 def gunicorn_app() -> ServerTiming:
-    """The app gunicorn's workers load (`benchmarks.quota_server:gunicorn_app()`), settings from the environment."""
+    """The app gunicorn's workers load (`benchmarks.quota.server:gunicorn_app()`), settings from the environment."""
     return ServerTiming(build_app(json.loads(os.environ[SETTINGS_VARIABLE])))
 
 
@@ -131,7 +131,7 @@ def gunicorn_server(raw_settings: dict[str, str], log_path: Path) -> Iterator[tu
         "60",
         "--chdir",
         str(REPOSITORY),
-        "benchmarks.quota_server:gunicorn_app()",
+        "benchmarks.quota.server:gunicorn_app()",
     ]
     environment = {**os.environ, SETTINGS_VARIABLE: json.dumps(raw_settings)}
     with log_path.open("w") as log:

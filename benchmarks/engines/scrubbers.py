@@ -29,15 +29,15 @@ from sqlalchemy import Engine, delete, insert, text
 
 from benchmarks import backlog
 from benchmarks.deployment import write_ini
-from benchmarks.engines_cpu import Busy, CpuWatch, cpu_seconds
-from benchmarks.engines_servers import POSTGRESQL, Server
+from benchmarks.engines.cpu import Busy, CpuWatch, cpu_seconds
+from benchmarks.engines.servers import POSTGRESQL, Server
 from benchmarks.scrubber import SCRUB_BATCH_SIZE, SCRUB_POOL_SIZE
 from benchmarks.server import settings
 from locations.models import Image, Location
 from locquota.clock import Clock
 from tests.galera.scrubber_processes import CHILD, deletions_by_worker
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 # A run that takes longer than this is stuck: its processes are killed and the benchmark fails.
 RUN_DEADLINE_SECONDS = 1800
 

@@ -4,11 +4,11 @@ import itertools
 import os
 from dataclasses import dataclass
 
-from benchmarks.quota_concurrency import Run
-from benchmarks.quota_requests import Measured
+from benchmarks.quota.client import Measured
+from benchmarks.quota.concurrency import Run
+from benchmarks.quota.write_floor import shown
 from benchmarks.report import FLAT_TARGET, print_rows
 from benchmarks.timing import Summary
-from benchmarks.write_floor import shown
 from tests.statement_counter import Counts
 
 # The targets (SPEC section 10; issue: quota benchmark).

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import Engine
 
-from benchmarks.quota_concurrency import RAW_ADMISSION
+from benchmarks.quota.concurrency import RAW_ADMISSION
 from benchmarks.timing import Summary
 from tests.statement_counter import Counts, counting
 

@@ -1,9 +1,9 @@
 """The engines part (issue 19): admissions/s for one tenant and scrubber deletions/s on PostgreSQL, MariaDB and a
 three-node Galera cluster, every server started in this run and durable.
 
-Admissions (benchmarks.engines_admissions): client threads over gunicorn, on PostgreSQL, on MariaDB, on Galera
+Admissions (benchmarks.engines.admissions): client threads over gunicorn, on PostgreSQL, on MariaDB, on Galera
 with every writer on node 1 (as a load balancer that sends all writes to one node does), and on Galera with
-writers on the three nodes. Scrubbers (benchmarks.engines_scrubbers): one on PostgreSQL, one on MariaDB, one on
+writers on the three nodes. Scrubbers (benchmarks.engines.scrubbers): one on PostgreSQL, one on MariaDB, one on
 Galera node 1, then three on Galera, one per node, each run on a fresh backlog. Galera's conflicts (transactions
 it aborted for another node's write) are counted over each run.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from benchmarks.engines_admissions import Admissions, admit, api_tier
-from benchmarks.engines_scrubbers import Scrub, scrub
-from benchmarks.engines_servers import GALERA, MARIADB, POSTGRESQL, engine_servers
-from benchmarks.quota_server import GUNICORN_THREADS, GUNICORN_WORKERS, redis_server
+from benchmarks.engines.admissions import Admissions, admit, api_tier
+from benchmarks.engines.scrubbers import Scrub, scrub
+from benchmarks.engines.servers import GALERA, MARIADB, POSTGRESQL, engine_servers
+from benchmarks.quota.server import GUNICORN_THREADS, GUNICORN_WORKERS, redis_server
 from benchmarks.report import load_average, print_facts, print_rows
 from benchmarks.scrubber import SCRUB_BATCH_SIZE, SCRUB_POOL_SIZE
 from locquota.db import make_engine
