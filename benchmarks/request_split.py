@@ -10,7 +10,8 @@ Redis on and locations shown (the quota part's deployment):
   sending each to having its result (SQLAlchemy's cursor events, and the dialect's commit);
 - `rest ms`: the median of the difference, per request: Python (Pyramid, SQLAlchemy building statements
   and loading rows, the services, JSON), the store's file work and the Redis round trips;
-- `stmts`, `commits`: what one request sent (the same for every request of a kind).
+- `stmts`, `commits`: what one request of the kind sent (its first warm-up request), counted with
+  tests/statement_counter.py, the hook the quota and API parts and the write-path tests count with.
 
 The constant view is the floor of the rest: what a request costs with no identity, no database and no work.
 """
@@ -33,6 +34,7 @@ from benchmarks.deployment import fresh_database
 from benchmarks.quota.server import quota_settings, redis_server
 from benchmarks.server import CONSTANT_PATH, build_app
 from locquota.db import make_engine, upgrade_to_head
+from tests.statement_counter import counting
 
 DATABASE = "locquota_split_bench"
 TENANT = "split-tenant"
@@ -48,15 +50,10 @@ WARMUP = 20
 
 @dataclass
 class DatabaseTime:
-    """The driver time and what was sent, summed over one request (reset before each)."""
+    """The driver time summed over one request (reset before each)."""
 
     seconds: float = 0.0
-    statements: int = 0
-    commits: int = 0
     _started: dict[int, float] = field(default_factory=dict)
-
-    def reset(self) -> None:
-        self.seconds, self.statements, self.commits = 0.0, 0, 0
 
 
 @contextmanager
@@ -73,7 +70,6 @@ def timing_database(engine: Engine) -> Iterator[DatabaseTime]:
 
     def after(conn: Any, *_: object) -> None:
         timed.seconds += time.perf_counter() - timed._started.pop(id(conn))
-        timed.statements += 1
 
     dialect = engine.dialect
     original_commit = dialect.do_commit
@@ -84,7 +80,6 @@ def timing_database(engine: Engine) -> Iterator[DatabaseTime]:
             original_commit(dbapi_connection)
         finally:
             timed.seconds += time.perf_counter() - started
-            timed.commits += 1
 
     event.listen(engine, "before_cursor_execute", before)
     event.listen(engine, "after_cursor_execute", after)
@@ -161,16 +156,18 @@ class Requests:
         return image_id
 
 
-def measure_kind(requests: Requests, timed: DatabaseTime, name: str, count: int) -> Split:
+def measure_kind(requests: Requests, engine: Engine, timed: DatabaseTime, name: str, count: int) -> Split:
     """Time `count` requests of one kind after a warm-up; medians of the server time, the database and the rest."""
     send = requests.kinds()[name]
-    requests.prepare(name, WARMUP)
-    for number in range(WARMUP):
+    requests.prepare(name, WARMUP + 1)
+    with counting(engine) as counts:  # one warm-up request, counted
+        send(0)
+    for number in range(1, WARMUP + 1):
         send(number)
     requests.prepare(name, count)
     server, database, rest = [], [], []
     for number in range(count):
-        timed.reset()
+        timed.seconds = 0.0
         started = time.perf_counter()
         send(number)
         elapsed = time.perf_counter() - started
@@ -182,8 +179,8 @@ def measure_kind(requests: Requests, timed: DatabaseTime, name: str, count: int)
         statistics.median(server) * 1000,
         statistics.median(database) * 1000,
         statistics.median(rest) * 1000,
-        timed.statements,
-        timed.commits,
+        len(counts.statements),
+        counts.commits,
     )
 
 
@@ -196,8 +193,9 @@ def benchmark(admin_url: str, *, smoke: bool) -> None:
         store_root = Path(workdir).resolve()
         app = TestApp(build_app(quota_settings(url, store_root, redis_url)))
         requests = Requests(app, store_root)
-        with timing_database(app.app.registry["locquota.engine"]) as timed:
-            splits = [measure_kind(requests, timed, name, count) for name in requests.kinds()]
+        engine = app.app.registry["locquota.engine"]
+        with timing_database(engine) as timed:
+            splits = [measure_kind(requests, engine, timed, name, count) for name in requests.kinds()]
     print(f"where a request's server time goes: {count} requests per kind, in process (WebTest), durable PostgreSQL")
     print(f"{'request':<13} {'server ms':>9} {'database ms':>11} {'rest ms':>8} {'stmts':>5} {'commits':>7}")
     for split in splits:
